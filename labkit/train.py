@@ -1,0 +1,266 @@
+"""One training loop for every course model, and the command line around it.
+
+    python -m labkit.train --model gpt --preset baby            # prints one JSON line at the end
+    python -m labkit.train --model lstm --preset baby --max-iters 500 --out ckpt.pt
+
+The loop is the usual one (AdamW, linear warmup then decay, gradient clipping, periodic
+evaluation), written out so a learner can read it top to bottom. Everything is seeded and
+the seed is printed. Checkpoints are written atomically and loaded with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from labkit import data as data_mod
+from labkit.memory import peak_rss_mb
+from labkit.model import MODEL_CLASSES, LanguageModel, build_model, model_config_dict
+
+
+@dataclass
+class TrainConfig:
+    model: str = "gpt"                # "gpt", "lstm" or "conv"
+    corpus: str = "shakespeare"       # "shakespeare", "synthetic", or a prepared-corpus folder
+    batch_size: int = 12
+    block_size: int = 64
+    max_iters: int = 2000
+    lr: float = 1e-3                  # peak learning rate
+    min_lr: float = 0.0               # learning rate at the last iteration
+    warmup_iters: int = 100
+    decay: str = "linear"             # shape of the decay after warmup: "linear" (to min_lr) or "cosine"
+    weight_decay: float = 0.1         # applied to matrices only (not to norms, biases, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.99               # 0.99 rather than 0.999: small batches give noisy gradients
+    grad_clip: float = 1.0            # clip the global gradient norm; 0 = off
+    eval_interval: int = 500
+    eval_iters: int = 20              # batches per evaluation
+    seed: int = 1337
+    threads: int | None = None        # torch intra-op threads; None = torch's default
+    progress: bool = True             # tqdm progress bar
+    model_args: dict | None = None    # config fields of the model (n_layer, n_embd, ...)
+
+
+PRESETS: dict[str, dict] = {
+    # nanoGPT's "baby GPT" on a CPU: 4 layers, 4 heads, 128 dims, context 64, batch 12
+    "baby": dict(batch_size=12, block_size=64, max_iters=2000, lr=1e-3, eval_iters=20,
+                 model_args={"gpt": dict(n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+                             "lstm": dict(n_embd=128, n_hidden=256, n_layer=2, dropout=0.0),
+                             "conv": dict(n_embd=128, n_layer=6, kernel_size=3, dropout=0.0)}),
+    # seconds, for tests and quick looks
+    "tiny": dict(batch_size=8, block_size=32, max_iters=100, lr=3e-3, warmup_iters=10, eval_interval=50,
+                 eval_iters=5, model_args={"gpt": dict(n_layer=2, n_head=2, n_embd=32),
+                                           "lstm": dict(n_embd=32, n_hidden=64, n_layer=1),
+                                           "conv": dict(n_embd=32, n_layer=3)}),
+}
+
+
+def make_config(model: str = "gpt", preset: str | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig for `model` from a preset, with any field overridden; bad names raise ValueError."""
+    if model not in MODEL_CLASSES:
+        raise ValueError(f"model={model!r}; allowed: {sorted(MODEL_CLASSES)}")
+    values: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset={preset!r} is unknown; allowed: {sorted(PRESETS)}")
+        values = dict(PRESETS[preset])
+        values["model_args"] = dict(values["model_args"][model])
+    known = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"{bad} are not training settings; allowed: {sorted(known)}")
+    model_args = {**(values.pop("model_args", None) or {}), **(overrides.pop("model_args", None) or {})}
+    return TrainConfig(model=model, **{**values, **overrides}, model_args=model_args)
+
+
+def lr_at(it: int, cfg: TrainConfig) -> float:
+    """Learning rate at iteration `it`: linear warmup to cfg.lr, then linear or cosine decay to cfg.min_lr."""
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / cfg.warmup_iters
+    progress = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+    progress = min(progress, 1.0)
+    if cfg.decay == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif cfg.decay == "linear":
+        shape = 1.0 - progress
+    else:
+        raise ValueError(f"decay={cfg.decay!r}; allowed: 'linear', 'cosine'")
+    return cfg.min_lr + shape * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only: decaying gains, biases or embeddings only hurts."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if any(p is q for q in decay + no_decay):
+                continue  # a tied weight is one parameter
+            is_matrix = p.dim() >= 2 and not isinstance(module, torch.nn.Embedding)
+            (decay if is_matrix else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused=True runs the whole update in one kernel per step instead of a dozen small ops per tensor
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+
+
+@torch.no_grad()
+def estimate_loss(model: LanguageModel, corpus: data_mod.Corpus, cfg: TrainConfig,
+                  generator: torch.Generator | None = None, splits=("train", "val")) -> dict[str, float]:
+    """Mean cross-entropy (nats/token) over cfg.eval_iters random batches of each split."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for split in splits:
+        losses = [model(*data_mod.get_batch(corpus.split(split), cfg.batch_size, cfg.block_size, generator))[1].item()
+                  for _ in range(cfg.eval_iters)]
+        out[split] = sum(losses) / len(losses)
+    model.train(was_training)
+    return out
+
+
+def build_for_corpus(cfg: TrainConfig, corpus: data_mod.Corpus) -> LanguageModel:
+    """The model cfg describes, sized for the corpus vocabulary and cfg.block_size."""
+    return build_model(cfg.model, vocab_size=corpus.vocab_size, block_size=cfg.block_size, **(cfg.model_args or {}))
+
+
+def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod.Corpus | None = None,
+          log=print) -> tuple[LanguageModel, dict]:
+    """Train `model` (built from cfg if None) on the corpus; returns the model and a result dict."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    log(f"seed {cfg.seed}")
+    torch.manual_seed(cfg.seed)
+    corpus = corpus or data_mod.load_corpus(cfg.corpus)
+    model = model or build_for_corpus(cfg, corpus)
+    if cfg.block_size > model.block_size:
+        raise ValueError(f"block_size={cfg.block_size} is larger than the model's block_size={model.block_size}")
+    batch_gen = torch.Generator().manual_seed(cfg.seed)        # training batches
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)     # evaluation batches, independent of training
+    opt = make_optimizer(model, cfg)
+    history = []
+    model.train()
+
+    from tqdm.auto import tqdm
+    bar = tqdm(range(cfg.max_iters), desc=f"train {cfg.model}", disable=not cfg.progress, mininterval=1.0)
+    t_start = time.perf_counter()
+    train_time = 0.0
+    loss = torch.tensor(float("nan"))
+    for it in bar:
+        if cfg.eval_interval and it % cfg.eval_interval == 0 and it > 0:
+            losses = estimate_loss(model, corpus, cfg, eval_gen)
+            history.append({"iter": it, **losses})
+            bar.set_postfix(val=f"{losses['val']:.3f}")
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(it, cfg)
+        x, y = data_mod.get_batch(corpus.train, cfg.batch_size, cfg.block_size, batch_gen)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+        opt.step()
+        train_time += time.perf_counter() - t0
+    final = estimate_loss(model, corpus, cfg, eval_gen)
+    history.append({"iter": cfg.max_iters, **final})
+    tokens = cfg.max_iters * cfg.batch_size * cfg.block_size
+    result = {
+        "model": cfg.model, "params": model.num_params(), "iters": cfg.max_iters, "seed": cfg.seed,
+        "train_loss": round(final["train"], 4), "val_loss": round(final["val"], 4),
+        "last_batch_loss": round(loss.item(), 4),
+        "tokens_per_s": round(tokens / train_time, 1) if train_time else None,
+        "ms_per_iter": round(1000 * train_time / cfg.max_iters, 2) if cfg.max_iters else None,
+        "wall_s": round(time.perf_counter() - t_start, 2), "threads": torch.get_num_threads(),
+        "peak_rss_mb": round(peak_rss_mb(), 1), "history": history,
+    }
+    return model, result
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: {"model_config": plain dict, "state_dict": tensors, "train_config": plain dict}
+
+
+def save_checkpoint(model: LanguageModel, path: Path | str, train_config: TrainConfig | None = None,
+                    extra: dict | None = None) -> None:
+    """Save model config + weights atomically (temp file, then rename)."""
+    buf = io.BytesIO()
+    torch.save({"model_config": model_config_dict(model), "state_dict": model.state_dict(),
+                "train_config": asdict(train_config) if train_config else None, "extra": extra or {}}, buf)
+    data_mod.atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: Path | str, model: LanguageModel | None = None) -> LanguageModel:
+    """Load a checkpoint with weights_only=True; into `model` if given (its config must match), else a new one."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        config = dict(ckpt["model_config"])
+        state = ckpt["state_dict"]
+    except Exception as e:  # truncated, not a torch file, or not one of ours
+        raise ValueError(f"checkpoint={str(path)!r} is corrupt or not a labkit checkpoint: {e}") from None
+    kind = config.pop("kind")
+    if model is None:
+        model = build_model(kind, **config)
+    else:
+        mine = model_config_dict(model)
+        if mine != {"kind": kind, **config}:
+            diff = {k: (mine.get(k), v) for k, v in {"kind": kind, **config}.items() if mine.get(k) != v}
+            raise ValueError(f"checkpoint={str(path)!r} was saved from a different model config; "
+                             f"differences (this model, checkpoint): {diff}")
+    model.load_state_dict(state)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m labkit.train", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="gpt", choices=sorted(MODEL_CLASSES))
+    p.add_argument("--preset", default="baby", choices=sorted(PRESETS))
+    p.add_argument("--corpus", default="shakespeare", help="'shakespeare', 'synthetic' or a prepared-corpus folder")
+    for f in fields(TrainConfig):
+        if f.name in ("model", "corpus", "model_args", "progress") or f.type not in ("int", "float", "str", "int | None"):
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), type=float if f.type == "float" else
+                       str if f.type == "str" else int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a model config field, e.g. --set n_layer=6 --set positions=sinusoidal")
+    p.add_argument("--out", default=None, help="write a checkpoint here")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if hasattr(args, f.name) and getattr(args, f.name) is not None and f.name not in ("model", "preset")}
+    model_args = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            model_args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            model_args[key] = value
+    try:
+        cfg = make_config(args.model, args.preset, **overrides, model_args=model_args, progress=not args.no_progress)
+        model, result = train(cfg, log=lambda s: print(s, file=sys.stderr))
+    except (ValueError, data_mod.CorpusUnavailable) as e:
+        p.exit(2, f"error: {e}\n")
+    if args.out:
+        save_checkpoint(model, args.out, cfg, extra={"val_loss": result["val_loss"]})
+        result["checkpoint"] = str(args.out)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The course's reference models: trained on first use, cached with a checksum, shared by the labs.
+
+    model, info = zoo.load("baby-gpt")     # trains once (about a minute on 2 cores), then loads in ms
+
+Later labs prune, quantize and distill these models, so every lab starts from the same weights.
+A file lock makes parallel notebook runs wait for one training instead of each starting its own;
+a checkpoint whose sha256 does not match its record is retrained, never used.
+
+    python -m labkit.zoo build [name ...]   # train whatever is missing (CI does this first)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from labkit import data as data_mod
+from labkit.model import LanguageModel
+from labkit.train import load_checkpoint, make_config, save_checkpoint, train
+
+# name -> (model kind, preset, overrides). Keep them small: each trains on first use.
+ZOO: dict[str, tuple[str, str, dict]] = {
+    "baby-gpt": ("gpt", "baby", {}),
+}
+
+
+def zoo_dir() -> Path:
+    return data_mod.cache_dir() / "zoo"
+
+
+def _paths(name: str) -> tuple[Path, Path]:
+    return zoo_dir() / f"{name}.pt", zoo_dir() / f"{name}.json"
+
+
+def _valid_record(name: str) -> dict | None:
+    ckpt, record_path = _paths(name)
+    try:
+        record = json.loads(record_path.read_text())
+        return record if data_mod.sha256_file(ckpt) == record["sha256"] else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def build(name: str, progress: bool = True) -> dict:
+    """Train `name` if it is not cached (or its checksum fails); returns its record (val_loss, sha256, ...)."""
+    from filelock import FileLock
+
+    if name not in ZOO:
+        raise ValueError(f"zoo model {name!r} is unknown; allowed: {sorted(ZOO)}")
+    record = _valid_record(name)
+    if record:
+        return record
+    zoo_dir().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(zoo_dir() / f".{name}.lock")):
+        record = _valid_record(name)  # another process may have trained it while we waited
+        if record:
+            return record
+        kind, preset, overrides = ZOO[name]
+        cfg = make_config(kind, preset, progress=progress, **overrides)
+        print(f"labkit.zoo: training {name!r} once ({cfg.max_iters} iterations); later runs load it from "
+              f"{zoo_dir()}")
+        model, result = train(cfg)
+        ckpt, record_path = _paths(name)
+        save_checkpoint(model, ckpt, cfg, extra={"val_loss": result["val_loss"]})
+        record = {"name": name, "sha256": data_mod.sha256_file(ckpt),
+                  **{k: v for k, v in result.items() if k != "history"}, "history": result["history"]}
+        data_mod.atomic_write_bytes(record_path, json.dumps(record, indent=1).encode())
+        return record
+
+
+def load(name: str = "baby-gpt", progress: bool = True) -> tuple[LanguageModel, dict]:
+    """The reference model `name` in eval mode (trained on first use) and its training record."""
+    record = build(name, progress)
+    model = load_checkpoint(_paths(name)[0])
+    model.eval()
+    return model, record
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m labkit.zoo")
+    p.add_argument("command", choices=["build", "list"])
+    p.add_argument("names", nargs="*", default=None)
+    args = p.parse_args(argv)
+    names = args.names or sorted(ZOO)
+    for name in names:
+        if args.command == "build":
+            rec = build(name)
+            print(json.dumps({"name": name, "val_loss": rec["val_loss"], "params": rec["params"]}))
+        else:
+            rec = _valid_record(name)
+            print(f"{name}: {'cached, val_loss %.4f' % rec['val_loss'] if rec else 'not built'}")
+
+
+if __name__ == "__main__":
+    main()

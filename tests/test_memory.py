@@ -1,0 +1,273 @@
+"""Tests for labkit.memory: every formula against the thing it predicts."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from labkit.memory import (
+    DTYPE_BYTES, AllocationTracer, SavedTensorMeter, current_rss_mb, dtype_bytes, explain_report,
+    gpt_activation_bytes, gpt_param_count, kv_cache_bytes, memory_report, peak_rss_mb,
+    saved_tensor_bytes, training_state_bytes,
+)
+from labkit.model import GPT, GPTConfig, KVCache, LSTMConfig, LSTMLM
+
+BABY = dict(vocab_size=84, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
+
+
+def measure_saved(config: GPTConfig, batch: int, seq: int, dtype=torch.float32) -> int:
+    """Saved-for-backward bytes of one forward + loss of GPT(config), via the meter."""
+    torch.manual_seed(0)
+    model = GPT(config).to(dtype)
+    idx = torch.randint(0, config.vocab_size, (batch, seq))
+    targets = torch.randint(0, config.vocab_size, (batch, seq))
+    return saved_tensor_bytes(lambda: model(idx, targets), model)["total_bytes"]
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+def test_dtype_bytes_names_and_torch_dtypes():
+    assert dtype_bytes("fp32") == dtype_bytes("float32") == dtype_bytes(torch.float32) == 4
+    assert dtype_bytes("bf16") == dtype_bytes(torch.bfloat16) == dtype_bytes("fp16") == 2
+    assert dtype_bytes("int8") == 1 and dtype_bytes("int4") == 0.5
+    assert dtype_bytes("torch.float16") == 2 and dtype_bytes("FP32") == 4
+
+
+def test_bad_dtype_raises_naming_argument_and_allowed():
+    with pytest.raises(ValueError, match=r"dtype='fp33'.*fp32"):
+        dtype_bytes("fp33")
+    with pytest.raises(ValueError, match="param_dtype"):
+        training_state_bytes(10, param_dtype="float17")
+    with pytest.raises(ValueError, match="grad_dtype"):
+        training_state_bytes(10, grad_dtype="nope")
+    with pytest.raises(ValueError, match="dtype"):
+        kv_cache_bytes(1, 1, 1, 1, dtype="int3")
+    assert "int4" in DTYPE_BYTES
+
+
+# ----------------------------------------------------------------------------- parameters
+
+@st.composite
+def gpt_configs(draw):
+    n_kv_head = draw(st.integers(1, 3))
+    n_head = n_kv_head * draw(st.integers(1, 3))
+    return GPTConfig(
+        vocab_size=draw(st.integers(1, 40)), block_size=draw(st.integers(1, 12)),
+        n_layer=draw(st.integers(1, 3)), n_head=n_head, n_kv_head=n_kv_head,
+        n_embd=n_head * draw(st.integers(1, 4)), bias=draw(st.booleans()),
+        positions=draw(st.sampled_from(["learned", "sinusoidal"])), tie_weights=draw(st.booleans()))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(gpt_configs())
+def test_gpt_param_count_equals_model(config):
+    assert gpt_param_count(config) == sum(p.numel() for p in GPT(config).parameters())
+
+
+def test_gpt_param_count_baby():
+    # 84·128 wte + 64·128 wpe + 4 · (2·128 LN + 128·384 qkv + 128·128 proj + 2·128·512 MLP) + 128 ln_f
+    assert gpt_param_count(GPTConfig(**BABY)) == 806_528
+
+
+# ----------------------------------------------------------------------------- training state
+
+def test_adam_fp32_is_16_bytes_per_param():
+    s = training_state_bytes(1000, "fp32", "adam")
+    assert (s["params"], s["grads"], s["optimizer_state"], s["master_weights"]) == (4000, 4000, 8000, 0)
+    assert s["total"] == 16_000 and s["bytes_per_param"] == 16
+
+
+def test_zero_mixed_precision_is_16_bytes_per_param():
+    s = training_state_bytes(1000, "fp16", "adamw", master_weights=True)
+    assert s["params"] == 2000 and s["grads"] == 2000
+    assert s["master_weights"] + s["optimizer_state"] == 12_000   # ZeRO's K = 12
+    assert s["total"] == 16_000
+
+
+@pytest.mark.parametrize("optimizer, per_param", [("sgd", 8), ("momentum", 12), ("adam8bit", 10)])
+def test_other_optimizers(optimizer, per_param):
+    assert training_state_bytes(500, "fp32", optimizer)["total"] == 500 * per_param
+
+
+def test_bf16_adam_without_master_keeps_state_in_bf16():
+    assert training_state_bytes(100, "bf16", "adam")["total"] == 100 * (2 + 2 + 4)
+
+
+def test_bad_optimizer_raises_naming_argument():
+    with pytest.raises(ValueError, match=r"optimizer='lion'.*adamw"):
+        training_state_bytes(10, optimizer="lion")
+
+
+# ----------------------------------------------------------------------------- activations
+
+@pytest.mark.parametrize("name, fields, batch, seq, dtype", [
+    ("baby 12x64", BABY, 12, 64, torch.float32),
+    ("2 layers, C=64, T=32", dict(BABY, n_layer=2, n_embd=64), 12, 32, torch.float32),
+    ("MQA n_kv_head=1", dict(BABY, n_kv_head=1), 4, 64, torch.float32),
+    ("GQA 8q/2kv, bias, sinusoidal, untied", dict(BABY, n_layer=2, n_head=8, n_kv_head=2, bias=True,
+                                                   positions="sinusoidal", tie_weights=False), 4, 48, torch.float32),
+    ("dropout (math attention)", dict(BABY, n_layer=2, n_embd=64, dropout=0.1), 4, 64, torch.float32),
+    ("bf16", dict(BABY, n_layer=2, n_embd=64), 4, 32, torch.bfloat16),
+    ("bf16 + dropout + MQA (fp32 math attention)", dict(BABY, n_layer=2, n_embd=64, n_kv_head=1, dropout=0.2),
+     3, 20, torch.bfloat16),
+])
+def test_activation_formula_matches_measurement(name, fields, batch, seq, dtype):
+    config = GPTConfig(**fields)
+    measured = measure_saved(config, batch, seq, dtype)
+    formula = gpt_activation_bytes(config, batch, seq, dtype)["total"]
+    assert abs(formula / measured - 1) < 0.10, (name, formula, measured)
+    assert abs(formula / measured - 1) < 0.01, (name, formula, measured)  # derived term by term: near exact
+
+
+def test_activation_formula_structure_and_scaling():
+    config = GPTConfig(**BABY)
+    a = gpt_activation_bytes(config, 12, 64)
+    assert a["total"] == 4 * a["per_layer"] + a["outside_layers"]
+    assert a["per_layer"] == sum(a["per_layer_terms"].values())
+    # per token, per layer: 16 C floats + 2 LN stats ×2 + one logsumexp per head, in fp32
+    assert a["per_layer"] == 12 * 64 * (16 * 128 + 4 + 4) * 4
+    # no T×T term without dropout: doubling the batch doubles everything but the loss's 4-byte scalar
+    assert gpt_activation_bytes(config, 24, 64)["total"] == 2 * a["total"] - 4
+    assert gpt_activation_bytes(config, 12, 64, "bf16")["total"] < a["total"]
+    with pytest.raises(ValueError, match="block_size"):
+        gpt_activation_bytes(config, 1, 65)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+@pytest.mark.parametrize("n_head, n_kv_head, dtype, name", [
+    (4, None, torch.float32, "fp32"), (4, 2, torch.float32, "fp32"), (4, 1, torch.float32, "fp32"),
+    (8, 1, torch.float16, "fp16"), (8, 4, torch.bfloat16, "bf16"),
+])
+@pytest.mark.parametrize("batch, tokens", [(1, 64), (3, 17)])
+def test_kv_cache_bytes_equals_kvcache(n_head, n_kv_head, dtype, name, batch, tokens):
+    config = GPTConfig(**dict(BABY, n_head=n_head, n_kv_head=n_kv_head))
+    cache = KVCache(config, batch, tokens, dtype=dtype)
+    assert kv_cache_bytes(config.n_layer, config.n_kv_head, config.head_dim, tokens, batch, name) == cache.nbytes
+    assert kv_cache_bytes(config.n_layer, config.n_kv_head, config.head_dim, tokens, batch, dtype) == cache.nbytes
+
+
+def test_kv_cache_mqa_is_n_head_times_smaller():
+    mha = kv_cache_bytes(4, 8, 16, 64, 2)
+    assert mha == 2 * 4 * 8 * 16 * 4 * 64 * 2
+    assert kv_cache_bytes(4, 1, 16, 64, 2) * 8 == mha
+    assert kv_cache_bytes(4, 8, 16, 64, 2, "int4") * 8 == mha
+
+
+# ----------------------------------------------------------------------------- saved-tensor meter
+
+def test_meter_dedups_storages_and_skips_parameters():
+    x = torch.randn(1000, requires_grad=True)    # a leaf that requires grad: a "parameter"
+    with SavedTensorMeter() as meter:
+        y = x.sin()          # saves x -> parameter, not counted
+        z = y * y            # saves y twice -> one storage, 4000 bytes
+        w = z[:10].exp()     # exp saves its result: a new 40-byte storage
+    assert meter.total_bytes == 4000 + 40
+    kinds = [r.kind for r in meter.records]
+    assert kinds == ["parameter", "activation", "duplicate", "activation"]
+    assert [r.op for r in meter.records][:3] == ["sin", "mul", "mul"]
+    del y, z, w
+
+
+def test_meter_counts_two_live_graphs_twice():
+    config = GPTConfig(**dict(BABY, n_layer=1, n_embd=32))
+    one = measure_saved(config, 2, 16)
+    torch.manual_seed(0)
+    model = GPT(config)
+    idx = torch.randint(0, config.vocab_size, (2, 16))
+    tgt = torch.randint(0, config.vocab_size, (2, 16))
+    with SavedTensorMeter(model) as meter:
+        loss_a = model(idx, tgt)[1]
+        loss_b = model(idx, tgt)[1]
+    # two graphs, but both saved the SAME idx and targets tensors: those storages count once
+    assert meter.total_bytes == 2 * one - (idx.nbytes + tgt.nbytes)
+    by_op = meter.by("op")
+    assert {"linear", "layer_norm", "scaled_dot_product_attention", "cross_entropy"} <= set(by_op.index)
+    assert by_op["bytes"].sum() == meter.total_bytes
+    assert "blocks.0.attn.qkv" in set(meter.table()["module"])
+    del loss_a, loss_b
+
+
+# ----------------------------------------------------------------------------- allocation tracer
+
+def test_tracer_hand_written_computation():
+    x = torch.ones(256)                           # made before the trace: not recorded
+    with AllocationTracer() as tr:
+        a = x * 2                                 # step 0: 1024 B
+        b = a + 1                                 # step 1: 1024 B
+        del a                                     # a freed before step 2
+        c = b.view(16, 16)                        # step 2: a view, no allocation
+        d = torch.cat([b, b])                     # step 3: 2048 B
+        del b, c                                  # b's storage freed (the view held it) before step 4
+        e = d.sum()                               # step 4: 4 B
+    got = [(ev.size_bytes, ev.born, ev.died, ev.op) for ev in tr.events]
+    assert got == [(1024, 0, 2, "aten.mul.Tensor"), (1024, 1, 4, "aten.add.Tensor"),
+                   (2048, 3, None, "aten.cat.default"), (4, 4, None, "aten.sum.default")]
+    assert tr.n_steps == 5 and tr.ops[2] == "aten.view.default"
+    assert tr.live_bytes_timeline() == [1024, 2048, 1024, 3072, 2052]
+    assert tr.peak_live_bytes() == 3072
+    assert tr.tensors is tr.events
+    del d, e
+    assert tr.events[2].died is None              # frees after the trace are not recorded
+
+
+def test_tracer_gpt_peak_covers_saved_activations():
+    config = GPTConfig(**dict(BABY, n_layer=2, n_embd=64))
+    torch.manual_seed(0)
+    model = GPT(config)
+    idx = torch.randint(0, config.vocab_size, (4, 32))
+    tgt = torch.randint(0, config.vocab_size, (4, 32))
+    with AllocationTracer() as tr:
+        with SavedTensorMeter(model) as meter:
+            _, loss = model(idx, tgt)
+        loss.backward()
+    saved = meter.total_bytes
+    assert saved == gpt_activation_bytes(config, 4, 32)["total"]
+    assert tr.peak_live_bytes() >= saved
+    assert any(ev.died is not None for ev in tr.events)          # backward frees the saved tensors
+    assert any("convolution" in op or "mm" in op for op in tr.ops)
+
+
+# ----------------------------------------------------------------------------- report
+
+def test_memory_report_gpt_adamw():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**BABY))
+    before = model.wte.weight.detach().clone()
+    df = memory_report(model, batch_size=4, seq_len=32, optimizer="adamw")
+    assert list(df.columns) == ["formula_bytes", "measured_bytes", "ratio", "how_measured"]
+    assert list(df.index) == ["params", "grads", "optimizer state", "activations", "kv cache"]
+    for row in ("params", "grads", "optimizer state"):
+        assert abs(df.loc[row, "ratio"] - 1) < 0.01, row
+    assert df.loc["params", "measured_bytes"] == 4 * 806_528
+    # AdamW's 0-d float32 `step` per parameter tensor: 27 tensors x 4 B beyond the formula
+    assert df.loc["optimizer state", "measured_bytes"] - df.loc["optimizer state", "formula_bytes"] == 27 * 4
+    assert abs(df.loc["activations", "ratio"] - 1) < 0.10
+    assert df.loc["kv cache", "ratio"] == 1.0
+    text = explain_report(df)
+    assert "step" in text and "27 tensors" in text and "counted once" in text
+    assert torch.equal(model.wte.weight, before) and model.wte.weight.grad is None  # caller's model untouched
+
+
+def test_memory_report_sgd_and_lstm():
+    torch.manual_seed(0)
+    df = memory_report(GPT(GPTConfig(**dict(BABY, n_layer=1))), 2, 16, optimizer="sgd")
+    assert df.loc["optimizer state", "measured_bytes"] == 0 and df.loc["optimizer state", "ratio"] == 1.0
+    assert "match" in explain_report(df)
+    df = memory_report(LSTMLM(LSTMConfig(vocab_size=20, n_embd=16, n_hidden=32)), 2, 8, optimizer="momentum")
+    assert df.loc["grads", "ratio"] == 1.0 and df.loc["optimizer state", "ratio"] == 1.0
+    assert math.isnan(df.loc["activations", "formula_bytes"]) and df.loc["activations", "measured_bytes"] > 0
+    assert "no closed formula" in explain_report(df)
+    with pytest.raises(ValueError, match="optimizer"):
+        memory_report(LSTMLM(LSTMConfig(vocab_size=20)), 2, 8, optimizer="adagrad")
+
+
+# ----------------------------------------------------------------------------- process memory
+
+def test_rss_grows_with_a_touched_allocation():
+    before = current_rss_mb()
+    big = torch.ones(16 * 2 ** 20)                # 64 MiB, every page written
+    after = current_rss_mb()
+    assert after - before > 32
+    assert peak_rss_mb() >= after * 0.95
+    del big

@@ -23,7 +23,7 @@ import resource
 import sys
 import weakref
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -171,13 +171,16 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
       matmul output), its output and a logsumexp per (batch, head, query): no T×T matrix.
     - dropout > 0: the "math" path. It materializes the T×T attention probabilities and saves
       them, plus the dropout mask and the dropped probabilities (3 · B·H·T·T elements), and
-      copies of q·scale, k·scale and v. Every nn.Dropout also saves its mask (same dtype).
+      copies of q·scale, k·scale and (usually) v. Every nn.Dropout also saves its mask (same dtype).
       For fp16/bf16 models the CPU math path computes attention in fp32, so those six
       tensors are fp32 (the logsumexp of the flash path is fp32 as well).
 
     Returns {"per_layer", "per_layer_terms", "outside_layers", "outside_terms", "total"}.
     The terms dicts name each saved tensor; the formula matched the measurement exactly
-    for every configuration tried (MHA/GQA/MQA, bias, positions, dropout, fp32/bf16/fp16).
+    for every configuration tried (about 700 random small configs: MHA/GQA/MQA, bias,
+    positions, tying, dropout, fp64/fp32/bf16/fp16, B and T down to 1). It assumes `targets`
+    is a tensor of its own: pass the same tensor as idx and targets and the meter (rightly)
+    counts that storage once, 8·N bytes less.
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
@@ -206,7 +209,14 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
         L["attention output = attn.proj input"] = N * C * a
         L["attention logsumexp (fp32)"] = B * H * T * acc
     else:  # the math path upcasts fp16/bf16 q, k, v to fp32 first, so all of these are fp32 then
-        L["q·scale, k·scale, v copies (math attention)"] = 3 * B * H * T * hd * acc
+        L["q·scale, k·scale copies (math attention)"] = 2 * B * H * T * hd * acc
+        # the final probs @ v matmul saves v reshaped to (B·H, T, hd). That reshape is a copy,
+        # except when v is an fp32 view of the qkv output (no GQA repeat, no upcast) that can be
+        # reshaped without copying (B == 1 or H == 1): then v keeps the whole qkv output alive
+        if H == KV and a >= 4 and (B == 1 or H == 1):
+            L["v (a view: keeps the qkv matmul output alive)"] = N * (H + 2 * KV) * hd * a
+        else:
+            L["v copy (math attention)"] = B * H * T * hd * acc
         L["attention probs, dropout mask, dropped probs"] = 3 * B * H * T * T * acc
         L["attn.proj input (transposed copy of attention output)"] = N * C * a
         L["dropout masks after attn and after mlp"] = 2 * N * C * a
@@ -434,6 +444,11 @@ class TensorEvent:
     born: int
     died: int | None = None
 
+    @property
+    def nbytes(self) -> int:
+        """Same as size_bytes (bytes)."""
+        return self.size_bytes
+
 
 class AllocationTracer(TorchDispatchMode):
     """Records every new tensor storage an ATen op produces, with the op step it was born and freed at.
@@ -458,10 +473,12 @@ class AllocationTracer(TorchDispatchMode):
 
     @property
     def tensors(self) -> list[TensorEvent]:
+        """The allocation records (same list as `events`)."""
         return self.events
 
     @property
     def n_steps(self) -> int:
+        """Number of ATen ops traced so far (steps)."""
         return self._step
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

@@ -119,6 +119,16 @@ def test_activation_formula_matches_measurement(name, fields, batch, seq, dtype)
     assert abs(formula / measured - 1) < 0.01, (name, formula, measured)  # derived term by term: near exact
 
 
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(gpt_configs(), st.integers(1, 3), st.integers(1, 12), st.sampled_from([0.0, 0.1]),
+       st.sampled_from([torch.float32, torch.bfloat16]))
+def test_activation_formula_on_random_small_configs(config, batch, seq, dropout, dtype):
+    config.dropout = dropout
+    seq = min(seq, config.block_size)
+    measured = measure_saved(config, batch, seq, dtype)
+    assert abs(gpt_activation_bytes(config, batch, seq, dtype)["total"] / measured - 1) < 0.01
+
+
 def test_activation_formula_structure_and_scaling():
     config = GPTConfig(**BABY)
     a = gpt_activation_bytes(config, 12, 64)

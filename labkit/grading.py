@@ -1,0 +1,244 @@
+"""Self-checks for the exercises, the fallback that keeps a student copy running, and the release tool.
+
+In a lab, an exercise is a function the learner writes between nbgrader markers. The cell after
+it runs a check on *the learner's function* (never on labkit's reference: a check of the
+reference would pass everyone):
+
+    check_cross_entropy(my_cross_entropy)        # prints "passed" or what is wrong, on a small example
+
+and the lab continues with
+
+    cross_entropy_fn = use_or_fallback(my_cross_entropy, check_cross_entropy, labkit.losses.cross_entropy)
+
+which returns the learner's function if it passes, else labkit's reference with a note saying so:
+a student copy with unsolved exercises still runs top to bottom and still draws every plot.
+
+    python -m labkit.grading release notebooks/ student/   # student copies: solutions and hidden tests removed
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+PASS, FAIL, TODO = "passed", "failed", "not yet solved"
+
+
+@dataclass
+class CheckResult:
+    """What a self-check found; truthy when the learner's function passed."""
+
+    name: str
+    status: str          # PASS, FAIL or TODO
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.status == PASS
+
+    def __repr__(self) -> str:  # what a notebook shows if the result is the cell's last value
+        return self.message
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor(shape={tuple(x.shape)}, {x.flatten()[:6].tolist()}{'…' if x.numel() > 6 else ''})"
+    return repr(x)
+
+
+def _close(got: Any, expected: Any, rtol: float, atol: float) -> bool:
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            got = torch.as_tensor(got, dtype=expected.dtype)
+        return got.shape == expected.shape and torch.allclose(got.to(expected.dtype), expected, rtol=rtol, atol=atol)
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        return isinstance(got, (int, float)) and math.isclose(got, expected, rel_tol=rtol, abs_tol=atol)
+    return got == expected
+
+
+def run_check(name: str, fn: Callable, cases: list[tuple[str, tuple, dict, Any]],
+              rtol: float = 1e-5, atol: float = 1e-6, quiet: bool = False) -> CheckResult:
+    """Call `fn(*args, **kwargs)` for each (description, args, kwargs, expected); stop at the first mismatch.
+
+    The expected values are computed by the caller from labkit's reference or a closed form.
+    Prints one line: passed, not yet solved (NotImplementedError), or the failing example.
+    """
+    for description, args, kwargs, expected in cases:
+        try:
+            got = fn(*args, **kwargs)
+        except NotImplementedError:
+            result = CheckResult(name, TODO, f"⏳ {name}: not yet solved — write the function above, then run this cell again.")
+            break
+        except Exception as e:  # the learner's code crashed: say where, not a traceback wall
+            result = CheckResult(name, FAIL, f"❌ {name}: {description} raised {type(e).__name__}: {e}")
+            break
+        if not _close(got, expected, rtol, atol):
+            result = CheckResult(name, FAIL, f"❌ {name}: {description}\n   expected {_fmt(expected)}\n   got      {_fmt(got)}")
+            break
+    else:
+        result = CheckResult(name, PASS, f"✅ {name}: passed ({len(cases)} examples).")
+    if not quiet:
+        print(result.message)
+    return result
+
+
+def use_or_fallback(student_fn: Callable, check: Callable[..., CheckResult], reference: Callable) -> Callable:
+    """The learner's function if its check passes, else the reference (and say so), so later cells still run."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = check(student_fn)
+    if result:
+        return student_fn
+    print(f"ℹ️ {result.name} is {result.status}: the cells below use labkit's reference instead, "
+          "so the rest of the lab still runs.")
+    return reference
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks used by the labs. Each builds small examples and their expected answers from labkit's
+# reference implementation or a closed form, then tests the learner's function on them.
+
+
+def check_tensor_bytes(fn: Callable[[tuple, torch.dtype], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes a dense tensor of `shape` and `dtype` occupies."""
+    cases = []
+    for shape, dtype in [((3, 4), torch.float32), ((128, 128), torch.float16), ((10,), torch.int8),
+                         ((2, 3, 5), torch.float64), ((), torch.float32), ((0, 7), torch.float32)]:
+        expected = torch.empty(shape, dtype=dtype).nbytes
+        cases.append((f"tensor_bytes({shape}, {dtype})", (shape, dtype), {}, expected))
+    return run_check("tensor_bytes", fn, cases, quiet=quiet)
+
+
+def check_params_that_fit(fn: Callable[[int, float], int], quiet: bool = False) -> CheckResult:
+    """Exercise: how many whole parameters fit in `budget_bytes` at `bytes_per_param` each."""
+    cases = [(f"params_that_fit({b}, {bpp})", (b, bpp), {}, int(b // bpp))
+             for b, bpp in [(1000, 4), (1023, 4), (24 * 2**30, 16), (10, 0.5), (3, 4)]]
+    return run_check("params_that_fit", fn, cases, quiet=quiet)
+
+
+def check_cross_entropy(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], quiet: bool = False) -> CheckResult:
+    """Exercise: mean cross-entropy (nats) of logits (N, V) against targets (N,)."""
+    g = torch.Generator().manual_seed(0)
+    cases = [("uniform logits over 4 classes (answer: ln 4)", (torch.zeros(3, 4), torch.tensor([0, 1, 3])), {},
+              torch.tensor(math.log(4)))]
+    logits = torch.randn(5, 7, generator=g)
+    targets = torch.randint(7, (5,), generator=g)
+    cases.append(("random logits (5, 7)", (logits, targets), {}, torch.nn.functional.cross_entropy(logits, targets)))
+    big = torch.tensor([[1000.0, 0.0, -1000.0], [0.0, 1000.0, 0.0]])
+    cases.append(("huge logits (subtract the max before exp)", (big, torch.tensor([0, 2])), {},
+                  torch.nn.functional.cross_entropy(big, torch.tensor([0, 2]))))
+    return run_check("cross_entropy", fn, cases, rtol=1e-4, atol=1e-4, quiet=quiet)
+
+
+def check_perplexity(fn: Callable[[float], float], quiet: bool = False) -> CheckResult:
+    """Exercise: perplexity from a mean loss in nats."""
+    cases = [(f"perplexity({x})", (x,), {}, math.exp(x)) for x in (0.0, math.log(84), 1.5)]
+    return run_check("perplexity", fn, cases, quiet=quiet)
+
+
+def check_bits_per_char(fn: Callable[[float], float], quiet: bool = False) -> CheckResult:
+    """Exercise: bits per character from a mean loss in nats per character."""
+    cases = [(f"bits_per_char({x})", (x,), {}, x / math.log(2)) for x in (math.log(2), 0.0, 1.5)]
+    return run_check("bits_per_char", fn, cases, quiet=quiet)
+
+
+def check_causal_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                           quiet: bool = False) -> CheckResult:
+    """Exercise: one head of causal self-attention, softmax(q kᵀ/√d + mask) v for (T, d) inputs."""
+    g = torch.Generator().manual_seed(1)
+    cases = []
+    for T, d in [(1, 4), (5, 8), (7, 3)]:
+        q, k, v = (torch.randn(T, d, generator=g) for _ in range(3))
+        expected = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]
+        cases.append((f"q, k, v of shape ({T}, {d})", (q, k, v), {}, expected))
+    return run_check("causal_attention", fn, cases, rtol=1e-4, atol=1e-5, quiet=quiet)
+
+
+def check_kv_cache_bytes(fn: Callable[..., int], quiet: bool = False) -> CheckResult:
+    """Exercise: KV-cache bytes for n_layer, n_kv_head, head_dim, seq_len, batch_size, bytes_per_element."""
+    from labkit.memory import kv_cache_bytes
+    cases = []
+    for args in [(4, 4, 32, 64, 1, 4), (32, 32, 128, 4096, 1, 2), (80, 8, 128, 4096, 8, 2), (2, 1, 16, 10, 3, 4)]:
+        n_layer, n_kv_head, head_dim, seq_len, batch, nbytes = args
+        expected = kv_cache_bytes(n_layer, n_kv_head, head_dim, seq_len, batch, {4: "fp32", 2: "fp16"}[nbytes])
+        cases.append((f"kv_cache_bytes(n_layer={n_layer}, n_kv_head={n_kv_head}, head_dim={head_dim}, "
+                       f"seq_len={seq_len}, batch_size={batch}, bytes_per_element={nbytes})", args, {}, expected))
+    return run_check("kv_cache_bytes", fn, cases, quiet=quiet)
+
+
+def check_adam_training_bytes(fn: Callable[[int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes for params + grads + Adam's two moment buffers, all in one dtype."""
+    from labkit.memory import training_state_bytes
+    cases = []
+    for n_params, nbytes in [(1, 4), (806_528, 4), (7_000_000_000, 2)]:
+        dtype = {4: "fp32", 2: "bf16"}[nbytes]
+        expected = training_state_bytes(n_params, param_dtype=dtype, optimizer="adam")["total"]
+        cases.append((f"adam_training_bytes(n_params={n_params}, bytes_per_element={nbytes})",
+                      (n_params, nbytes), {}, expected))
+    return run_check("adam_training_bytes", fn, cases, quiet=quiet)
+
+
+# ---------------------------------------------------------------------------------------------
+# Release: solved notebooks -> student copies
+
+SOLUTION_RE = re.compile(r"^([ \t]*)### BEGIN SOLUTION[^\n]*\n.*?^[ \t]*### END SOLUTION[^\n]*\n?", re.S | re.M)
+HIDDEN_RE = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[^\n]*\n.*?^[ \t]*### END HIDDEN TESTS[^\n]*\n?", re.S | re.M)
+STUDENT_STUB = "{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError()\n"
+
+
+def strip_solutions(source: str) -> str:
+    """A cell's source with every solution block replaced by a stub and every hidden-test block removed."""
+    source = SOLUTION_RE.sub(lambda m: STUDENT_STUB.format(indent=m.group(1)), source)
+    return HIDDEN_RE.sub("", source)
+
+
+def release_notebook(src: Path, dst: Path) -> int:
+    """Write the student copy of one notebook (outputs cleared); returns how many solution blocks were removed."""
+    import nbformat
+
+    from labkit.data import atomic_write_bytes
+
+    nb = nbformat.read(src, as_version=4)
+    removed = 0
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            removed += len(SOLUTION_RE.findall(cell.source))
+            cell.source = strip_solutions(cell.source)
+            cell.outputs = []
+            cell.execution_count = None
+        elif cell.cell_type == "markdown":
+            cell.source = SOLUTION_RE.sub("", cell.source)
+    atomic_write_bytes(dst, nbformat.writes(nb).encode())
+    return removed
+
+
+def release(src_dir: Path | str, dst_dir: Path | str) -> dict[str, int]:
+    """Student copies of every notebook in src_dir, written to dst_dir; returns blocks removed per notebook."""
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    if not src_dir.is_dir():
+        raise ValueError(f"src_dir={str(src_dir)!r} is not a folder of notebooks")
+    if src_dir.resolve() == dst_dir.resolve():
+        raise ValueError("dst_dir must differ from src_dir: a release must never overwrite the solved notebooks")
+    return {p.name: release_notebook(p, dst_dir / p.name) for p in sorted(src_dir.glob("*.ipynb"))}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m labkit.grading")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("release", help="write student copies (solutions and hidden tests removed)")
+    r.add_argument("src_dir")
+    r.add_argument("dst_dir")
+    args = p.parse_args(argv)
+    for name, n in release(args.src_dir, args.dst_dir).items():
+        print(f"{name}: {n} solution block(s) removed")
+
+
+if __name__ == "__main__":
+    main()

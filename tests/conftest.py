@@ -1,0 +1,37 @@
+"""Shared fixtures for the labkit tests: an isolated data cache and a prepared synthetic corpus.
+
+No test may touch the real cache (data/cache/) or the network: `data_dir` points LABKIT_DATA_DIR
+at a fresh empty folder for the test that asks for it (test_data, test_model, test_train and
+test_zoo request it for every test through `pytestmark`).
+"""
+from __future__ import annotations
+
+import pytest
+
+from labkit import data as data_mod
+
+
+@pytest.fixture
+def data_dir(tmp_path_factory, monkeypatch):
+    """A fresh, empty LABKIT_DATA_DIR for this test (so `cache_dir()` never reaches data/cache/).
+
+    It is not inside `tmp_path`, so tests can still list tmp_path and find only their own files.
+    """
+    d = tmp_path_factory.mktemp("labkit-data")
+    monkeypatch.setenv("LABKIT_DATA_DIR", str(d))
+    assert data_mod.cache_dir() == d
+    return d
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A data root holding the default synthetic corpus (200k characters, seed 0). Read-only: never modify."""
+    root = tmp_path_factory.mktemp("synthetic-root")
+    data_mod.prepare_synthetic(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def corpus(synthetic_root) -> data_mod.Corpus:
+    """The default synthetic corpus, loaded (memory-mapped read-only)."""
+    return data_mod.load_corpus("synthetic", synthetic_root)

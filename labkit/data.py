@@ -187,7 +187,7 @@ def _valid_meta(out_dir: Path) -> dict | None:
             if sha256_file(out_dir / fname) != digest:
                 return None
         return meta
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, unreadable, or the wrong shape
         return None
 
 

@@ -78,14 +78,21 @@ def make_config(model: str = "gpt", preset: str | None = None, **overrides) -> T
     if bad:
         raise ValueError(f"{bad} are not training settings; allowed: {sorted(known)}")
     model_args = {**(values.pop("model_args", None) or {}), **(overrides.pop("model_args", None) or {})}
-    return TrainConfig(model=model, **{**values, **overrides}, model_args=model_args)
+    cfg = TrainConfig(model=model, **{**values, **overrides}, model_args=model_args)
+    if cfg.decay not in DECAYS:
+        raise ValueError(f"decay={cfg.decay!r}; allowed: {DECAYS}")
+    return cfg
+
+
+DECAYS = ("linear", "cosine")
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
     """Learning rate at iteration `it`: linear warmup to cfg.lr, then linear or cosine decay to cfg.min_lr."""
     if it < cfg.warmup_iters:
         return cfg.lr * (it + 1) / cfg.warmup_iters
-    progress = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+    # 0 just after warmup, 1 at the last iteration the loop runs (max_iters - 1)
+    progress = (it - cfg.warmup_iters) / max(1, cfg.max_iters - 1 - cfg.warmup_iters)
     progress = min(progress, 1.0)
     if cfg.decay == "cosine":
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -205,9 +212,9 @@ def load_checkpoint(path: Path | str, model: LanguageModel | None = None) -> Lan
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         config = dict(ckpt["model_config"])
         state = ckpt["state_dict"]
+        kind = config.pop("kind")
     except Exception as e:  # truncated, not a torch file, or not one of ours
-        raise ValueError(f"checkpoint={str(path)!r} is corrupt or not a labkit checkpoint: {e}") from None
-    kind = config.pop("kind")
+        raise ValueError(f"checkpoint={str(path)!r} is corrupt or not a labkit checkpoint: {e!r}") from None
     if model is None:
         model = build_model(kind, **config)
     else:

@@ -108,6 +108,7 @@ class Panel:
     output: Any
     controls: dict[str, Any]
     state: dict = field(default_factory=dict)
+    figure: Any = None            # the last Figure drawn (closed, but its artists can be inspected)
     refresh: Callable[[], None] | None = None
 
     def _ipython_display_(self):
@@ -115,13 +116,27 @@ class Panel:
         display(self.widget)
 
 
+def figure_png(fig: plt.Figure) -> bytes:
+    """The figure rendered to PNG bytes (what a notebook stores, and what a test can look at)."""
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
 def render_into(output, fig: plt.Figure | None, text: str | None = None) -> None:
-    """Replace what an Output shows with a figure and a line of text (works with no frontend)."""
+    """Replace what an Output shows with a line of text and a PNG of the figure.
+
+    The figure goes in as an explicit PNG image, so it renders the same in JupyterLab, under
+    nbval, in a saved notebook and with no frontend at all.
+    """
+    from IPython.display import Image
+
     output.outputs = ()
     if text:
         output.append_stdout(text + "\n")
     if fig is not None:
-        output.append_display_data(fig)
+        output.append_display_data(Image(data=figure_png(fig), format="png"))
         plt.close(fig)
 
 
@@ -157,8 +172,8 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
             panel.state = {"error": str(e)}
             render_into(output, None, f"⚠️ {e}")
             return
-        render_into(output, memory_calculator_figure(panel.state, budget_gib * GiB if budget_gib else None),
-                    panel.state["text"])
+        panel.figure = memory_calculator_figure(panel.state, budget_gib * GiB if budget_gib else None)
+        render_into(output, panel.figure, panel.state["text"])
 
     def load_preset(change):
         q = CALCULATOR_PRESETS[change["new"]]

@@ -37,7 +37,7 @@ def _valid_record(name: str) -> dict | None:
     try:
         record = json.loads(record_path.read_text())
         return record if data_mod.sha256_file(ckpt) == record["sha256"] else None
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable, or the wrong shape
         return None
 
 

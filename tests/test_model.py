@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from labkit import model as model_mod
 from labkit.model import (GPT, ConvConfig, ConvLM, GPTConfig, KVCache, LSTMConfig, LSTMLM, build_model,
                           model_config_dict, sample_next, sinusoidal_positions)
 
@@ -22,6 +23,12 @@ GPT_VARIANTS = {
                                                    (("mha", None), ("gqa", 2), ("mqa", 1)))
 }
 GPT_VARIANTS["learned-tied-gqa-bias"] = dict(GPT_BASE, n_kv_head=2, bias=True)
+# position kinds / activations added to labkit.model later get the same invariants checked
+for _pos in set(model_mod.POSITION_KINDS) - {"learned", "sinusoidal"}:
+    GPT_VARIANTS[f"{_pos}-tied-mha"] = dict(GPT_BASE, positions=_pos)
+    GPT_VARIANTS[f"{_pos}-untied-gqa"] = dict(GPT_BASE, positions=_pos, tie_weights=False, n_kv_head=2)
+for _act in set(getattr(model_mod, "ACTIVATIONS", ())) - {"gelu"}:
+    GPT_VARIANTS[f"learned-tied-mqa-{_act}"] = dict(GPT_BASE, n_kv_head=1, activation=_act)
 OTHER_MODELS = {
     "lstm": ("lstm", dict(vocab_size=V, block_size=BLOCK, n_embd=16, n_hidden=24, n_layer=2)),
     "lstm-tied": ("lstm", dict(vocab_size=V, block_size=BLOCK, n_embd=16, n_hidden=24, n_layer=1, tie_weights=True)),
@@ -118,7 +125,8 @@ def test_kv_cache_rejects_multi_token_chunk_into_nonempty_cache():
                          ids=["short", "past-block-size", "full-prompt", "prompt-longer-than-block"])
 @pytest.mark.parametrize("temperature, top_k", [(0.0, None), (1.0, None), (0.7, 4)], ids=["greedy", "sample", "topk"])
 @pytest.mark.parametrize("name", ["learned-tied-mha", "sinusoidal-untied-gqa", "learned-untied-mqa",
-                                  "sinusoidal-tied-mqa", "learned-tied-gqa-bias"])
+                                  "sinusoidal-tied-mqa", "learned-tied-gqa-bias",
+                                  *sorted(n for n in GPT_VARIANTS if not n.startswith(("learned-", "sinusoidal-")))])
 def test_kv_cache_generation_equals_uncached(name, temperature, top_k, prompt_len, new):
     model = make(name)
     idx = torch.randint(V, (2, prompt_len))
@@ -280,7 +288,7 @@ def test_conv_receptive_field_matches_empirical(n_layer, kernel_size):
 @pytest.mark.parametrize("kwargs, field", [
     (dict(n_embd=30, n_head=4), "n_embd"),
     (dict(n_head=4, n_kv_head=3), "n_kv_head"),
-    (dict(positions="rotary"), "positions"),
+    (dict(positions="bogus"), "positions"),
     (dict(n_layer=0), "n_layer"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(dropout=1.0), "dropout"),
@@ -312,3 +320,21 @@ def test_build_model_unknown_kind_or_field_raises():
         build_model("gpt", n_layers=3)
     with pytest.raises(ValueError, match="n_head"):
         build_model("conv", n_head=2)
+
+
+@pytest.mark.parametrize("n_kv_head", [2, 1])
+def test_gqa_equals_mha_with_each_kv_head_copied_to_its_query_group(n_kv_head):
+    """Query head h must use key/value head h // (n_head / n_kv_head): build the equivalent MHA and compare."""
+    gqa = make(f"learned-untied-{'gqa' if n_kv_head == 2 else 'mqa'}")
+    mha = GPT(GPTConfig(**dict(GPT_BASE, tie_weights=False))).eval()
+    c = gqa.config
+    groups, hd = c.n_head // n_kv_head, c.head_dim
+    state = dict(gqa.state_dict())
+    for i in range(c.n_layer):
+        w = state[f"blocks.{i}.attn.qkv.weight"]
+        q, k, v = w.split([c.n_head * hd, n_kv_head * hd, n_kv_head * hd])
+        expand = lambda t: t.view(n_kv_head, hd, c.n_embd).repeat_interleave(groups, 0).reshape(-1, c.n_embd)
+        state[f"blocks.{i}.attn.qkv.weight"] = torch.cat([q, expand(k), expand(v)])
+    mha.load_state_dict(state)
+    x = torch.randint(V, (2, BLOCK))
+    torch.testing.assert_close(mha(x)[0], gqa(x)[0], rtol=0, atol=1e-5)

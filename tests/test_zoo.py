@@ -73,6 +73,15 @@ def test_missing_or_garbled_record_is_retrained(tiny_zoo, data_dir):
     assert len(tiny_zoo) == 3
 
 
+@pytest.mark.parametrize("record_text", ["null", "[]"])
+def test_record_of_the_wrong_shape_is_retrained(tiny_zoo, data_dir, record_text):
+    zoo.build("tiny-gpt", progress=False)
+    (data_dir / "zoo" / "tiny-gpt.json").write_text(record_text)
+    assert zoo._valid_record("tiny-gpt") is None
+    zoo.build("tiny-gpt", progress=False)  # retrained, not a crash
+    assert len(tiny_zoo) == 2 and zoo._valid_record("tiny-gpt") is not None
+
+
 def test_unknown_name_raises(tiny_zoo, data_dir):
     with pytest.raises(ValueError, match="'baby-gpt'.*tiny-gpt"):
         zoo.build("baby-gpt")

@@ -2,6 +2,8 @@
 
     python -m labkit.bench train                 # the baby GPT: tokens/s and validation loss
     python -m labkit.bench train --iters 300     # a quicker throughput check
+    python -m labkit.bench train --nanogpt ~/nanoGPT   # ... and nanoGPT's train.py, same config, same data
+    python -m labkit.bench ablation              # what each choice of the baby preset buys (4 trainings)
     python -m labkit.bench optimizer             # fused vs per-tensor AdamW, side by side
 
 Absolute timings on a shared 2-core machine are noisy; compare the ratios printed by one run.
@@ -11,15 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
 from labkit import data as data_mod
 from labkit.train import build_for_corpus, make_config, train
 
-# Measured for nanoGPT's train.py with the same baby config on the same corpus, on this machine
-# class (2 cores, default threads): the figures this course's loop is compared against.
+# nanoGPT's train.py with the same baby config on the course corpus, as measured when the course was
+# built (2-core CPU, default threads). Throughput depends on the machine: for a fair ratio run
+# nanoGPT here too (--nanogpt), side by side.
 NANOGPT_REFERENCE = {"val_loss": 1.906, "tokens_per_s": 25_000, "ms_per_iter": 31.0}
+NANOGPT_BABY_ARGS = ["config/train_shakespeare_char.py", "--dataset=course_char", "--device=cpu", "--compile=False",
+                     "--eval_iters=20", "--log_interval=100", "--block_size=64", "--batch_size=12", "--n_layer=4",
+                     "--n_head=4", "--n_embd=128", "--dropout=0.0", "--always_save_checkpoint=False"]
 
 
 def bench_train(iters: int = 2000, seed: int = 1337, threads: int | None = None) -> dict:
@@ -31,6 +38,76 @@ def bench_train(iters: int = 2000, seed: int = 1337, threads: int | None = None)
     if iters == 2000:
         result["val_loss_minus_nanogpt_reference"] = round(result["val_loss"] - NANOGPT_REFERENCE["val_loss"], 4)
     return result
+
+
+def write_nanogpt_dataset(nanogpt_dir: Path) -> Path:
+    """The course corpus in nanoGPT's char format (uint16 train/val.bin + meta.pkl) under data/course_char."""
+    import pickle
+
+    import numpy as np
+
+    corpus = data_mod.load_corpus()
+    out = Path(nanogpt_dir) / "data" / "course_char"
+    for split in ("train", "val"):
+        data_mod.atomic_write_bytes(out / f"{split}.bin", np.asarray(corpus.split(split), dtype=np.uint16).tobytes())
+    tok = corpus.tokenizer
+    meta = {"vocab_size": tok.vocab_size, "itos": dict(enumerate(tok.chars)), "stoi": dict(tok.stoi)}
+    data_mod.atomic_write_bytes(out / "meta.pkl", pickle.dumps(meta))
+    return out
+
+
+def run_nanogpt(nanogpt_dir: Path, iters: int) -> dict:
+    """Run nanoGPT's train.py (baby config, course corpus) and parse its val loss and per-iteration times."""
+    import re
+    import statistics
+    import subprocess
+    import sys
+    import tempfile
+
+    nanogpt_dir = Path(nanogpt_dir).expanduser()
+    if not (nanogpt_dir / "train.py").exists() or not (nanogpt_dir / "config" / "train_shakespeare_char.py").exists():
+        raise ValueError(f"--nanogpt={str(nanogpt_dir)!r} is not a nanoGPT checkout (needs train.py and "
+                         "config/train_shakespeare_char.py)")
+    write_nanogpt_dataset(nanogpt_dir)
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = NANOGPT_BABY_ARGS + [f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={iters}",
+                                    f"--out_dir={out_dir}"]
+        proc = subprocess.run([sys.executable, "train.py", *args], cwd=nanogpt_dir, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"nanoGPT's train.py failed:\n{proc.stderr[-2000:]}")
+    times = {int(i): float(ms) for i, ms in re.findall(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", proc.stdout)}
+    vals = re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", proc.stdout)
+    # leave out the first and last logged iterations: their times include an evaluation
+    steady = [ms for i, ms in sorted(times.items())[1:-1]] or list(times.values())
+    ms = statistics.mean(steady)
+    return {"val_loss": float(vals[-1][1]), "ms_per_iter": round(ms, 2), "tokens_per_s": round(12 * 64 / ms * 1000, 1)}
+
+
+BABY_ABLATION = {  # GPT-2's choices first, then the baby preset's, one change at a time
+    "gpt2-style: tied head, GELU": dict(tie_weights=True, activation="gelu"),
+    "untied head, GELU": dict(tie_weights=False, activation="gelu"),
+    "tied head, ReLU²": dict(tie_weights=True, activation="relu2"),
+    "baby preset: untied head, ReLU²": dict(tie_weights=False, activation="relu2"),
+}
+
+
+def bench_ablation(iters: int = 2000, seed: int = 1337) -> list[dict]:
+    """Train the baby GPT once per BABY_ABLATION variant; validation loss (20 and 200 batches) and ms/iter."""
+    from dataclasses import replace
+
+    from labkit.train import estimate_loss
+
+    corpus = data_mod.load_corpus()
+    rows = []
+    for name, model_args in BABY_ABLATION.items():
+        cfg = make_config("gpt", "baby", max_iters=iters, seed=seed, model_args=model_args)
+        model, result = train(cfg, corpus=corpus)
+        precise = estimate_loss(model, corpus, replace(cfg, eval_iters=200), torch.Generator().manual_seed(seed + 2),
+                                splits=("val",))["val"]
+        rows.append({"variant": name, "params": result["params"], "val_loss_20_batches": result["val_loss"],
+                     "val_loss_200_batches": round(precise, 4), "ms_per_iter": result["ms_per_iter"]})
+        print(json.dumps(rows[-1]))
+    return rows
 
 
 def _steps_per_s(model, opt, corpus, cfg, steps: int) -> float:
@@ -66,16 +143,29 @@ def bench_optimizer(steps: int = 100) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["train", "optimizer"])
+    p.add_argument("what", choices=["train", "ablation", "optimizer"])
+    p.add_argument("--nanogpt", default=None, help="a nanoGPT checkout to run side by side (train only)")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.what == "train":
         out = bench_train(args.iters, args.seed, args.threads)
-        print(f"baby GPT, {out['iters']} iters: val loss {out['val_loss']:.4f}, {out['tokens_per_s']:.0f} tokens/s "
-              f"({out['ms_per_iter']:.1f} ms/iter, {out['threads']} threads); nanoGPT reference "
-              f"{NANOGPT_REFERENCE['val_loss']} / {NANOGPT_REFERENCE['tokens_per_s']} tokens/s")
+        print(f"labkit baby GPT, {out['iters']} iters: val loss {out['val_loss']:.4f}, {out['tokens_per_s']:.0f} tokens/s "
+              f"({out['ms_per_iter']:.1f} ms/iter, {out['threads']} threads)")
+        if args.nanogpt:
+            ref = run_nanogpt(Path(args.nanogpt), args.iters)
+            out["nanogpt_side_by_side"] = ref
+            out["speedup_vs_nanogpt"] = round(out["tokens_per_s"] / ref["tokens_per_s"], 3)
+            out["val_loss_minus_nanogpt"] = round(out["val_loss"] - ref["val_loss"], 4)
+            print(f"nanoGPT train.py,  same config and data: val loss {ref['val_loss']:.4f}, "
+                  f"{ref['tokens_per_s']:.0f} tokens/s ({ref['ms_per_iter']:.1f} ms/iter) -> labkit is "
+                  f"{out['speedup_vs_nanogpt']:.2f}x the throughput, {out['val_loss_minus_nanogpt']:+.4f} nats")
+        else:
+            print(f"(nanoGPT reference from when the course was built: val loss {NANOGPT_REFERENCE['val_loss']}, "
+                  f"{NANOGPT_REFERENCE['tokens_per_s']} tokens/s on that machine; pass --nanogpt DIR to measure it here)")
+    elif args.what == "ablation":
+        out = bench_ablation(args.iters, args.seed)
     else:
         out = bench_optimizer()
     print(json.dumps(out))

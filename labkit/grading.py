@@ -185,6 +185,13 @@ def check_adam_training_bytes(fn: Callable[[int, int], int], quiet: bool = False
     return run_check("adam_training_bytes", fn, cases, quiet=quiet)
 
 
+# --- lab 01 checks (language models) ---
+
+# --- lab 02 checks (inside the Transformer) ---
+
+# --- lab 03 checks (where memory goes) ---
+
+
 # ---------------------------------------------------------------------------------------------
 # Release: solved notebooks -> student copies
 

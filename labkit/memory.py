@@ -193,6 +193,10 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
     H, KV, hd = config.n_head, config.n_kv_head, config.head_dim
     N = B * T                # tokens in the batch
     dropout = config.dropout > 0
+    rotary = config.positions == "rotary"
+    if rotary and dropout:
+        raise NotImplementedError("gpt_activation_bytes: rotary positions with dropout > 0 are not derived; "
+                                  "measure them with SavedTensorMeter")
     ln_stats = 2 * N * a     # LayerNorm saves mean and 1/std per token (in the activation dtype on CPU)
 
     L: dict[str, int] = {}   # one transformer block
@@ -200,13 +204,29 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
     L["ln_1 mean, rstd"] = ln_stats
     L["attn.qkv input (ln_1 output)"] = N * C * a
     if not dropout:
-        # q, k and v are three views of ONE matmul output: its whole storage stays alive
-        L["q, k, v (the qkv matmul output)"] = N * (H + 2 * KV) * hd * a
+        if not rotary:
+            # q, k and v are three views of ONE matmul output: its whole storage stays alive
+            L["q, k, v (the qkv matmul output)"] = N * (H + 2 * KV) * hd * a
+        elif H == KV:
+            # RoPE makes new q and k tensors (rotated copies) for the kernel to save; v is still a
+            # view of the qkv output, so that whole output stays alive as well
+            L["rotated q, k (RoPE)"] = N * (H + KV) * hd * a
+            L["v (a view: keeps the qkv matmul output alive)"] = N * (H + 2 * KV) * hd * a
+        else:
+            # RoPE + GQA: the kernel saves the rotated q and the repeated k, v (counted below); the
+            # rotated k and the qkv output are freed during the forward
+            L["rotated q (RoPE)"] = N * H * hd * a
         if H > KV:  # GQA/MQA: repeat_interleave makes full-size copies of k and v for the kernel
             L["k, v repeated to n_head heads"] = 2 * B * H * T * hd * a
-        # the kernel writes its output in (B, T, H, hd) order, so the transpose+reshape feeding
-        # attn.proj is a view: one tensor serves as attention output and proj input
-        L["attention output = attn.proj input"] = N * C * a
+        if rotary:
+            # with a fresh contiguous q, the kernel's output is (B, H, T, hd)-ordered: the transpose +
+            # reshape feeding attn.proj is then a copy, a second tensor
+            L["attention output"] = N * C * a
+            L["attn.proj input (transposed copy)"] = N * C * a
+        else:
+            # the kernel writes its output in (B, T, H, hd) order, so the transpose+reshape feeding
+            # attn.proj is a view: one tensor serves as attention output and proj input
+            L["attention output = attn.proj input"] = N * C * a
         L["attention logsumexp (fp32)"] = B * H * T * acc
     else:  # the math path upcasts fp16/bf16 q, k, v to fp32 first, so all of these are fp32 then
         L["q·scale, k·scale copies (math attention)"] = 2 * B * H * T * hd * acc
@@ -228,6 +248,8 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
 
     O: dict[str, int] = {}   # once per model, outside the blocks
     O["token ids (embedding backward needs them)"] = N * ids
+    if rotary:  # the cos and sin rows are views of the whole tables (block_size rows), shared by all layers
+        O["RoPE cos, sin tables"] = 2 * config.block_size * (hd // 2) * a
     if dropout:
         O["embedding dropout mask"] = N * C * a
     O["ln_f input (residual stream)"] = N * C * a

@@ -192,3 +192,10 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
     refresh()
     return panel
 
+
+
+# --- lab 01 widgets (language models) ---
+
+# --- lab 02 widgets (inside the Transformer) ---
+
+# --- lab 03 widgets (where memory goes) ---

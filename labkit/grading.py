@@ -189,7 +189,78 @@ def check_adam_training_bytes(fn: Callable[[int, int], int], quiet: bool = False
 
 # --- lab 02 checks (inside the Transformer) ---
 
+
+def split_heads_reference(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, C) -> (B, n_head, T, C // n_head): what CausalSelfAttention does to q, k and v."""
+    B, T, C = x.shape
+    return x.view(B, T, n_head, C // n_head).transpose(1, 2)
+
+
+def check_split_heads(fn: Callable[[torch.Tensor, int], torch.Tensor], quiet: bool = False) -> CheckResult:
+    """Exercise: split the channels of (B, T, C) into n_head heads of C // n_head, giving (B, n_head, T, C // n_head).
+
+    The last example runs labkit's CausalSelfAttention on heads split by the learner's function and
+    compares with the module's own output.
+    """
+    from labkit.model import CausalSelfAttention, GPTConfig
+    g = torch.Generator().manual_seed(2)
+    cases = []
+    for B, T, C, n_head in [(1, 3, 4, 2), (2, 5, 12, 3), (1, 4, 8, 1), (2, 6, 16, 16)]:
+        x = torch.randn(B, T, C, generator=g)
+        cases.append((f"x of shape ({B}, {T}, {C}) into {n_head} heads", ("split", x, n_head), {},
+                      split_heads_reference(x, n_head)))
+    attn = CausalSelfAttention(GPTConfig(vocab_size=1, block_size=5, n_layer=1, n_head=2, n_embd=8)).eval()
+    with torch.no_grad():
+        for w in (attn.qkv.weight, attn.proj.weight):
+            w.copy_(torch.randn(w.shape, generator=g) / math.sqrt(8))
+        x = torch.randn(1, 5, 8, generator=g)
+        q, k, v = attn.qkv(x).split(8, dim=2)
+        expected = attn(x)
+
+    def run(kind, *args):
+        if kind == "split":
+            return fn(*args)
+        q, k, v = args
+        with torch.no_grad():
+            heads = torch.nn.functional.scaled_dot_product_attention(fn(q, 2), fn(k, 2), fn(v, 2), is_causal=True)
+            return attn.proj(heads.transpose(1, 2).reshape(1, 5, 8))
+
+    cases.append(("labkit's CausalSelfAttention (2 heads, T=5, C=8) run on heads split by your function",
+                  ("attention", q, k, v), {}, expected))
+    return run_check("split_heads", run, cases, rtol=1e-4, atol=1e-5, quiet=quiet)
+
+
 # --- lab 03 checks (where memory goes) ---
+
+def check_gpt_param_count(fn: Callable[[Any], int], quiet: bool = False) -> CheckResult:
+    """Exercise: parameters of `GPT(config)` by formula (bias=False; tying, positions and GQA vary)."""
+    from labkit.memory import gpt_param_count
+    from labkit.model import GPTConfig
+    configs = [
+        ("the baby GPT (untied head, learned positions)",
+         GPTConfig(vocab_size=84, block_size=64, n_layer=4, n_head=4, n_embd=128, tie_weights=False)),
+        ("tied embedding and head", GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)),
+        ("sinusoidal positions (a buffer, not a parameter)",
+         GPTConfig(vocab_size=65, block_size=256, n_layer=2, n_head=2, n_embd=64, positions="sinusoidal")),
+        ("grouped-query attention (n_kv_head=2 of 8 heads)",
+         GPTConfig(vocab_size=100, block_size=32, n_layer=3, n_head=8, n_kv_head=2, n_embd=64, tie_weights=False)),
+        ("multi-query attention, rotary positions",
+         GPTConfig(vocab_size=84, block_size=128, n_layer=6, n_head=6, n_kv_head=1, n_embd=192, positions="rotary")),
+    ]
+    cases = [(f"{what}: {c}", (c,), {}, gpt_param_count(c)) for what, c in configs]
+    return run_check("gpt_param_count", fn, cases, quiet=quiet)
+
+
+def check_mlp_activation_bytes(fn: Callable[[int, int, int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes one block's MLP saves for backward, for batch_size, seq_len, n_embd, bytes_per_element.
+
+    The expected value is the closed form 9·B·T·C·a (fc input, fc/activation output, proj input),
+    which is what SavedTensorMeter measures on labkit.model.MLP (tests/test_grading_lab03.py checks that).
+    """
+    cases = [(f"mlp_activation_bytes(batch_size={B}, seq_len={T}, n_embd={C}, bytes_per_element={a})",
+              (B, T, C, a), {}, 9 * B * T * C * a)
+             for B, T, C, a in [(12, 64, 128, 4), (1, 1, 8, 4), (8, 4096, 4096, 2), (3, 10, 48, 2)]]
+    return run_check("mlp_activation_bytes", fn, cases, quiet=quiet)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,49 @@
+"""Lab 02's check: splitting channels into attention heads."""
+import torch
+
+from labkit import grading
+
+
+def test_split_heads_right_answer_passes(capsys):
+    def split_heads(x, n_head):
+        B, T, C = x.shape
+        return x.view(B, T, n_head, C // n_head).transpose(1, 2)
+
+    result = grading.check_split_heads(split_heads)
+    assert result and result.status == grading.PASS
+    assert "passed" in capsys.readouterr().out
+
+
+def test_split_heads_plain_reshape_fails_with_the_example():
+    # a typical mistake: reshaping straight to (B, n_head, T, hd) mixes positions and channels
+    result = grading.check_split_heads(lambda x, n: x.reshape(x.shape[0], n, x.shape[1], -1), quiet=True)
+    assert not result and result.status == grading.FAIL
+    assert "into 2 heads" in result.message and "expected" in result.message
+
+
+def test_split_heads_wrong_axis_order_fails_on_shape():
+    result = grading.check_split_heads(lambda x, n: x.view(x.shape[0], x.shape[1], n, -1), quiet=True)
+    assert result.status == grading.FAIL and "shape=(1, 3, 2, 2)" in result.message
+
+
+def test_split_heads_crash_is_reported_not_raised():
+    result = grading.check_split_heads(lambda x, n: x.view(-1, n, 7), quiet=True)
+    assert result.status == grading.FAIL and "raised RuntimeError" in result.message
+
+
+def test_split_heads_unsolved_says_not_yet_solved():
+    def split_heads(x, n_head):
+        raise NotImplementedError()
+
+    result = grading.check_split_heads(split_heads, quiet=True)
+    assert result.status == grading.TODO and "not yet solved" in result.message
+
+
+def test_split_heads_fallback_returns_reference():
+    def split_heads(x, n_head):
+        raise NotImplementedError()
+
+    fn = grading.use_or_fallback(split_heads, grading.check_split_heads, grading.split_heads_reference)
+    assert fn is grading.split_heads_reference
+    x = torch.arange(24.0).view(1, 2, 12)
+    assert fn(x, 3).shape == (1, 3, 2, 4)

@@ -96,7 +96,7 @@ def use_or_fallback(student_fn: Callable, check: Callable[..., CheckResult], ref
         result = check(student_fn)
     if result:
         return student_fn
-    print(f"ℹ️ {result.name} is {result.status}: the cells below use labkit's reference instead, "
+    print(f"ℹ️ {result.name} is {result.status}: the cells below use the reference implementation instead, "
           "so the rest of the lab still runs.")
     return reference
 
@@ -186,6 +186,27 @@ def check_adam_training_bytes(fn: Callable[[int, int], int], quiet: bool = False
 
 
 # --- lab 01 checks (language models) ---
+
+def check_ngram_probabilities(fn: Callable[[torch.Tensor, float], torch.Tensor], quiet: bool = False) -> CheckResult:
+    """Exercise: add-k smoothed next-token probabilities from n-gram counts (normalised over the last dim)."""
+    g = torch.Generator().manual_seed(0)
+
+    def closed_form(counts: torch.Tensor, k: float) -> torch.Tensor:  # P(next | context) = (c + k) / Σ_next (c + k)
+        smoothed = counts.double() + k
+        return smoothed / smoothed.sum(dim=-1, keepdim=True)
+
+    examples = [
+        ("2×2 bigram counts [[2, 0], [1, 3]], k=0 (each row: counts / row total)", torch.tensor([[2, 0], [1, 3]]), 0.0),
+        ("the same counts with k=1 (add 1 to every count first)", torch.tensor([[2, 0], [1, 3]]), 1.0),
+        ("a context never seen in training (row of zeros), k=1: must become uniform",
+         torch.tensor([[0, 0, 0], [5, 0, 1], [1, 1, 1]]), 1.0),
+        ("random 5×5 bigram counts, k=0.01", torch.randint(0, 20, (5, 5), generator=g), 0.01),
+        ("random 4×4×4 trigram counts, k=0.5 (normalise over the LAST dimension)",
+         torch.randint(0, 9, (4, 4, 4), generator=g), 0.5),
+    ]
+    cases = [(description, (counts, k), {}, closed_form(counts, k)) for description, counts, k in examples]
+    return run_check("ngram_probabilities", fn, cases, rtol=1e-5, atol=1e-6, quiet=quiet)
+
 
 # --- lab 02 checks (inside the Transformer) ---
 

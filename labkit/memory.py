@@ -243,8 +243,10 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
     L["ln_2 input (residual stream)"] = N * C * a
     L["ln_2 mean, rstd"] = ln_stats
     L["mlp.fc input (ln_2 output)"] = N * C * a
-    L["GELU input (mlp.fc output)"] = N * 4 * C * a
-    L["mlp.proj input (GELU output)"] = N * 4 * C * a
+    act = "ReLU²" if config.activation == "relu2" else "GELU"
+    # GELU saves its input; relu(h)² saves relu(h) (what both the relu and the square need): same size
+    L[f"{act} input (mlp.fc output)" if act == "GELU" else f"{act}: relu(mlp.fc output)"] = N * 4 * C * a
+    L[f"mlp.proj input ({act} output)"] = N * 4 * C * a
 
     O: dict[str, int] = {}   # once per model, outside the blocks
     O["token ids (embedding backward needs them)"] = N * ids
@@ -391,7 +393,11 @@ class SavedTensorMeter:
             weakref.finalize(storage, self._freed, ptr, size)
         self.records.append(SavedTensorRecord(tuple(t.shape), str(t.dtype).removeprefix("torch."),
                                               counted, size, op, module, produced_by, kind))
-        return t  # keep the tensor itself: we only watch, we change nothing
+        # Hand autograd a detached alias (same storage, no grad_fn), not `t` itself: when an op saves
+        # its own output (relu, attention, log_softmax), returning `t` would make a reference cycle
+        # output -> grad_fn -> saved output that Python's gc cannot see, so a forward that is never
+        # run backward would keep all its activations alive. (Double backward is not supported here.)
+        return t.detach()
 
     def _freed(self, ptr: int, size: int) -> None:
         if self._live.pop(ptr, None) is not None:

@@ -10,6 +10,7 @@ Tests drive a panel by setting a slider's `.value` and reading `panel.state` / t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -17,21 +18,27 @@ import matplotlib
 
 matplotlib.use(matplotlib.get_backend() if matplotlib.get_backend().lower() != "macosx" else "Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from labkit.memory import gpt_activation_bytes, gpt_param_count, kv_cache_bytes, training_state_bytes  # noqa: E402
 from labkit.model import GPTConfig  # noqa: E402
 
 GiB = 2 ** 30
 
-# Model shapes for the calculator: GPT-2-style blocks (4x MLP, LayerNorm), sized like well-known
-# model classes. The 7B/70B entries use the published layer/width/head counts of LLaMA-2-7B and
-# LLaMA-2-70B ("Llama 2: Open Foundation and Fine-Tuned Chat Models"); with a 4x GELU MLP instead
-# of LLaMA's SwiGLU the parameter count differs by a few percent, and is computed, not quoted.
+# Model shapes for the calculator. Every block is this course's GPT block (4x MLP, LayerNorm), so the
+# parameter counts are computed for that block, never quoted. The 7B/70B entries take the published
+# layer/width/head counts of LLaMA-2-7B and LLaMA-2-70B ("Llama 2: Open Foundation and Fine-Tuned
+# Chat Models"); LLaMA's SwiGLU MLP is wider than 4x, so with this block the 7B shape counts ~6.6 B
+# parameters and the 70B shape ~55 B (lab 03 prints both against LLaMA's own MLP).
 CALCULATOR_PRESETS: dict[str, dict] = {
-    "baby (this course)": dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=4, vocab_size=84, context=64),
-    "GPT-2 small class": dict(n_layer=12, n_embd=768, n_head=12, n_kv_head=12, vocab_size=50257, context=1024),
-    "7B class": dict(n_layer=32, n_embd=4096, n_head=32, n_kv_head=32, vocab_size=32000, context=4096),
-    "70B class (GQA)": dict(n_layer=80, n_embd=8192, n_head=64, n_kv_head=8, vocab_size=32000, context=4096),
+    "baby (this course)": dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=4, vocab_size=84, context=64,
+                               tie_weights=False),
+    "GPT-2 small class": dict(n_layer=12, n_embd=768, n_head=12, n_kv_head=12, vocab_size=50257, context=1024,
+                              tie_weights=True),
+    "7B class": dict(n_layer=32, n_embd=4096, n_head=32, n_kv_head=32, vocab_size=32000, context=4096,
+                     tie_weights=False),
+    "70B class (GQA)": dict(n_layer=80, n_embd=8192, n_head=64, n_kv_head=8, vocab_size=32000, context=4096,
+                            tie_weights=False),
 }
 CALCULATOR_DTYPES = ("fp32", "bf16", "fp16")
 CALCULATOR_OPTIMIZERS = ("none (inference)", "sgd", "momentum", "adamw", "adam8bit")
@@ -49,7 +56,8 @@ def human_bytes(n: float) -> str:
 
 def memory_calculator_state(n_layer: int, n_embd: int, n_head: int, n_kv_head: int, vocab_size: int,
                             context: int, batch_size: int, dtype: str = "fp32",
-                            optimizer: str = "adamw", mixed_precision: bool = False) -> dict[str, Any]:
+                            optimizer: str = "adamw", mixed_precision: bool = False,
+                            tie_weights: bool = True) -> dict[str, Any]:
     """Bytes by category for training (or, with optimizer 'none (inference)', serving) a GPT of this shape.
 
     Training counts params, grads, optimizer state (and fp32 master weights in mixed precision) plus
@@ -61,7 +69,7 @@ def memory_calculator_state(n_layer: int, n_embd: int, n_head: int, n_kv_head: i
     if optimizer not in CALCULATOR_OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r}; allowed: {CALCULATOR_OPTIMIZERS}")
     config = GPTConfig(vocab_size=vocab_size, block_size=context, n_layer=n_layer, n_head=n_head,
-                       n_kv_head=n_kv_head, n_embd=n_embd)
+                       n_kv_head=n_kv_head, n_embd=n_embd, tie_weights=tie_weights)
     n_params = gpt_param_count(config)
     inference = optimizer.startswith("none")
     bytes_by = dict.fromkeys(CATEGORIES, 0)
@@ -82,20 +90,21 @@ def memory_calculator_state(n_layer: int, n_embd: int, n_head: int, n_kv_head: i
 
 
 def memory_calculator_figure(state: dict, budget_bytes: float | None = None) -> plt.Figure:
-    """One stacked horizontal bar of where the bytes go, in GiB, with an optional budget line."""
-    fig, ax = plt.subplots(figsize=(8, 2.4))
+    """One stacked horizontal bar of where the bytes go (MiB or GiB by size), with an optional budget line."""
+    unit_name, unit = ("GiB", GiB) if max(state["total_bytes"], budget_bytes or 0) >= GiB else ("MiB", 2 ** 20)
+    fig, ax = plt.subplots(figsize=(9, 2.4))
     left = 0.0
     for cat in CATEGORIES:
-        gib = state["bytes"][cat] / GiB
-        if gib > 0:
-            ax.barh([0], [gib], left=left, color=CATEGORY_COLORS[cat], label=f"{cat} ({human_bytes(state['bytes'][cat])})")
-            left += gib
+        width = state["bytes"][cat] / unit
+        if width > 0:
+            ax.barh([0], [width], left=left, color=CATEGORY_COLORS[cat], label=f"{cat} ({human_bytes(state['bytes'][cat])})")
+            left += width
     if budget_bytes:
-        ax.axvline(budget_bytes / GiB, color="k", ls="--", lw=1.5, label=f"budget {human_bytes(budget_bytes)}")
+        ax.axvline(budget_bytes / unit, color="k", ls="--", lw=1.5, label=f"budget {human_bytes(budget_bytes)}")
     ax.set_yticks([])
-    ax.set_xlabel("memory (GiB)")
+    ax.set_xlabel(f"memory ({unit_name})")
     ax.set_title(f"{state['n_params'] / 1e6:,.1f} M params, {state['mode']}: {human_bytes(state['total_bytes'])}")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, fontsize=8, frameon=False)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -160,6 +169,7 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
         "dtype": W.Dropdown(options=CALCULATOR_DTYPES, value="fp32", description="dtype", style=style),
         "optimizer": W.Dropdown(options=CALCULATOR_OPTIMIZERS, value="adamw", description="optimizer", style=style),
         "mixed_precision": W.Checkbox(value=False, description="fp32 master weights (mixed precision)"),
+        "tie_weights": W.Checkbox(value=p["tie_weights"], description="tied output head (shares the embedding)"),
     }
     output = W.Output()
     panel = Panel(widget=None, output=output, controls=controls)
@@ -177,8 +187,8 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
 
     def load_preset(change):
         q = CALCULATOR_PRESETS[change["new"]]
-        for key in ("n_layer", "n_embd", "n_head", "n_kv_head", "vocab_size", "context"):
-            controls[key].unobserve(refresh, "value")  # one redraw for the whole preset, not six
+        for key in ("n_layer", "n_embd", "n_head", "n_kv_head", "vocab_size", "context", "tie_weights"):
+            controls[key].unobserve(refresh, "value")  # one redraw for the whole preset, not seven
             controls[key].value = q[key]
             controls[key].observe(refresh, "value")
         refresh()
@@ -195,11 +205,125 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
 
 
 # --- lab 01 widgets (language models) ---
+# Validation loss against parameter memory for a family of models trained in the lab. A "point" is a
+# dict with name, family, param_bytes (bytes the parameters occupy) and val_loss (nats per token).
+
+LM_FAMILY_STYLES = {"n-gram": ("#937860", "s"), "LSTM": ("#DD8452", "^"), "conv": ("#55A868", "D"),
+                    "GPT": ("#4C72B0", "o")}
+LM_OTHER_STYLES = (("#C44E52", "*"), ("#8172B3", "P"), ("#DA8BC3", "X"))
+
+
+def pareto_front(points: list[dict], x: str = "param_bytes", y: str = "val_loss") -> list[dict]:
+    """The points no other point beats on both x and y (smaller is better on both), sorted by x."""
+    front: list[dict] = []
+    for p in sorted(points, key=lambda p: (p[x], p[y])):
+        if not front or p[y] < front[-1][y]:
+            front.append(p)
+    return front
+
+
+def lm_memory_loss_state(points: list[dict], families: list[str] | tuple[str, ...] | None = None,
+                         budget_bytes: float | None = None) -> dict[str, Any]:
+    """Which models are shown, their Pareto front, and the lowest-loss model within `budget_bytes` of parameters."""
+    for p in points:
+        missing = {"name", "family", "param_bytes", "val_loss"} - set(p)
+        if missing:
+            raise ValueError(f"each point needs name, family, param_bytes and val_loss; {p!r} lacks {sorted(missing)}")
+    known = list(dict.fromkeys(p["family"] for p in points))
+    families = known if families is None else list(families)
+    unknown = sorted(set(families) - set(known))
+    if unknown:
+        raise ValueError(f"families={unknown} are not among the points' families; allowed: {known}")
+    shown = [p for p in points if p["family"] in families]
+    affordable = [p for p in shown if budget_bytes is None or p["param_bytes"] <= budget_bytes]
+    best = min(affordable, key=lambda p: p["val_loss"]) if affordable else None
+    budget_text = "no budget" if budget_bytes is None else f"a budget of {human_bytes(budget_bytes)} of parameters"
+    if not shown:
+        text = "no model family selected"
+    elif best is None:
+        text = f"with {budget_text}, none of the {len(shown)} models shown fits"
+    else:
+        text = (f"with {budget_text}: best is {best['name']} ({best['family']}), val loss {best['val_loss']:.3f} "
+                f"nats/char, {human_bytes(best['param_bytes'])} of parameters; "
+                f"{len(affordable)} of {len(shown)} models fit")
+    return {"families": families, "all_families": known, "shown": shown, "affordable": affordable,
+            "front": pareto_front(shown), "best": best, "budget_bytes": budget_bytes, "text": text}
+
+
+def lm_memory_loss_figure(state: dict) -> plt.Figure:
+    """Validation loss (nats/char) against parameter memory (bytes, log scale), Pareto front and budget drawn."""
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    others = iter(LM_OTHER_STYLES * 4)
+    styles = {f: LM_FAMILY_STYLES.get(f) or next(others) for f in state["all_families"]}
+    for family in state["families"]:
+        pts = [p for p in state["shown"] if p["family"] == family]
+        color, marker = styles[family]
+        ax.scatter([p["param_bytes"] for p in pts], [p["val_loss"] for p in pts], color=color, marker=marker,
+                   s=110 if marker == "*" else 45, label=family, zorder=3)
+        for p in pts:
+            ax.annotate(p["name"], (p["param_bytes"], p["val_loss"]), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7, color=color)
+    front = state["front"]
+    if front:
+        ax.step([p["param_bytes"] for p in front], [p["val_loss"] for p in front], where="post", color="k",
+                lw=1, ls="--", label="Pareto front", zorder=2)
+    if state["budget_bytes"] is not None:
+        ax.axvline(state["budget_bytes"], color="#C44E52", lw=1.5, label=f"budget {human_bytes(state['budget_bytes'])}")
+        ax.set_xscale("log")
+        x_lo, x_hi = ax.get_xlim()
+        if state["budget_bytes"] < x_hi:  # grey out what the budget cannot afford
+            ax.axvspan(state["budget_bytes"], x_hi, color="0.85", alpha=0.5, zorder=0)
+        ax.set_xlim(min(x_lo, state["budget_bytes"] / 1.5), max(x_hi, state["budget_bytes"] * 1.5))
+    best = state["best"]
+    if best is not None:
+        ax.scatter([best["param_bytes"]], [best["val_loss"]], s=260, facecolors="none", edgecolors="#C44E52",
+                   linewidths=2, zorder=4, label=f"best within budget: {best['name']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameter memory (bytes, fp32, log scale)")
+    ax.set_ylabel("validation loss (nats/char)")
+    ax.set_title("Quality vs parameter memory: lower-left is better")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def lm_memory_loss_panel(points: list[dict], budget_bytes: float | None = None) -> Panel:
+    """Checkboxes for model families and a log slider for the parameter-memory budget → the trade-off plot."""
+    import math
+
+    import ipywidgets as W
+
+    if not points:
+        raise ValueError("points must hold at least one model")
+    state0 = lm_memory_loss_state(points)  # validates the points
+    sizes = [p["param_bytes"] for p in points]
+    lo, hi = math.log10(min(sizes)) - 0.2, math.log10(max(sizes)) + 0.2
+    budget = budget_bytes if budget_bytes is not None else 10 ** ((lo + hi) / 2)
+    controls: dict[str, Any] = {f"show {f}": W.Checkbox(value=True, description=f, indent=False)
+                                for f in state0["all_families"]}
+    controls["budget_bytes"] = W.FloatLogSlider(value=min(max(budget, 10 ** lo), 10 ** hi), base=10, min=lo, max=hi,
+                                                step=0.01, description="budget (B)", readout_format=".3g",
+                                                continuous_update=False, style={"description_width": "80px"},
+                                                layout=W.Layout(width="520px"))
+    output = W.Output()
+    panel = Panel(widget=None, output=output, controls=controls)
+
+    def refresh(*_):
+        families = [f for f in state0["all_families"] if controls[f"show {f}"].value]
+        panel.state = lm_memory_loss_state(points, families, controls["budget_bytes"].value)
+        panel.figure = lm_memory_loss_figure(panel.state)
+        render_into(output, panel.figure, panel.state["text"])
+
+    for c in controls.values():
+        c.observe(refresh, "value")
+    boxes = [controls[f"show {f}"] for f in state0["all_families"]]
+    panel.widget = W.VBox([W.HBox(boxes), controls["budget_bytes"], output])
+    panel.refresh = refresh
+    refresh()
+    return panel
+
 
 # --- lab 02 widgets (inside the Transformer) ---
-import math  # noqa: E402
-
-import matplotlib.ticker  # noqa: E402
 
 KV_TRADEOFF_PRESETS = ("baby (this course)", "7B class", "70B class (GQA)")
 KV_TRADEOFF_CONTEXTS = tuple(2 ** i for i in range(4, 18))     # 16 … 131072 tokens
@@ -231,7 +355,7 @@ def kv_cache_tradeoff_state(preset: str, context: int, batch_size: int, n_kv_hea
     if context < 1 or batch_size < 1:
         raise ValueError(f"context and batch_size must be >= 1, got context={context}, batch_size={batch_size}")
     config = GPTConfig(vocab_size=p["vocab_size"], block_size=p["context"], n_layer=p["n_layer"], n_head=n_head,
-                       n_kv_head=n_kv_head, n_embd=p["n_embd"])
+                       n_kv_head=n_kv_head, n_embd=p["n_embd"], tie_weights=p["tie_weights"])
     head_dim = config.head_dim
 
     def cache(tokens: int, kv_heads: int) -> int:
@@ -263,8 +387,8 @@ def kv_cache_tradeoff_state(preset: str, context: int, batch_size: int, n_kv_hea
         c, tc, tu = timings["context"][i], timings["cached_ms"][i], timings["uncached_ms"][i]
         state["measured"] = {"context": c, "cached_ms": tc, "uncached_ms": tu, "speedup": tu / tc}
         text += (f".\nMeasured on the baby model (batch 1, fp32) at context {c}: {tc:.2f} ms/token with the cache "
-                 f"vs {tu:.2f} ms/token recomputing ({tu / tc:.1f}× faster for {human_bytes(timings['cache_bytes'][i])} "
-                 "of cache)")
+                 f"vs {tu:.2f} ms/token recomputing ({tu / tc:.1f}× faster for "
+                 f"{human_bytes(timings['cache_bytes'][i])} of cache)")
     state["text"] = text
     return state
 
@@ -290,7 +414,8 @@ def kv_cache_tradeoff_figure(state: dict) -> plt.Figure:
     if state["n_kv_head"] != state["n_head"]:
         ax.plot(state["contexts"], state["mha_curve_bytes"], "--", color="#8172B3", alpha=0.5,
                 label=f"KV cache, MHA ({state['n_head']} KV heads)")
-    ax.axhline(state["weight_bytes"], color="#4C72B0", ls=":", lw=1.5, label=f"weights ({human_bytes(state['weight_bytes'])})")
+    ax.axhline(state["weight_bytes"], color="#4C72B0", ls=":", lw=1.5,
+               label=f"weights ({human_bytes(state['weight_bytes'])})")
     ax.plot([state["context"]], [state["cache_bytes"]], "o", color="k", ms=7,
             label=f"context {state['context']:,}: {human_bytes(state['cache_bytes'])}")
     ax.set_xscale("log", base=2)
@@ -319,7 +444,7 @@ def kv_cache_tradeoff_figure(state: dict) -> plt.Figure:
 
 
 def kv_cache_tradeoff_panel(timings: dict | None = None, preset: str = "baby (this course)") -> Panel:
-    """Dropdowns and sliders for model shape, context, batch, KV heads and dtype → KV-cache bytes and measured speed."""
+    """Controls for model shape, context, batch, KV heads and dtype → KV-cache bytes and the measured speed-up."""
     import ipywidgets as W
 
     if preset not in KV_TRADEOFF_PRESETS:
@@ -331,7 +456,8 @@ def kv_cache_tradeoff_panel(timings: dict | None = None, preset: str = "baby (th
         "context": W.SelectionSlider(options=list(KV_TRADEOFF_CONTEXTS), value=p["context"] if p["context"] in
                                      KV_TRADEOFF_CONTEXTS else 1024, description="context (tokens)", style=style),
         "batch_size": W.IntSlider(value=1, min=1, max=64, description="batch", style=style),
-        "n_kv_head": W.Dropdown(options=_divisors(p["n_head"]), value=p["n_kv_head"], description="KV heads", style=style),
+        "n_kv_head": W.Dropdown(options=_divisors(p["n_head"]), value=p["n_kv_head"], description="KV heads",
+                                style=style),
         "dtype": W.Dropdown(options=CALCULATOR_DTYPES, value="fp32", description="dtype", style=style),
     }
     output = W.Output()

@@ -298,3 +298,27 @@ def test_activation_formula_exact_for_rotary_relu2_untied(n_kv_head, batch_size,
 def test_activation_formula_refuses_rotary_with_dropout():
     with pytest.raises(NotImplementedError, match="rotary"):
         gpt_activation_bytes(GPTConfig(positions="rotary", dropout=0.1), 2, 8)
+
+
+def test_saved_tensor_meter_does_not_keep_activations_alive_without_backward():
+    """Measuring a forward that is never run backward must not leak its saved tensors.
+
+    relu saves its own output; if the meter handed that very tensor back to autograd, the output would
+    reference itself through its grad_fn, a cycle gc cannot break, and it would never be freed.
+    """
+    import gc
+    import weakref
+
+    a = torch.randn(1000, requires_grad=True)
+    refs = []
+
+    def forward():
+        y = torch.relu(a * 2)
+        refs.append(weakref.ref(y))
+        return y.sum()
+
+    result = saved_tensor_bytes(forward)
+    assert result["total_bytes"] >= 4000
+    del result
+    gc.collect()
+    assert refs[0]() is None, "the relu output saved for backward should be freed with its graph"

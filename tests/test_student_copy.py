@@ -41,5 +41,5 @@ def test_student_copy_runs_top_to_bottom(tmp_path, name):
     assert not errors, f"student copy raised: {errors[0]['ename']}: {errors[0]['evalue']}"
     shown = outputs_text(nb)
     assert shown.count("not yet solved") >= removed[name]
-    assert "reference instead" in shown           # later cells fell back and said so
+    assert "reference implementation instead" in shown           # later cells fell back and said so
     assert "this lab ran in" in shown             # it reached the last cell

@@ -12,8 +12,14 @@ from labkit.memory import gpt_activation_bytes, gpt_param_count, kv_cache_bytes,
 from labkit.model import GPTConfig
 
 
+def bar_unit_bytes(panel):
+    """Bytes per x-axis unit of the panel's figure, read from its axis label."""
+    label = panel.figure.axes[0].get_xlabel()
+    return {"memory (GiB)": widgets.GiB, "memory (MiB)": 2**20}[label]
+
+
 def bar_widths(panel):
-    """Widths (GiB) of the stacked bars in the figure the panel last drew (and check it was displayed)."""
+    """Widths (in the axis unit) of the stacked bars the panel last drew (and check it was displayed)."""
     shown = panel.output.outputs[-1]
     assert "image/png" in shown["data"], "the panel should have displayed its figure as a PNG"
     ax = panel.figure.axes[0]
@@ -46,7 +52,7 @@ def test_panel_redraws_when_a_slider_moves():
     panel = widgets.memory_calculator_panel()
     before_total, before_text = panel.state["total_bytes"], panel.output.outputs[0]["text"]
     before_bars = bar_widths(panel)
-    assert sum(before_bars) == pytest.approx(before_total / widgets.GiB)
+    assert sum(before_bars) == pytest.approx(before_total / bar_unit_bytes(panel))
     t0 = time.perf_counter()
     panel.controls["n_layer"].value = 8
     update_ms = (time.perf_counter() - t0) * 1000
@@ -54,7 +60,7 @@ def test_panel_redraws_when_a_slider_moves():
     assert panel.output.outputs[0]["text"] != before_text
     assert len(panel.output.outputs) == 2  # replaced, not appended: one text + one figure
     after_bars = bar_widths(panel)
-    assert sum(after_bars) == pytest.approx(panel.state["total_bytes"] / widgets.GiB)
+    assert sum(after_bars) == pytest.approx(panel.state["total_bytes"] / bar_unit_bytes(panel))
     assert after_bars[0] > before_bars[0]  # the params bar grew with the layers
     assert update_ms < 2000, f"a slider move took {update_ms:.0f} ms"  # generous: CI machines are shared
 
@@ -80,6 +86,19 @@ def test_preset_dropdown_loads_all_fields_with_one_redraw():
     p = widgets.CALCULATOR_PRESETS["7B class"]
     assert panel.state["config"].n_layer == p["n_layer"] and panel.state["config"].n_embd == p["n_embd"]
     assert panel.state["n_params"] > 6e9
+
+
+def test_baby_preset_counts_the_real_baby_model():
+    from labkit.train import build_for_corpus, make_config
+
+    class FakeCorpus:
+        vocab_size = 84
+
+    model = build_for_corpus(make_config("gpt", "baby"), FakeCorpus())
+    panel = widgets.memory_calculator_panel()
+    assert panel.state["n_params"] == model.num_params()
+    panel.controls["tie_weights"].value = True
+    assert panel.state["n_params"] == model.num_params() - 84 * 128
 
 
 def test_human_bytes():

@@ -19,7 +19,7 @@ def test_state_matches_formulas():
     s = widgets.kv_cache_tradeoff_state("7B class", context=4096, batch_size=2, n_kv_head=8, dtype="fp16")
     assert s["cache_bytes"] == kv_cache_bytes(32, 8, 128, 4096, 2, "fp16") == 2 * 32 * 8 * 128 * 4096 * 2 * 2
     assert s["mha_cache_bytes"] == 4 * s["cache_bytes"]
-    cfg = GPTConfig(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, n_kv_head=8, n_embd=4096)
+    cfg = GPTConfig(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, tie_weights=False)  # LLaMA-2-7B has an untied head
     assert s["weight_bytes"] == 2 * gpt_param_count(cfg)
     # the crossover context is the first one where the cache is at least the weights
     per_token = s["cache_bytes_per_token"]
@@ -30,6 +30,9 @@ def test_state_matches_formulas():
 
 def test_state_defaults_and_measured_point():
     s = widgets.kv_cache_tradeoff_state("baby (this course)", context=200, batch_size=1, timings=TIMINGS)
+    # the weights are those of the zoo's baby-gpt (untied output head): 817,280 fp32 parameters
+    zoo_cfg = GPTConfig(vocab_size=84, block_size=64, n_layer=4, n_head=4, n_embd=128, tie_weights=False)
+    assert s["weight_bytes"] == 4 * gpt_param_count(zoo_cfg) == 4 * 817_280
     assert s["n_kv_head"] == 4 and "MHA" in s["text"]
     assert s["measured"] == {"context": 256, "cached_ms": 1.3, "uncached_ms": 26.0, "speedup": 20.0}
     assert "20.0× faster" in s["text"]

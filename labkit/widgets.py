@@ -210,7 +210,7 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
 
 LM_FAMILY_STYLES = {"n-gram": ("#937860", "s"), "LSTM": ("#DD8452", "^"), "conv": ("#55A868", "D"),
                     "GPT": ("#4C72B0", "o")}
-LM_OTHER_STYLES = (("#C44E52", "*"), ("#8172B3", "P"), ("#DA8BC3", "X"))
+LM_OTHER_STYLES = (("#8172B3", "*"), ("#DA8BC3", "P"), ("#8C8C8C", "X"))  # red is kept for the budget
 
 
 def pareto_front(points: list[dict], x: str = "param_bytes", y: str = "val_loss") -> list[dict]:
@@ -283,8 +283,7 @@ def lm_memory_loss_figure(state: dict) -> plt.Figure:
     ax.set_ylabel("validation loss (nats/char)")
     ax.set_title("Quality vs parameter memory: lower-left is better")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    return fig
+    return fig  # no tight_layout: render_into saves with bbox_inches="tight", and each layout pass costs a redraw
 
 
 def lm_memory_loss_panel(points: list[dict], budget_bytes: float | None = None) -> Panel:

@@ -9,9 +9,8 @@ of the notebook after the slider move is saved to artifacts/browser/notebook03_a
 
 Chromium comes from Debian's `chromium` package (installed by .ci/run; Playwright's own browser
 download is not possible here). The test is skipped only when /usr/bin/chromium or the Python
-playwright package is missing. The notebook under test is notebooks/03_where_memory_goes.ipynb,
-or tests/browser_fixture.ipynb (which just displays the calculator) while lab 03 does not exist;
-LABKIT_BROWSER_NOTEBOOK=<path relative to the repo> picks another one.
+playwright package is missing. The notebook under test is notebooks/03_where_memory_goes.ipynb;
+LABKIT_BROWSER_NOTEBOOK=<path relative to the repo> picks another one that displays the calculator.
 """
 from __future__ import annotations
 
@@ -32,7 +31,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_03 = REPO / "notebooks" / "03_where_memory_goes.ipynb"
-FIXTURE_NOTEBOOK = REPO / "tests" / "browser_fixture.ipynb"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "artifacts" / "browser"
 CHROMIUM_ARGS = [
@@ -52,11 +50,9 @@ pytestmark = pytest.mark.browser
 
 
 def notebook_under_test() -> Path:
-    """Lab 03 if it exists, else the fixture notebook (LABKIT_BROWSER_NOTEBOOK overrides both)."""
+    """Lab 03, unless LABKIT_BROWSER_NOTEBOOK names another notebook (relative to the repository)."""
     chosen = os.environ.get("LABKIT_BROWSER_NOTEBOOK")
-    if chosen:
-        return (REPO / chosen).resolve()
-    return NOTEBOOK_03 if NOTEBOOK_03.exists() else FIXTURE_NOTEBOOK
+    return (REPO / chosen).resolve() if chosen else NOTEBOOK_03
 
 
 def _free_port() -> int:
@@ -188,8 +184,7 @@ def test_calculator_slider_updates_plot_and_total(notebook: Path, playwright_api
     PlaywrightError, sync_playwright = playwright_api.Error, playwright_api.sync_playwright
     assert notebook.exists(), f"notebook under test {notebook} does not exist"
     rel = notebook.relative_to(REPO).as_posix()
-    print(f"[browser test] notebook under test: {rel}"
-          + ("" if NOTEBOOK_03.exists() else f" ({NOTEBOOK_03.relative_to(REPO)} does not exist yet)"))
+    print(f"[browser test] notebook under test: {rel}")
     original_bytes = notebook.read_bytes()
     checkpoints = notebook.parent / ".ipynb_checkpoints"
     had_checkpoints = checkpoints.exists()

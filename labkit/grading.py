@@ -189,12 +189,8 @@ def check_adam_training_bytes(fn: Callable[[int, int], int], quiet: bool = False
 
 def check_ngram_probabilities(fn: Callable[[torch.Tensor, float], torch.Tensor], quiet: bool = False) -> CheckResult:
     """Exercise: add-k smoothed next-token probabilities from n-gram counts (normalised over the last dim)."""
+    from labkit.ngram import ngram_probabilities  # the reference: P(next | context) = (c + k) / Σ_next (c + k)
     g = torch.Generator().manual_seed(0)
-
-    def closed_form(counts: torch.Tensor, k: float) -> torch.Tensor:  # P(next | context) = (c + k) / Σ_next (c + k)
-        smoothed = counts.double() + k
-        return smoothed / smoothed.sum(dim=-1, keepdim=True)
-
     examples = [
         ("2×2 bigram counts [[2, 0], [1, 3]], k=0 (each row: counts / row total)", torch.tensor([[2, 0], [1, 3]]), 0.0),
         ("the same counts with k=1 (add 1 to every count first)", torch.tensor([[2, 0], [1, 3]]), 1.0),
@@ -204,7 +200,7 @@ def check_ngram_probabilities(fn: Callable[[torch.Tensor, float], torch.Tensor],
         ("random 4×4×4 trigram counts, k=0.5 (normalise over the LAST dimension)",
          torch.randint(0, 9, (4, 4, 4), generator=g), 0.5),
     ]
-    cases = [(description, (counts, k), {}, closed_form(counts, k)) for description, counts, k in examples]
+    cases = [(description, (counts, k), {}, ngram_probabilities(counts, k)) for description, counts, k in examples]
     return run_check("ngram_probabilities", fn, cases, rtol=1e-5, atol=1e-6, quiet=quiet)
 
 

@@ -168,8 +168,10 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
         "batch_size": W.IntSlider(value=1 if p["context"] > 64 else 12, min=1, max=256, description="batch", style=style),
         "dtype": W.Dropdown(options=CALCULATOR_DTYPES, value="fp32", description="dtype", style=style),
         "optimizer": W.Dropdown(options=CALCULATOR_OPTIMIZERS, value="adamw", description="optimizer", style=style),
-        "mixed_precision": W.Checkbox(value=False, description="fp32 master weights (mixed precision)"),
-        "tie_weights": W.Checkbox(value=p["tie_weights"], description="tied output head (shares the embedding)"),
+        "mixed_precision": W.Checkbox(value=False, description="fp32 master weights (mixed precision)",
+                                      indent=False, layout=W.Layout(width="auto")),
+        "tie_weights": W.Checkbox(value=p["tie_weights"], description="tied output head (shares the embedding)",
+                                  indent=False, layout=W.Layout(width="auto")),
     }
     output = W.Output()
     panel = Panel(widget=None, output=output, controls=controls)

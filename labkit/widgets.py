@@ -10,6 +10,7 @@ Tests drive a panel by setting a slider's `.value` and reading `panel.state` / t
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -149,6 +150,36 @@ def render_into(output, fig: plt.Figure | None, text: str | None = None) -> None
         plt.close(fig)
 
 
+@contextlib.contextmanager
+def quietly(controls: dict, refresh: Callable, keys) -> Any:
+    """Change several controls without a redraw per change (the caller redraws once after)."""
+    for key in keys:
+        controls[key].unobserve(refresh, "value")
+    try:
+        yield
+    finally:
+        for key in keys:
+            controls[key].observe(refresh, "value")
+
+
+def wire_panel(panel: Panel, refresh: Callable, on_preset: Callable | None, n_left: int) -> Panel:
+    """Connect the preset menu to on_preset and every other control to refresh, lay the controls out in
+    two columns (the first n_left on the left) above the Output, and draw once."""
+    import ipywidgets as W
+
+    controls = panel.controls
+    if on_preset is not None:
+        controls["preset"].observe(on_preset, "value")
+    for key, c in controls.items():
+        if key != "preset":
+            c.observe(refresh, "value")
+    widgets_ = list(controls.values())
+    panel.widget = W.VBox([W.HBox([W.VBox(widgets_[:n_left]), W.VBox(widgets_[n_left:])]), panel.output])
+    panel.refresh = refresh
+    refresh()
+    return panel
+
+
 def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: float | None = None) -> Panel:
     """Sliders for layers, width, heads, KV heads, context, batch, dtype and optimizer → a stacked bar of bytes."""
     import ipywidgets as W
@@ -189,20 +220,13 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
 
     def load_preset(change):
         q = CALCULATOR_PRESETS[change["new"]]
-        for key in ("n_layer", "n_embd", "n_head", "n_kv_head", "vocab_size", "context", "tie_weights"):
-            controls[key].unobserve(refresh, "value")  # one redraw for the whole preset, not seven
-            controls[key].value = q[key]
-            controls[key].observe(refresh, "value")
+        keys = ("n_layer", "n_embd", "n_head", "n_kv_head", "vocab_size", "context", "tie_weights")
+        with quietly(controls, refresh, keys):  # one redraw for the whole preset, not seven
+            for key in keys:
+                controls[key].value = q[key]
         refresh()
 
-    controls["preset"].observe(load_preset, "value")
-    for key, c in controls.items():
-        if key != "preset":
-            c.observe(refresh, "value")
-    panel.widget = W.VBox([W.HBox([W.VBox(list(controls.values())[:6]), W.VBox(list(controls.values())[6:])]), output])
-    panel.refresh = refresh
-    refresh()
-    return panel
+    return wire_panel(panel, refresh, load_preset, n_left=6)
 
 
 
@@ -472,22 +496,12 @@ def kv_cache_tradeoff_panel(timings: dict | None = None, preset: str = "baby (th
 
     def load_preset(change):
         q = CALCULATOR_PRESETS[change["new"]]
-        for key in ("context", "n_kv_head"):
-            controls[key].unobserve(refresh, "value")
-        controls["n_kv_head"].options = _divisors(q["n_head"])
-        controls["n_kv_head"].value = q["n_kv_head"]
-        controls["context"].value = q["context"]
-        for key in ("context", "n_kv_head"):
-            controls[key].observe(refresh, "value")
+        with quietly(controls, refresh, ("context", "n_kv_head")):
+            controls["n_kv_head"].options = _divisors(q["n_head"])
+            controls["n_kv_head"].value = q["n_kv_head"]
+            controls["context"].value = q["context"]
         refresh()
 
-    controls["preset"].observe(load_preset, "value")
-    for key, c in controls.items():
-        if key != "preset":
-            c.observe(refresh, "value")
-    panel.widget = W.VBox([W.HBox([W.VBox(list(controls.values())[:3]), W.VBox(list(controls.values())[3:])]), output])
-    panel.refresh = refresh
-    refresh()
-    return panel
+    return wire_panel(panel, refresh, load_preset, n_left=3)
 
 # --- lab 03 widgets (where memory goes) ---

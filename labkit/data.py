@@ -299,7 +299,7 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int,
     if len(data) <= block_size:
         raise ValueError(f"block_size={block_size} needs more than {block_size} tokens, the data has {len(data)}")
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
-    # fancy-index the memmap once: only the needed bytes are read from disk
+    # slicing the memmap reads only these windows from disk, never the whole file
     windows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in starts]).astype(np.int64))
     return windows[:, :-1], windows[:, 1:]
 

@@ -27,7 +27,7 @@ def test_release_strips_every_solution():
         assert n_blocks >= n_solution_cells, f"{path.name}: a solution cell has no BEGIN/END SOLUTION block"
 
 
-@pytest.mark.parametrize("name", ["00_start_here.ipynb", "02_inside_the_transformer.ipynb", "03_where_memory_goes.ipynb"])
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
 def test_student_copy_runs_top_to_bottom(tmp_path, name):
     from nbclient import NotebookClient
 

@@ -54,7 +54,15 @@ def test_wrong_answer_fails_with_example(check, capsys):
     assert "❌" in out and ("expected" in out or "raised" in out)
 
 
-@pytest.mark.parametrize("check", list(RIGHT), ids=lambda c: c.__name__)
+# every check in labkit.grading, including the ones each lab adds: a stub must read "not yet solved"
+ALL_CHECKS = [f for name, f in sorted(vars(grading).items()) if name.startswith("check_") and callable(f)]
+
+
+def test_all_checks_are_found():
+    assert set(RIGHT) <= set(ALL_CHECKS) and len(ALL_CHECKS) >= len(RIGHT) + 4
+
+
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda c: c.__name__)
 def test_unsolved_says_not_yet_solved(check, capsys):
     result = check(todo)
     assert result.status == grading.TODO and not result

@@ -165,8 +165,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc(x)
-        # relu(h)² ("Primer: Searching for Efficient Transformers for Language Modeling") is as good as
-        # GELU or better here, and on a CPU its forward and backward cost a fraction of GELU's erf
+        # relu(h)² ("Primer: Searching for Efficient Transformers for Language Modeling") trains the baby
+        # GPT to a clearly lower loss than GELU (`python -m labkit.bench ablation`) at about the same cost
         h = F.relu(h).square() if self.activation == "relu2" else F.gelu(h)
         return self.proj(h)
 

@@ -314,8 +314,6 @@ def lm_memory_loss_figure(state: dict) -> plt.Figure:
 
 def lm_memory_loss_panel(points: list[dict], budget_bytes: float | None = None) -> Panel:
     """Checkboxes for model families and a log slider for the parameter-memory budget → the trade-off plot."""
-    import math
-
     import ipywidgets as W
 
     if not points:

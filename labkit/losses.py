@@ -29,10 +29,13 @@ def log_softmax(logits: torch.Tensor) -> torch.Tensor:
     # log softmax(x)_i = x_i - log sum_j exp(x_j). Computing exp(x_j) directly overflows to inf
     # for logits around 90 (float32), so we use the "logsumexp trick": subtract the largest logit
     # m first. Then every exp(x_j - m) is in (0, 1] and the sum is at least 1, so nothing
-    # overflows and the log never sees 0:   log sum_j exp(x_j) = m + log sum_j exp(x_j - m).
+    # overflows and the log never sees 0:   log softmax(x)_i = (x_i - m) - log sum_j exp(x_j - m).
+    # Subtract m from the logits first, never add it to the log-sum: at logits ~1e4 in float32,
+    # m + log(2) rounds to 1e4 + 0.0007 (float32 has ~3 decimal places left there), so x_i - (m + ...)
+    # would be off by that much; (x_i - m) is exact and small, and so is everything after it.
     m = logits.amax(dim=-1, keepdim=True).detach()  # m cancels out exactly, so it needs no gradient
-    log_z = m + torch.log(torch.exp(logits - m).sum(dim=-1, keepdim=True))
-    return logits - log_z
+    shifted = logits - m  # (..., V), all <= 0, the largest is exactly 0
+    return shifted - torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))
 
 
 def _check_temperature(temperature: float) -> float:
@@ -127,7 +130,12 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: f
         raise ValueError("p_logits and q_logits must have at least one dimension (the classes, last)")
     log_p = log_softmax(p_logits / temperature)
     log_q = log_softmax(q_logits / temperature)
-    kl_per_position = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (...) sum over the classes
+    p = log_p.exp()
+    # A class p never picks (a -inf logit, e.g. a teacher masked to its top k) adds p_i log p_i = 0·(-inf):
+    # its limit is 0, as in F.kl_div, so those classes contribute nothing (computed as nan otherwise).
+    # The where() sits before the multiplication so no nan reaches the gradient either.
+    log_ratio = torch.where(p > 0, log_p - log_q, torch.zeros_like(log_p))
+    kl_per_position = (p * log_ratio).sum(dim=-1)  # (...) sum over the classes
     return kl_per_position.mean()  # "batchmean": average over every leading dimension
 
 

@@ -100,6 +100,32 @@ def test_cross_entropy_property_matches_torch_and_is_nonnegative(logits, data):
     torch.testing.assert_close(ours, F.cross_entropy(logits, targets))
 
 
+# logits around +-1e4 in float32 whose differences are O(1), so every loss is O(1) and rounding shows:
+# log_softmax must subtract the max from the logits first, (x - m) - log sum exp(x - m). The old
+# x - (m + log sum exp(x - m)) rounds m + ln 2 at 1e4 (float32 spacing there is ~0.001).
+HUGE_STUDENT = torch.tensor([[1e4, 1e4, 0.0], [1e4 + 1, 1e4, -1e4], [-1e4, -1e4 + 2, -1e4 + 1]])
+HUGE_TEACHER = torch.tensor([[1e4 + 1, 1e4, -1e4], [1e4, 1e4 + 2, 0.0], [-1e4 + 1, -1e4, -1e4 + 3]])
+HUGE_TARGETS = torch.tensor([0, 1, 2])
+
+
+def test_cross_entropy_at_1e4_float32_is_ln2_exactly():
+    # the example: two tied logits at 1e4 → p = 1/2. The old code gave 0.693359
+    loss = cross_entropy(torch.tensor([[1e4, 1e4, 0.0]]), torch.tensor([0]))
+    torch.testing.assert_close(loss, torch.tensor(math.log(2)))
+    torch.testing.assert_close(cross_entropy(HUGE_STUDENT, HUGE_TARGETS), F.cross_entropy(HUGE_STUDENT, HUGE_TARGETS))
+    torch.testing.assert_close(log_softmax(HUGE_STUDENT), F.log_softmax(HUGE_STUDENT, dim=-1))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 10.0])
+def test_kl_and_distillation_at_1e4_float32_match_torch(temperature):
+    T = temperature
+    ref_kl = F.kl_div(F.log_softmax(HUGE_STUDENT / T, -1), F.log_softmax(HUGE_TEACHER / T, -1),
+                      reduction="batchmean", log_target=True)
+    torch.testing.assert_close(kl_divergence(HUGE_TEACHER, HUGE_STUDENT, T), ref_kl)
+    ref = 0.5 * T ** 2 * ref_kl + 0.5 * F.cross_entropy(HUGE_STUDENT, HUGE_TARGETS)
+    torch.testing.assert_close(distillation_loss(HUGE_STUDENT, HUGE_TEACHER, HUGE_TARGETS, T, alpha=0.5), ref)
+
+
 # ----------------------------------------------------------------------------- perplexity / bits_per_char
 
 @pytest.mark.parametrize("vocab_size", [2, 65, 50257])
@@ -179,6 +205,26 @@ def test_kl_huge_logits_finite():
     assert torch.isfinite(kl)
     torch.testing.assert_close(kl, torch.tensor(1e4))  # p is one-hot on class 0, where log q = -1e4
     assert torch.isfinite(p.grad).all() and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_kl_with_minus_inf_teacher_logits_matches_kl_div(temperature):
+    # a teacher masked to its top k: the other classes get -inf, probability 0, and add 0·log 0 = 0
+    teacher = torch.tensor([[2.0, -math.inf, 1.0, -math.inf], [0.5, 0.1, -math.inf, 3.0]])
+    student = torch.randn(2, 4, requires_grad=True)
+    ours = kl_divergence(teacher, student, temperature)
+    ref = F.kl_div(F.log_softmax(student / temperature, -1), F.softmax(teacher / temperature, -1),
+                   reduction="batchmean")  # probability targets: F.kl_div uses 0·log 0 = 0
+    assert torch.isfinite(ours)
+    torch.testing.assert_close(ours, ref)
+    (g_ours,) = torch.autograd.grad(ours, student)
+    (g_ref,) = torch.autograd.grad(ref, student)
+    torch.testing.assert_close(g_ours, g_ref)
+    targets = torch.tensor([0, 3])
+    loss = distillation_loss(student, teacher, targets, temperature, alpha=0.5)
+    torch.testing.assert_close(loss, 0.5 * temperature ** 2 * ref + 0.5 * F.cross_entropy(student, targets))
+    # the other way round a class the student rules out but the teacher does not costs infinitely many nats
+    assert kl_divergence(student.detach(), teacher).item() == math.inf
 
 
 @PROPERTY

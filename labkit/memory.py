@@ -3,8 +3,9 @@
 Two halves, meant to be read side by side in the labs:
 
 A. **Accounting by formula** (pure arithmetic, nothing is allocated):
-   `dtype_bytes`, `gpt_param_count`, `training_state_bytes`, `gpt_activation_bytes`,
-   `kv_cache_bytes`.
+   `dtype_bytes`, `tensor_bytes`, `gpt_param_count`, `training_state_bytes`, `params_that_fit`,
+   `gpt_activation_bytes` (this CPU's saved tensors), `mlp_activation_bytes`, `megatron_activation_bytes`
+   (the GPU training formula of Korthikanti et al. 2022), `largest_batch_that_fits`, `kv_cache_bytes`.
 
 B. **Measurement** (run real PyTorch code and look at what it keeps):
    `peak_rss_mb`, `current_rss_mb`, `SavedTensorMeter` / `saved_tensor_bytes`
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import resource
 import sys
@@ -36,7 +38,8 @@ from labkit.model import GPT, GPTConfig, KVCache
 
 __all__ = [
     "DTYPE_BYTES", "OPTIMIZERS", "dtype_bytes", "gpt_param_count", "training_state_bytes",
-    "gpt_activation_bytes", "kv_cache_bytes", "peak_rss_mb", "current_rss_mb",
+    "gpt_activation_bytes", "kv_cache_bytes", "tensor_bytes", "params_that_fit", "mlp_activation_bytes",
+    "largest_batch_that_fits", "megatron_activation_bytes", "peak_rss_mb", "current_rss_mb",
     "SavedTensorRecord", "SavedTensorMeter", "saved_tensor_bytes", "TensorEvent",
     "AllocationTracer", "memory_report", "explain_report",
 ]
@@ -92,13 +95,17 @@ def gpt_param_count(config: GPTConfig) -> int:
     # (sinusoidal positions are a fixed buffer: memory, but not a parameter)
 
     qkv_out = (nh + 2 * nkv) * hd                 # q for every head, k and v for each kv head
+    F = config.mlp_hidden                         # MLP hidden width (4C in GPT-2, 11008 in LLaMA-2-7B)
+    if config.activation == "swiglu":             # gated: w_gate and w_up (C -> F), w_down (F -> C)
+        mlp = 2 * (C * F + b * F) + F * C + b * C
+    else:                                         # fc (C -> F), proj (F -> C)
+        mlp = C * F + b * F + F * C + b * C
     per_layer = (
         C + b * C                                 # ln_1: weight (and bias)
         + C * qkv_out + b * qkv_out               # attn.qkv
         + C * C + b * C                           # attn.proj
         + C + b * C                               # ln_2
-        + C * 4 * C + b * 4 * C                   # mlp.fc: C -> 4C
-        + 4 * C * C + b * C                       # mlp.proj: 4C -> C
+        + mlp
     )
     count += config.n_layer * per_layer
     count += C + b * C                            # ln_f
@@ -163,7 +170,7 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
     are left out, as is anything freed during the forward (those count for the *peak*, see
     `AllocationTracer`, but are not kept until backward).
 
-    Notation: N = batch_size · seq_len tokens, C = n_embd, V = vocab_size, H = n_head,
+    Notation: N = batch_size · seq_len tokens, C = n_embd, F = mlp_hidden, V = vocab_size, H = n_head,
     a = bytes per activation element (`dtype`: the model runs in that dtype; no autocast).
 
     Two attention paths, chosen by PyTorch's scaled_dot_product_attention on CPU:
@@ -197,6 +204,12 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
     if rotary and dropout:
         raise NotImplementedError("gpt_activation_bytes: rotary positions with dropout > 0 are not derived; "
                                   "measure them with SavedTensorMeter")
+    if rotary and hd == 2:
+        # RoPE on one channel pair per head concatenates two (B, H, T, 1) halves into a tensor whose last
+        # dimension is not contiguous, and PyTorch then takes its math attention path instead of the fused one
+        raise NotImplementedError("gpt_activation_bytes: rotary positions with head_dim=2 run PyTorch's math "
+                                  "attention path, which is not derived; measure it with SavedTensorMeter "
+                                  "(head_dim >= 4 is derived)")
     ln_stats = 2 * N * a     # LayerNorm saves mean and 1/std per token (in the activation dtype on CPU)
 
     L: dict[str, int] = {}   # one transformer block
@@ -218,11 +231,15 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
             L["rotated q (RoPE)"] = N * H * hd * a
         if H > KV:  # GQA/MQA: repeat_interleave makes full-size copies of k and v for the kernel
             L["k, v repeated to n_head heads"] = 2 * B * H * T * hd * a
-        if rotary:
+        if rotary and H > 1 and T > 1:
             # with a fresh contiguous q, the kernel's output is (B, H, T, hd)-ordered: the transpose +
             # reshape feeding attn.proj is then a copy, a second tensor
             L["attention output"] = N * C * a
             L["attn.proj input (transposed copy)"] = N * C * a
+        elif rotary:
+            # ... except with one head or one token, where swapping the H and T axes moves no element:
+            # the reshape is a view and one tensor serves as attention output and proj input
+            L["attention output = attn.proj input (a view: H = 1 or T = 1)"] = N * C * a
         else:
             # the kernel writes its output in (B, T, H, hd) order, so the transpose+reshape feeding
             # attn.proj is a view: one tensor serves as attention output and proj input
@@ -242,11 +259,20 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
         L["dropout masks after attn and after mlp"] = 2 * N * C * a
     L["ln_2 input (residual stream)"] = N * C * a
     L["ln_2 mean, rstd"] = ln_stats
-    L["mlp.fc input (ln_2 output)"] = N * C * a
-    act = "ReLU²" if config.activation == "relu2" else "GELU"
-    # GELU saves its input; relu(h)² saves relu(h) (what both the relu and the square need): same size
-    L[f"{act} input (mlp.fc output)" if act == "GELU" else f"{act}: relu(mlp.fc output)"] = N * 4 * C * a
-    L[f"mlp.proj input ({act} output)"] = N * 4 * C * a
+    F = config.mlp_hidden
+    if config.activation == "swiglu":
+        L["w_gate, w_up input (ln_2 output)"] = N * C * a
+        # silu saves its input; the product silu(g) * u saves both factors; w_down saves the product
+        L["silu input (w_gate output)"] = N * F * a
+        L["w_up output (a factor of the product)"] = N * F * a
+        L["silu output (the other factor)"] = N * F * a
+        L["w_down input (the gated product)"] = N * F * a
+    else:
+        L["mlp.fc input (ln_2 output)"] = N * C * a
+        act = "ReLU²" if config.activation == "relu2" else "GELU"
+        # GELU saves its input; relu(h)² saves relu(h) (what both the relu and the square need): same size
+        L[f"{act} input (mlp.fc output)" if act == "GELU" else f"{act}: relu(mlp.fc output)"] = N * F * a
+        L[f"mlp.proj input ({act} output)"] = N * F * a
 
     O: dict[str, int] = {}   # once per model, outside the blocks
     O["token ids (embedding backward needs them)"] = N * ids
@@ -275,6 +301,97 @@ def kv_cache_bytes(n_layer: int, n_kv_head: int, head_dim: int, seq_len: int,
     """Bytes of a KV cache: 2 (k and v) · layers · kv_heads · head_dim · bytes · tokens · batch."""
     elements = 2 * n_layer * n_kv_head * head_dim * seq_len * batch_size
     return _nbytes(elements, dtype_bytes(dtype))
+
+
+def _check_count(name: str, value, minimum: int = 0) -> int:
+    """`value` as an int if it is an integer (any integer type, e.g. numpy's) >= minimum, else ValueError."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum:
+        return int(value)
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_amount(name: str, value, positive: bool = False) -> float:
+    """`value` if it is a finite real number >= 0 (> 0 with positive=True), else a ValueError naming it."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and (value > 0 if positive else value >= 0):
+        return value
+    raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+def tensor_bytes(shape: tuple[int, ...] | list[int] | torch.Size, dtype: str | torch.dtype = "fp32") -> int:
+    """Bytes a dense tensor of `shape` takes in `dtype`: product of the sizes × bytes per element."""
+    if isinstance(shape, (int, str)) or not hasattr(shape, "__iter__"):
+        raise ValueError(f"shape={shape!r} must be a sequence of sizes, e.g. (B, T, C)")
+    count = 1
+    for i, size in enumerate(shape):
+        count *= _check_count(f"shape[{i}]", size)
+    return _nbytes(count, dtype_bytes(dtype))
+
+
+def params_that_fit(budget_bytes: float, bytes_per_param: float) -> int:
+    """How many parameters fit in `budget_bytes` at `bytes_per_param` bytes each (rounded down)."""
+    budget_bytes = _check_amount("budget_bytes", budget_bytes)
+    bytes_per_param = _check_amount("bytes_per_param", bytes_per_param, positive=True)
+    return int(budget_bytes // bytes_per_param)
+
+
+def mlp_activation_bytes(batch_size: int, seq_len: int, n_embd: int, bytes_per_element: float) -> int:
+    """Bytes the course's 4x MLP saves for backward: 9·B·T·C·a (its input C, the 4C pre- and post-activation)."""
+    B = _check_count("batch_size", batch_size)
+    T = _check_count("seq_len", seq_len)
+    C = _check_count("n_embd", n_embd)
+    a = _check_amount("bytes_per_element", bytes_per_element, positive=True)
+    return _nbytes(B * T * (C + 4 * C + 4 * C), a)
+
+
+def megatron_activation_bytes(n_layer: int, n_embd: int, n_head: int, seq_len: int, batch_size: int) -> int:
+    """Activation bytes of GPU training by Korthikanti et al. 2022: n_layer · s·b·h·(34 + 5·a·s/h).
+
+    From "Reducing Activation Recomputation in Large Transformer Models" (eq. 1, no tensor or sequence
+    parallelism, no recomputation), with s = seq_len, b = batch_size, h = n_embd, a = n_head. Its
+    assumptions, which differ from `gpt_activation_bytes` (this CPU's saved tensors, measured):
+    - every activation is 16-bit (2 bytes) and every dropout mask 1 byte (dropout after attention
+      probabilities, after attention and after the MLP);
+    - attention is NOT fused: the a·s×s scores, softmax output and dropout mask are stored, which is
+      the 5·a·s/h term (2 + 2 + 1 bytes per score). A flash-attention kernel removes it;
+    - the MLP is GPT's 4h GELU MLP, LayerNorm saves its input, keys and values have n_head heads (no
+      GQA repeat copies, which the CPU path makes), and the embedding, final LayerNorm and loss are
+      left out (they are not per layer).
+    `gpt_activation_bytes` instead counts what PyTorch on this CPU keeps: a fused attention kernel
+    (no s×s term), no dropout, the real MLP (SwiGLU where configured), and the outside-the-layers terms.
+    """
+    L = _check_count("n_layer", n_layer, 1)
+    h = _check_count("n_embd", n_embd, 1)
+    a = _check_count("n_head", n_head, 1)
+    s = _check_count("seq_len", seq_len, 1)
+    b = _check_count("batch_size", batch_size, 1)
+    # s·b·h·(34 + 5·a·s/h) = 34·s·b·h + 5·a·s²·b: an exact integer
+    return L * (34 * s * b * h + 5 * a * s * s * b)
+
+
+def largest_batch_that_fits(config: GPTConfig, seq_len: int, budget_bytes: float, dtype: str | torch.dtype = "fp32",
+                            optimizer: str = "adamw") -> int:
+    """Largest batch B >= 0 whose training step fits: weights + grads + optimizer state + activations <= budget.
+
+    Training state is `training_state_bytes(gpt_param_count(config), dtype, optimizer)["total"]`; activations
+    are `gpt_activation_bytes(config, B, seq_len, dtype)["total"]`. Returns 0 if even batch 1 does not fit.
+    """
+    budget_bytes = _check_amount("budget_bytes", budget_bytes)
+    seq_len = _check_count("seq_len", seq_len, 1)
+    state = training_state_bytes(gpt_param_count(config), dtype, optimizer)["total"]
+
+    def fits(B: int) -> bool:
+        return state + gpt_activation_bytes(config, B, seq_len, dtype)["total"] <= budget_bytes
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2                      # fits(lo) holds; grow hi until it does not (bytes grow with B)
+    while fits(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:                 # binary search: fits(lo) and not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 # ---------------------------------------------------------------------------------------------

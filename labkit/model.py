@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 POSITION_KINDS = ("learned", "sinusoidal", "rotary")
-ACTIVATIONS = ("gelu", "relu2")
+ACTIVATIONS = ("gelu", "relu2", "swiglu")
 
 
 def _check_positive(config, names: tuple[str, ...]) -> None:
@@ -44,12 +44,17 @@ class GPTConfig:
     bias: bool = False            # biases in Linear/LayerNorm (GPT-2 had them; they add nothing here)
     positions: str = "learned"    # "learned" table, fixed "sinusoidal" encoding, or "rotary" (RoPE)
     tie_weights: bool = True      # share the token embedding with the output head
-    activation: str = "gelu"      # MLP nonlinearity: "gelu" (GPT-2) or "relu2" (ReLU squared)
+    activation: str = "gelu"      # MLP: "gelu" (GPT-2), "relu2" (ReLU squared) or "swiglu" (LLaMA's gated MLP)
+    mlp_hidden: int | None = None  # MLP hidden width: None = 4·n_embd (gelu, relu2) or 8·n_embd/3 (swiglu)
 
     def __post_init__(self):
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        _check_positive(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd"))
+        if self.mlp_hidden is None:
+            # a gated MLP has three matrices instead of two: 2/3 of the width keeps the parameter count of
+            # the 4x MLP ("GLU Variants Improve Transformer", Shazeer 2020); LLaMA then rounds the width up
+            self.mlp_hidden = 8 * self.n_embd // 3 if self.activation == "swiglu" else 4 * self.n_embd
+        _check_positive(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"))
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
@@ -57,6 +62,10 @@ class GPTConfig:
                              "(each key/value head serves a whole group of query heads)")
         if self.positions not in POSITION_KINDS:
             raise ValueError(f"GPTConfig.positions={self.positions!r}; allowed: {POSITION_KINDS}")
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"GPTConfig.positions='rotary' rotates channel pairs, so head_dim = n_embd / n_head "
+                             f"must be even; got n_embd={self.n_embd}, n_head={self.n_head} -> head_dim="
+                             f"{self.head_dim}; allowed: an even head_dim (or positions 'learned' / 'sinusoidal')")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"GPTConfig.activation={self.activation!r}; allowed: {ACTIVATIONS}")
         if not 0.0 <= self.dropout < 1.0:
@@ -92,6 +101,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, C) -> (B, n_head, T, C // n_head): head h gets channels [h·hd, (h+1)·hd), a view (no copy)."""
+    B, T, C = x.shape
+    return x.view(B, T, n_head, C // n_head).transpose(1, 2)
 
 
 class KVCache:
@@ -131,9 +146,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
                                      self.n_kv_head * self.head_dim], dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)        # (B, nh, T, hd)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)     # (B, nkv, T, hd)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = split_heads(q, self.n_head)                                     # (B, nh, T, hd)
+        k, v = split_heads(k, self.n_kv_head), split_heads(v, self.n_kv_head)  # (B, nkv, T, hd)
         if rope is not None:  # rotary positions: rotate q and k (the cache then stores rotated keys)
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is None:
@@ -157,10 +171,12 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """Two matrices around a nonlinearity: proj(act(fc x)), hidden width mlp_hidden (4·n_embd in GPT-2)."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.activation = config.activation
 
     def forward(self, x):
@@ -171,6 +187,23 @@ class MLP(nn.Module):
         return self.proj(h)
 
 
+class SwiGLU(nn.Module):
+    """LLaMA's gated MLP, three matrices: w_down(silu(w_gate x) * w_up x).
+
+    The gate decides, per hidden unit, how much of w_up x passes ("GLU Variants Improve Transformer",
+    Shazeer 2020). LLaMA-2-7B has n_embd 4096 and mlp_hidden 11008; LLaMA-2-70B 8192 and 28672.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.w_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.w_up = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.w_down = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+
+    def forward(self, x):
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
 class Block(nn.Module):
     """Pre-LN residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
@@ -179,7 +212,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = SwiGLU(config) if config.activation == "swiglu" else MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, cache=None, layer=0, rope=None):
@@ -271,7 +304,7 @@ class GPT(LanguageModel):
         # GPT-2: scale the init of projections that write into the residual stream by 1/sqrt(2·layers),
         # so the stream's variance does not grow with depth
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
+            if name.endswith(("proj.weight", "w_down.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod

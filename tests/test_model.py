@@ -1,6 +1,7 @@
 """labkit.model: shapes, loss, causality, KV-cache generation, parameter accounting and config errors."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -10,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from labkit import model as model_mod
-from labkit.model import (GPT, ConvConfig, ConvLM, GPTConfig, KVCache, LSTMConfig, LSTMLM, build_model,
-                          model_config_dict, sample_next, sinusoidal_positions)
+from labkit.model import (GPT, ConvConfig, ConvLM, GPTConfig, KVCache, LSTMConfig, LSTMLM, SwiGLU, build_model,
+                          model_config_dict, sample_next, sinusoidal_positions, split_heads)
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -292,6 +293,11 @@ def test_conv_receptive_field_matches_empirical(n_layer, kernel_size):
     (dict(n_layer=0), "n_layer"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(dropout=1.0), "dropout"),
+    (dict(mlp_hidden=0), "mlp_hidden"),
+    (dict(activation="swish"), "activation"),
+    # rotary positions rotate channel pairs: an odd head_dim used to pass the config and crash in the forward
+    (dict(positions="rotary", n_embd=12, n_head=4), "head_dim"),
+    (dict(positions="rotary", n_embd=5, n_head=1), "head_dim"),
 ])
 def test_gpt_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -338,3 +344,46 @@ def test_gqa_equals_mha_with_each_kv_head_copied_to_its_query_group(n_kv_head):
     mha.load_state_dict(state)
     x = torch.randint(V, (2, BLOCK))
     torch.testing.assert_close(mha(x)[0], gqa(x)[0], rtol=0, atol=1e-5)
+
+
+def test_rotary_odd_head_dim_error_says_what_is_allowed():
+    with pytest.raises(ValueError, match=r"positions='rotary'.*n_embd=12, n_head=4 -> head_dim=3.*even"):
+        GPTConfig(positions="rotary", n_embd=12, n_head=4)
+    GPTConfig(positions="learned", n_embd=12, n_head=4)   # odd head_dim is fine without rotation
+    GPT(GPTConfig(positions="rotary", n_embd=16, n_head=4, n_layer=1))(torch.zeros(1, 3, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- split_heads, MLP widths, SwiGLU
+
+def test_split_heads_is_a_view_with_head_h_holding_its_channels():
+    x = torch.arange(2 * 3 * 12, dtype=torch.float32).view(2, 3, 12)
+    heads = split_heads(x, 4)
+    assert heads.shape == (2, 4, 3, 3) and heads.data_ptr() == x.data_ptr()
+    for h in range(4):
+        assert torch.equal(heads[:, h], x[:, :, 3 * h:3 * h + 3])
+
+
+def test_mlp_hidden_defaults_and_explicit_width():
+    assert GPTConfig(n_embd=64, n_head=4).mlp_hidden == 256                       # GPT-2's 4x
+    assert GPTConfig(n_embd=64, n_head=4, activation="relu2").mlp_hidden == 256
+    assert GPTConfig(n_embd=96, n_head=4, activation="swiglu").mlp_hidden == 256  # 8·96/3: same params as 4x
+    cfg = GPTConfig(n_embd=32, n_head=4, n_layer=1, mlp_hidden=48)
+    model = GPT(cfg)
+    assert model.blocks[0].mlp.fc.weight.shape == (48, 32) and model.blocks[0].mlp.proj.weight.shape == (32, 48)
+
+
+def test_swiglu_is_down_of_silu_gate_times_up():
+    cfg = GPTConfig(vocab_size=V, block_size=BLOCK, n_embd=32, n_head=4, n_layer=1, activation="swiglu",
+                    mlp_hidden=40, bias=True)
+    model = spread(GPT(cfg))
+    mlp = model.blocks[0].mlp
+    assert isinstance(mlp, SwiGLU)
+    assert [m.weight.shape for m in (mlp.w_gate, mlp.w_up, mlp.w_down)] == [(40, 32), (40, 32), (32, 40)]
+    x = torch.randn(2, 5, 32)
+    gate, up = x @ mlp.w_gate.weight.T + mlp.w_gate.bias, x @ mlp.w_up.weight.T + mlp.w_up.bias
+    by_hand = (gate * torch.sigmoid(gate) * up) @ mlp.w_down.weight.T + mlp.w_down.bias
+    torch.testing.assert_close(mlp(x), by_hand, rtol=1e-5, atol=1e-5)
+    # the projection into the residual stream gets GPT-2's depth-scaled init, like attn.proj
+    fresh = GPT(dataclasses.replace(cfg, n_layer=8))
+    assert abs(fresh.blocks[0].mlp.w_down.weight.std() - 0.02 / 4) < 0.0015   # 0.02 / sqrt(2 · 8 layers)
+    assert abs(fresh.blocks[0].mlp.w_up.weight.std() - 0.02) < 0.002

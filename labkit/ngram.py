@@ -5,10 +5,14 @@
     model = NGramModel.fit(train_ids, n=3, vocab_size=V, k=0.1)   # the same, stored as a float32 table
     model.cross_entropy(val_ids)                           # nats per token on a split
     model.sample(prompt_ids, 200, generator=torch.Generator().manual_seed(0))
+    sparse = SparseNGramModel.fit(train_ids, n=5, vocab_size=V, k=0.1)   # only the n-grams seen: no V**n table
 
 An n-gram model predicts token t from the n - 1 tokens before it, so it keeps one row of V
-probabilities per context: a table of V**n numbers (`ngram_table_bytes`). Lab 01 derives all of
-this by hand and checks its derivation against this module.
+probabilities per context: a dense table of V**n numbers (`ngram_table_bytes`). Most of those
+cells were never seen in training, and add-k gives all unseen cells of a row the same value, so
+the same model can be stored sparse: the seen n-grams with their counts, and each seen context
+with its total (`SparseNGramModel`, whose `nbytes` is what those arrays take). Lab 01 derives all
+of this by hand and checks its derivation against this module; lab 04 compares sparse formats.
 """
 from __future__ import annotations
 
@@ -138,6 +142,13 @@ class NGramModel:
         """Bytes the probability table occupies (V**n entries of its dtype)."""
         return self.probs.numel() * self.probs.element_size()
 
+    def token_losses(self, tokens: np.ndarray | Tensor) -> Tensor:
+        """-ln P(token | previous n-1 tokens) in nats (float64), one per token of tokens[n-1:]."""
+        if len(tokens) < self.n:
+            raise ValueError(f"a {self.n}-gram model needs at least {self.n} tokens to score one, got {len(tokens)}")
+        p = self.probs.reshape(-1)[ngram_ids(tokens, self.n, self.vocab_size)]
+        return -torch.log(p.double())
+
     def cross_entropy(self, tokens: np.ndarray | Tensor) -> float:
         """Mean -ln P(token | previous n-1 tokens) in nats per token, over tokens[n-1:] of a split.
 
@@ -145,10 +156,7 @@ class NGramModel:
         so a split of N tokens contributes N - n + 1 predictions. Returns inf if any scored
         token has probability 0 (possible only with k = 0). log is taken in float64.
         """
-        if len(tokens) < self.n:
-            raise ValueError(f"a {self.n}-gram model needs at least {self.n} tokens to score one, got {len(tokens)}")
-        p = self.probs.reshape(-1)[ngram_ids(tokens, self.n, self.vocab_size)]
-        return -torch.log(p.double()).mean().item()
+        return self.token_losses(tokens).mean().item()
 
     def sample(self, prompt: Sequence[int], max_new_tokens: int,
                generator: torch.Generator | None = None) -> list[int]:
@@ -160,3 +168,101 @@ class NGramModel:
             row = self.probs[tuple(ids[len(ids) - (self.n - 1):])]  # (V,) the distribution after this context
             ids.append(torch.multinomial(row, 1, generator=generator).item())
         return ids
+
+
+# ----------------------------------------------------------------------------- the same model, stored sparse
+
+def index_dtype(n_values: int) -> np.dtype:
+    """The narrowest unsigned integer dtype that holds every index in [0, n_values)."""
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if n_values - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"n_values={n_values} does not fit in 64 bits")
+
+
+@dataclass
+class SparseNGramModel:
+    """An add-k n-gram LM that stores only what training saw (coordinate "COO" format, sorted by index).
+
+    - ngram_index / ngram_count: each n-gram seen in training, as its flat id in [0, V**n)
+      (first token most significant, as `ngram_ids`), and how often it occurred;
+    - context_index / context_total: each (n-1)-token context seen, and how often it was followed by anything.
+
+    P(next | context) = (count + k) / (total + V k), exactly the dense table's value; an unseen context is
+    uniform (1/V). Indices use the narrowest unsigned integer that holds them (`index_dtype`), counts int32.
+    """
+
+    n: int
+    vocab_size: int
+    k: float
+    ngram_index: np.ndarray
+    ngram_count: np.ndarray
+    context_index: np.ndarray
+    context_total: np.ndarray
+
+    @classmethod
+    def fit(cls, tokens: np.ndarray | Tensor | Sequence[int], n: int, vocab_size: int, k: float) -> "SparseNGramModel":
+        """Count the n-grams of `tokens` without a dense table (sort + unique), so any order fits in memory."""
+        n, k = _check_n(n), _check_k(k)
+        if vocab_size ** n > 2**63:
+            raise ValueError(f"a {n}-gram over {vocab_size} tokens has more than 2**63 cells: its ids overflow int64")
+        flat, counts = torch.unique(ngram_ids(tokens, n, vocab_size), sorted=True, return_counts=True)
+        contexts, inverse = torch.unique_consecutive(flat // vocab_size, return_inverse=True)  # flat is sorted
+        totals = torch.zeros(len(contexts), dtype=torch.int64).index_add_(0, inverse, counts)
+        return cls(n, vocab_size, k,
+                   flat.numpy().astype(index_dtype(vocab_size ** n)), counts.numpy().astype(np.int32),
+                   contexts.numpy().astype(index_dtype(vocab_size ** (n - 1))), totals.numpy().astype(np.int32))
+
+    @classmethod
+    def from_counts(cls, counts: Tensor, k: float) -> "SparseNGramModel":
+        """The sparse form of a dense (V,)*n count table (e.g. from `ngram_counts`)."""
+        counts = torch.as_tensor(counts)
+        V, n = counts.size(-1), counts.dim()
+        flat = counts.reshape(-1).nonzero().squeeze(1)
+        rows = counts.reshape(-1, V).sum(dim=1)
+        contexts = rows.nonzero().squeeze(1)
+        return cls(n, V, _check_k(k), flat.numpy().astype(index_dtype(V ** n)),
+                   counts.reshape(-1)[flat].numpy().astype(np.int32),
+                   contexts.numpy().astype(index_dtype(V ** (n - 1))), rows[contexts].numpy().astype(np.int32))
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored (non-zero) n-gram counts."""
+        return len(self.ngram_index)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the four stored arrays (indices in their narrow dtypes, counts int32)."""
+        return sum(a.nbytes for a in (self.ngram_index, self.ngram_count, self.context_index, self.context_total))
+
+    def format_description(self) -> str:
+        """Which arrays are stored, with their dtypes and lengths."""
+        return (f"COO: {self.nnz:,} n-grams × ({self.ngram_index.dtype} index + {self.ngram_count.dtype} count) + "
+                f"{len(self.context_index):,} contexts × ({self.context_index.dtype} index + "
+                f"{self.context_total.dtype} total)")
+
+    @staticmethod
+    def _lookup(index: np.ndarray, values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """values[i] where index[i] == key, else 0 (index is sorted)."""
+        pos = np.searchsorted(index, keys)
+        pos_clipped = np.minimum(pos, len(index) - 1)
+        found = (pos < len(index)) & (index[pos_clipped] == keys)
+        return np.where(found, values[pos_clipped], 0).astype(np.float64)
+
+    def token_losses(self, tokens: np.ndarray | Tensor) -> Tensor:
+        """-ln P(token | previous n-1 tokens) in nats (float64), one per token of tokens[n-1:]."""
+        if len(tokens) < self.n:
+            raise ValueError(f"a {self.n}-gram model needs at least {self.n} tokens to score one, got {len(tokens)}")
+        flat = ngram_ids(tokens, self.n, self.vocab_size).numpy().astype(self.ngram_index.dtype)
+        count = self._lookup(self.ngram_index, self.ngram_count, flat)
+        total = self._lookup(self.context_index, self.context_total,
+                             (flat // self.vocab_size).astype(self.context_index.dtype))
+        V, k = self.vocab_size, self.k
+        denominator = total + V * k
+        p = np.where(denominator > 0, (count + k) / np.where(denominator > 0, denominator, 1.0), 1.0 / V)
+        with np.errstate(divide="ignore"):  # p = 0 (k = 0, unseen n-gram of a seen context) -> inf, as dense
+            return torch.from_numpy(-np.log(p))
+
+    def cross_entropy(self, tokens: np.ndarray | Tensor) -> float:
+        """Mean nats per token over tokens[n-1:] (the same convention as NGramModel.cross_entropy)."""
+        return self.token_losses(tokens).mean().item()

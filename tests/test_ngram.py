@@ -133,3 +133,45 @@ def test_other_errors():
     with pytest.raises(ValueError, match="counts"):
         ngram_probabilities(torch.tensor([[1, -1]]), 1.0)
     assert ngram.MAX_TABLE_CELLS >= 84 ** 3
+
+
+# ----------------------------------------------------------------------------- the sparse (COO) form
+
+def test_index_dtype_is_the_narrowest_that_holds_every_index():
+    assert ngram.index_dtype(256) == np.uint8 and ngram.index_dtype(257) == np.uint16
+    assert ngram.index_dtype(84 ** 3) == np.uint32 and ngram.index_dtype(84 ** 5) == np.uint32  # 4.18e9 < 2**32
+    assert ngram.index_dtype(84 ** 6) == np.uint64
+
+
+def test_sparse_model_stores_exactly_the_seen_ngrams_and_contexts():
+    sparse = ngram.SparseNGramModel.fit(TOKENS, 2, 3, k=0.5)      # bigrams 01 ×2, 11, 12, 20
+    assert sparse.ngram_index.tolist() == [1, 4, 5, 6] and sparse.ngram_count.tolist() == [2, 1, 1, 1]
+    assert sparse.context_index.tolist() == [0, 1, 2] and sparse.context_total.tolist() == [2, 2, 1]
+    assert sparse.ngram_index.dtype == np.uint8 and sparse.ngram_count.dtype == np.int32
+    assert sparse.nnz == 4 and sparse.nbytes == 4 * (1 + 4) + 3 * (1 + 4)
+    assert "4 n-grams × (uint8 index + int32 count)" in sparse.format_description()
+    from_counts = ngram.SparseNGramModel.from_counts(ngram_counts(TOKENS, 2, 3), k=0.5)
+    for name in ("ngram_index", "ngram_count", "context_index", "context_total"):
+        assert np.array_equal(getattr(from_counts, name), getattr(sparse, name))
+
+
+def test_sparse_model_gives_the_dense_models_losses():
+    train = torch.randint(0, 7, (5000,), generator=torch.Generator().manual_seed(0))
+    val = torch.randint(0, 7, (800,), generator=torch.Generator().manual_seed(1))
+    for n in (1, 2, 3, 4):
+        for k in (0.01, 1.0):
+            dense = NGramModel.fit(train, n, 7, k=k, dtype=torch.float64)
+            sparse = ngram.SparseNGramModel.fit(train, n, 7, k=k)
+            torch.testing.assert_close(sparse.token_losses(val), dense.token_losses(val), rtol=1e-12, atol=1e-12)
+            assert sparse.nbytes < dense.table_bytes or n == 1
+
+
+def test_sparse_model_unseen_context_is_uniform_and_k_zero_gives_inf():
+    sparse = ngram.SparseNGramModel.fit([0, 1, 0, 1], 2, 3, k=0.0)    # context 2 never seen
+    assert sparse.token_losses([2, 0]).item() == pytest.approx(math.log(3))
+    assert sparse.token_losses([0, 0]).item() == math.inf           # seen context, unseen bigram, k = 0
+    assert sparse.cross_entropy([0, 1, 0]) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        sparse.token_losses([0])
+    with pytest.raises(ValueError, match="k"):
+        ngram.SparseNGramModel.fit(TOKENS, 2, 3, k=-1)

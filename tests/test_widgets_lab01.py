@@ -67,8 +67,9 @@ def test_panel_follows_the_budget_slider_and_family_boxes():
     ax = panel.figure.axes[0]
     assert ax.get_xscale() == "log" and "bytes" in ax.get_xlabel() and "nats" in ax.get_ylabel()
     # the budget line sits where the slider is
-    vlines = [line for line in ax.lines if len(set(line.get_xdata())) == 1]
-    assert vlines and vlines[0].get_xdata()[0] == pytest.approx(500_000, rel=0.03)
+    vlines = [line for line in ax.lines if line.get_label().startswith("budget")]
+    assert len(vlines) == 1 and vlines[0].get_xdata()[0] == pytest.approx(500_000, rel=0.03)
+    assert vlines[0].get_label() == "budget 488.28 KiB"
     assert update_ms < 2000, f"a slider move took {update_ms:.0f} ms"  # generous: CI machines are shared
 
     panel.controls["show LSTM"].value = False
@@ -80,3 +81,44 @@ def test_panel_follows_the_budget_slider_and_family_boxes():
     for f in panel.state["all_families"]:
         panel.controls[f"show {f}"].value = False
     assert panel.state["best"] is None and "no model family" in panel.output.outputs[0]["text"]
+
+
+def test_front_with_a_tolerance_keeps_models_tied_within_the_noise():
+    pts = [{"name": "small", "family": "A", "param_bytes": 100, "val_loss": 2.000},
+           {"name": "big-tied", "family": "A", "param_bytes": 200, "val_loss": 2.003},
+           {"name": "big-worse", "family": "B", "param_bytes": 300, "val_loss": 2.050},
+           {"name": "bigger-better", "family": "B", "param_bytes": 400, "val_loss": 1.900}]
+    assert names(widgets.pareto_front(pts)) == ["small", "bigger-better"]
+    assert names(widgets.pareto_front(pts, tolerance=0.005)) == ["small", "big-tied", "bigger-better"]
+    s = widgets.lm_memory_loss_state(pts, budget_bytes=250, tolerance=0.005)
+    assert s["best"]["name"] == "small" and names(s["tied"]) == ["big-tied"]
+    assert "tied with it (within ±0.005 nats/char, the noise): big-tied" in s["text"]
+    assert widgets.lm_memory_loss_state(pts, budget_bytes=250)["tied"] == []
+    with pytest.raises(ValueError, match="tolerance"):
+        widgets.pareto_front(pts, tolerance=-1)
+
+
+def test_figure_draws_error_bars_noise_band_and_reference_lines():
+    pts = [dict(p, val_loss_err=0.01) for p in POINTS]
+    refs = [{"name": "bz2 -9: 2.39 bits/char", "val_loss": 1.66}]
+    s = widgets.lm_memory_loss_state(pts, budget_bytes=500_000, tolerance=0.02, references=refs)
+    fig = widgets.lm_memory_loss_figure(s)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "bz2 -9: 2.39 bits/char" in labels and any("± 0.020" in t for t in labels)
+    bars = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
+    segs = [seg for c in bars for seg in c.get_segments()]
+    assert len(segs) == len(pts) and all(abs(seg[1][1] - seg[0][1] - 0.02) < 1e-9 for seg in segs)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert any("KiB" in t for t in ticks) and any("MiB" in t for t in ticks)   # byte units, not 1e5
+    with pytest.raises(ValueError, match="param_bytes must be > 0"):
+        widgets.lm_memory_loss_state([{"name": "uniform", "family": "x", "param_bytes": 0, "val_loss": 4.4}])
+
+
+def test_budget_is_shown_in_binary_units_not_raw_bytes():
+    panel = widgets.lm_memory_loss_panel(POINTS, budget_bytes=2 ** 19)
+    slider = panel.controls["budget_bytes"]
+    assert slider.readout is False and "(B)" not in slider.description
+    assert panel.budget_label.value == "512.00 KiB"
+    slider.value = 3 * 2 ** 20
+    assert panel.budget_label.value == "3.00 MiB"

@@ -40,7 +40,7 @@ __all__ = [
     "matmul_flops", "gpt_matmul_params", "gpt_forward_flops", "gpt_training_flops", "decode_step_flops",
     "uncached_step_flops", "approx_training_flops", "approx_decode_flops", "forward_bytes_read",
     "decode_step_bytes_read", "arithmetic_intensity", "counted_flops", "time_calls_ms",
-    "measure_matmul_flops_per_s", "measure_read_bytes_per_s", "torch_threads",
+    "measure_matmul_flops_per_s", "measure_read_bytes_per_s", "torch_threads", "human_flops",
 ]
 
 
@@ -184,6 +184,14 @@ def decode_step_bytes_read(config: GPTConfig, cached_tokens: int, batch_size: in
                            dtype: str | torch.dtype = "fp32", cache_dtype: str | torch.dtype | None = None) -> int:
     """Least bytes one decode step reads: all the weights once + the whole KV cache (cached_tokens + 1)."""
     return forward_bytes_read(config, batch_size, 1, cached_tokens, dtype, cache_dtype)["total"]
+
+
+def human_flops(n: float) -> str:
+    """'1.63 MFLOP'-style text for a FLOP count (decimal units: k = 10³, M = 10⁶, G = 10⁹, T = 10¹²)."""
+    for unit, size in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f} FLOP"
 
 
 def arithmetic_intensity(flops: float, bytes_read: float) -> float:

@@ -142,3 +142,9 @@ def test_time_calls_ms_reports_spread_and_restores_threads():
         assert stats["min_ms"] <= stats["q1_ms"] <= stats["median_ms"] <= stats["q3_ms"]
     assert flops.measure_matmul_flops_per_s(n=64, repeats=3) > 0
     assert flops.measure_read_bytes_per_s(n_bytes=2 ** 20, repeats=3) > 0
+
+
+def test_human_flops():
+    assert flops.human_flops(1_627_136) == "1.63 MFLOP"
+    assert flops.human_flops(13.5e9) == "13.50 GFLOP"
+    assert flops.human_flops(999) == "999 FLOP"

@@ -14,6 +14,7 @@ from labkit.widgets.heatmap import MAX_LABEL_PT, MIN_LABEL_PT, heatmap, label_fo
 def test_visible_token():
     assert [visible_token(c) for c in "a ,\n\t"] == ["a", "␣", ",", "↵", "⇥"]
     assert visible_token("\x07") == "\\x07"
+    assert visible_token("2: ") == "2:␣"          # a label such as f"{i}:{char}" keeps its space visible
 
 
 def test_heatmap_has_colorbar_labels_and_masks_future():

@@ -16,24 +16,22 @@ import numpy as np
 import torch
 
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥"}
-MIN_LABEL_PT, MAX_LABEL_PT = 6.0, 10.0
+MIN_LABEL_PT, MAX_LABEL_PT = 7.0, 11.0
 
 
 def visible_token(token: str) -> str:
-    """A tick label for one token: whitespace and control characters shown as visible symbols."""
-    if token in VISIBLE:
-        return VISIBLE[token]
-    return token if token.isprintable() else repr(token)[1:-1]
+    """A tick label for a token (or any label): whitespace and control characters shown as visible symbols."""
+    return "".join(VISIBLE.get(ch, ch if ch.isprintable() else repr(ch)[1:-1]) for ch in token)
 
 
 def label_font_size(ax: plt.Axes, n_labels: int, axis: str = "y") -> float:
-    """Font size (points) that fits `n_labels` tick labels along `axis` of `ax`, kept within 6–10 pt."""
+    """Font size (points) that fits `n_labels` tick labels along `axis` of `ax`, kept within 7–11 pt."""
     if axis not in ("x", "y"):
         raise ValueError(f"axis={axis!r}; allowed: 'x', 'y'")
     box = ax.get_position()
     w_in, h_in = ax.figure.get_size_inches()
     length_pt = (box.height * h_in if axis == "y" else box.width * w_in) * 72
-    return float(np.clip(0.8 * length_pt / max(n_labels, 1), MIN_LABEL_PT, MAX_LABEL_PT))
+    return float(np.clip(0.9 * length_pt / max(n_labels, 1), MIN_LABEL_PT, MAX_LABEL_PT))
 
 
 def heatmap(ax: plt.Axes, matrix: torch.Tensor | np.ndarray, row_labels: Sequence[str],

@@ -15,7 +15,7 @@ from labkit.model import GPTConfig
 def bar_unit_bytes(panel):
     """Bytes per x-axis unit of the panel's figure, read from its axis label."""
     label = panel.figure.axes[0].get_xlabel()
-    return {"memory (GiB)": widgets.GiB, "memory (MiB)": 2**20}[label]
+    return {"memory (TiB)": 2**40, "memory (GiB)": widgets.GiB, "memory (MiB)": 2**20, "memory (KiB)": 2**10}[label]
 
 
 def bar_widths(panel):
@@ -66,7 +66,7 @@ def test_panel_redraws_when_a_slider_moves():
 
 
 def test_panel_gqa_shrinks_kv_cache_and_inference_mode():
-    panel = widgets.memory_calculator_panel("70B class (GQA)")
+    panel = widgets.memory_calculator_panel("LLaMA-2-70B")
     panel.controls["optimizer"].value = "none (inference)"
     kv8 = panel.state["bytes"]["kv_cache"]
     panel.controls["n_kv_head"].value = 64
@@ -82,10 +82,13 @@ def test_panel_reports_invalid_shape_instead_of_crashing():
 
 def test_preset_dropdown_loads_all_fields_with_one_redraw():
     panel = widgets.memory_calculator_panel()
-    panel.controls["preset"].value = "7B class"
-    p = widgets.CALCULATOR_PRESETS["7B class"]
+    redraws = []
+    panel.output.observe(lambda change: redraws.append(change), "outputs")
+    panel.controls["preset"].value = "LLaMA-2-7B"
+    assert len(redraws) == 1
+    p = widgets.CALCULATOR_PRESETS["LLaMA-2-7B"]
     assert panel.state["config"].n_layer == p["n_layer"] and panel.state["config"].n_embd == p["n_embd"]
-    assert panel.state["n_params"] > 6e9
+    assert panel.state["n_params"] == 6_738_415_616 and panel.state["preset"] == "LLaMA-2-7B"
 
 
 def test_baby_preset_counts_the_real_baby_model():
@@ -101,6 +104,122 @@ def test_baby_preset_counts_the_real_baby_model():
     assert panel.state["n_params"] == model.num_params() - 84 * 128
 
 
-def test_human_bytes():
-    assert widgets.human_bytes(512) == "512 B"
+def test_human_bytes_and_counts_never_say_a_bare_b():
+    assert widgets.human_bytes(512) == "512 bytes"
     assert widgets.human_bytes(3 * 2**30) == "3.00 GiB"
+    assert widgets.human_count(6_738_415_616) == "6.74 billion"
+    assert widgets.human_count(68_976_648_192) == "69 billion"
+    assert widgets.human_count(817_280) == "817 thousand" and widgets.human_count(124_439_808) == "124 million"
+    assert widgets.human_count(512) == "512"
+
+
+# ----------------------------------------------------------------------------- presets are the real models
+
+@pytest.mark.parametrize("name, n_params", [("LLaMA-2-7B", 6_738_415_616), ("LLaMA-2-70B", 68_976_648_192),
+                                            ("GPT-2 small shape", 124_439_808), ("baby (this course)", 817_280)])
+def test_presets_count_the_real_models(name, n_params):
+    s = widgets.memory_calculator_state(**widgets.CALCULATOR_PRESETS[name], batch_size=1)
+    assert s["n_params"] == n_params == gpt_param_count(widgets.preset_config(name))
+    assert s["preset"] == name and f"{n_params:,} parameters" in s["text"]
+
+
+def test_other_shapes_are_labelled_with_their_real_count():
+    p = dict(widgets.CALCULATOR_PRESETS["LLaMA-2-70B"], activation="gelu", mlp_hidden=None)
+    s = widgets.memory_calculator_state(**p, batch_size=1)
+    assert s["preset"] is None and "LLaMA" not in s["text"]
+    assert f"custom shape ({widgets.human_count(s['n_params'])} parameters)" in s["text"]
+    assert "55.6 billion" in s["text"]          # the old "70B class" was this: 55.6 billion, not 70
+
+
+def test_choosing_a_preset_sets_representative_settings():
+    panel = widgets.memory_calculator_panel(budget_gib=22)
+    c = panel.controls
+    c["batch_size"].value, c["context"].value = 40, 256
+    c["preset"].value = "LLaMA-2-7B"
+    assert (c["batch_size"].value, c["dtype"].value, c["mixed_precision"].value, c["context"].value) == \
+        (1, "bf16", True, 4096)
+    assert panel.state["master_weights"] and "bf16 + fp32 master weights" in panel.state["text"]
+    assert panel.state["bytes"]["master_weights"] == 4 * 6_738_415_616
+    c["preset"].value = "baby (this course)"
+    assert (c["batch_size"].value, c["dtype"].value, c["context"].value) == (12, "fp32", 64)
+    assert c["mixed_precision"].disabled            # fp32: no master weights to keep
+    c["dtype"].value = "bf16"
+    assert not c["mixed_precision"].disabled
+    c["optimizer"].value = "none (inference)"
+    assert c["mixed_precision"].disabled and not panel.state["master_weights"]
+
+
+def test_context_beyond_the_trained_one_is_marked():
+    p = widgets.CALCULATOR_PRESETS["LLaMA-2-7B"]
+    at = widgets.memory_calculator_state(**p, batch_size=1)
+    assert not at["beyond_trained_context"] and "beyond" not in at["text"]
+    past = widgets.memory_calculator_state(**{**p, "context": 8192}, batch_size=1)
+    assert past["beyond_trained_context"] and "beyond the 4,096 it was trained for" in past["text"]
+    custom = widgets.memory_calculator_state(**{**p, "context": 128, "n_layer": 2}, batch_size=1, trained_context=64)
+    assert "beyond the 64" in custom["text"]
+
+
+def test_small_model_is_a_readable_bar_and_a_far_budget_an_arrow():
+    """Lab 00 opens the baby (≈38 MiB) with this machine's ≈21 GiB budget: the axis must fit the bar."""
+    panel = widgets.memory_calculator_panel(budget_gib=21)
+    ax = panel.figure.axes[0]
+    unit = bar_unit_bytes(panel)
+    assert unit == 2**20
+    assert ax.get_xlim()[1] * unit < 2 * panel.state["total_bytes"]        # the bar fills most of the axis
+    assert not ax.lines                                                   # no budget line squeezed in
+    arrow = [t for t in ax.texts if "budget 21.00 GiB" in t.get_text()]
+    assert arrow and "off scale" in arrow[0].get_text()
+    assert "fits in 21.00 GiB" in ax.get_title()
+    panel.controls["preset"].value = "LLaMA-2-7B"
+    panel.controls["optimizer"].value = "none (inference)"   # 14.55 GiB: the budget is on the axis now
+    assert bar_unit_bytes(panel) == widgets.GiB and ax is not panel.figure.axes[0]
+    budget_line = panel.figure.axes[0].lines[0]
+    assert budget_line.get_xdata()[0] == pytest.approx(21)
+    assert len(panel.figure.axes[0].texts) == 0
+
+
+def test_redraw_replaces_the_outputs_in_one_step():
+    """Clearing and then appending made the plot vanish during a drag: one assignment, one change."""
+    panel = widgets.memory_calculator_panel()
+    changes = []
+    panel.output.observe(lambda change: changes.append(change["new"]), "outputs")
+    panel.controls["n_layer"].value = 5
+    assert len(changes) == 1
+    (text, image), = changes
+    assert text["output_type"] == "stream" and "total" in text["text"]
+    assert image["output_type"] == "display_data" and image["data"]["image/png"]
+
+
+def test_sliders_report_only_where_a_drag_ends():
+    panel = widgets.memory_calculator_panel()
+    sliders = [c for c in panel.controls.values() if type(c).__name__.endswith("Slider")]
+    assert len(sliders) >= 6 and all(c.continuous_update is False for c in sliders)
+
+
+def test_panel_displays_as_widget_plus_png_and_text():
+    """Read before run: a viewer without widget state shows the PNG; a live frontend shows the widget."""
+    import base64
+
+    panel = widgets.memory_calculator_panel()
+    bundle = panel._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id
+    png = base64.b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG") and png == panel.png
+    assert bundle["text/plain"].startswith("baby (this course)") and "total" in bundle["text/plain"]
+    assert "VBox" not in bundle["text/plain"]
+    panel.controls["n_layer"].value = 6                    # the bundle follows the current figure
+    assert base64.b64decode(panel._repr_mimebundle_()["image/png"]) == panel.png != png
+    # what IPython itself sends for `display(panel)` / a panel as a cell's last expression
+    from IPython.core.formatters import DisplayFormatter
+    data, _ = DisplayFormatter().format(panel)
+    assert {"application/vnd.jupyter.widget-view+json", "image/png", "text/plain"} <= set(data)
+
+
+def test_render_time_is_measured_and_reasonable():
+    panel = widgets.memory_calculator_panel(budget_gib=21)
+    times = []
+    for n in range(5, 10):
+        panel.controls["n_layer"].value = n
+        times.append(panel.render_ms)
+    assert all(t > 0 for t in times)
+    assert sorted(times)[len(times) // 2] < 1500, times    # generous: CI machines are shared

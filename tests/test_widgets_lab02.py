@@ -16,11 +16,14 @@ TIMINGS = {"context": [16, 64, 256], "cached_ms": [1.0, 1.1, 1.3], "uncached_ms"
 
 
 def test_state_matches_formulas():
-    s = widgets.kv_cache_tradeoff_state("7B class", context=4096, batch_size=2, n_kv_head=8, dtype="fp16")
+    s = widgets.kv_cache_tradeoff_state("LLaMA-2-7B", context=4096, batch_size=2, n_kv_head=8, dtype="fp16")
     assert s["cache_bytes"] == kv_cache_bytes(32, 8, 128, 4096, 2, "fp16") == 2 * 32 * 8 * 128 * 4096 * 2 * 2
     assert s["mha_cache_bytes"] == 4 * s["cache_bytes"]
-    cfg = GPTConfig(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, tie_weights=False)  # LLaMA-2-7B has an untied head
+    cfg = GPTConfig(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, tie_weights=False,
+                    positions="rotary", activation="swiglu", mlp_hidden=11008)  # LLaMA-2-7B's block with 8 KV heads
     assert s["weight_bytes"] == 2 * gpt_param_count(cfg)
+    real = widgets.kv_cache_tradeoff_state("LLaMA-2-7B", context=4096, batch_size=1, dtype="fp16")
+    assert real["weight_bytes"] == 2 * 6_738_415_616 and real["n_kv_head"] == 32
     # the crossover context is the first one where the cache is at least the weights
     per_token = s["cache_bytes_per_token"]
     assert (s["crossover_context"] - 1) * per_token < s["weight_bytes"] <= s["crossover_context"] * per_token
@@ -44,7 +47,7 @@ def test_state_rejects_bad_choices():
     with pytest.raises(ValueError, match="dtype"):
         widgets.kv_cache_tradeoff_state("baby (this course)", 64, 1, dtype="int3")
     with pytest.raises(ValueError, match="preset"):
-        widgets.kv_cache_tradeoff_state("1T class", 64, 1)
+        widgets.kv_cache_tradeoff_state("7B class", 64, 1)
     with pytest.raises(ValueError, match="context"):
         widgets.kv_cache_tradeoff_state("baby (this course)", 0, 1)
 
@@ -72,7 +75,7 @@ def test_panel_redraws_when_controls_move():
 
 def test_panel_preset_switch_updates_kv_head_choices():
     panel = widgets.kv_cache_tradeoff_panel(TIMINGS)
-    panel.controls["preset"].value = "70B class (GQA)"
+    panel.controls["preset"].value = "LLaMA-2-70B"
     assert tuple(panel.controls["n_kv_head"].options) == (1, 2, 4, 8, 16, 32, 64)
     assert panel.state["n_kv_head"] == 8 and panel.state["context"] == 4096
     assert panel.state["cache_bytes"] == kv_cache_bytes(80, 8, 128, 4096, 1, "fp32")
@@ -83,3 +86,23 @@ def test_panel_preset_switch_updates_kv_head_choices():
 def test_panel_without_timings_draws_one_plot():
     panel = widgets.kv_cache_tradeoff_panel()
     assert len(panel.figure.axes) == 1 and panel.state["measured"] is None
+
+
+def test_context_beyond_training_is_marked_and_drawn():
+    s = widgets.kv_cache_tradeoff_state("LLaMA-2-7B", context=16384, batch_size=1, dtype="bf16")
+    assert "beyond the 4,096 it was trained for" in s["text"]
+    assert "beyond" not in widgets.kv_cache_tradeoff_state("LLaMA-2-7B", 4096, 1)["text"]
+    fig = widgets.kv_cache_tradeoff_figure(s)
+    assert any("trained context (4,096)" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_kv_panel_redraw_is_one_step_with_no_slow_tick_labels():
+    panel = widgets.kv_cache_tradeoff_panel(TIMINGS)
+    changes = []
+    panel.output.observe(lambda change: changes.append(change), "outputs")
+    panel.controls["batch_size"].value = 3
+    assert len(changes) == 1 and panel.render_ms > 0
+    assert panel.controls["batch_size"].continuous_update is False
+    labels = [t.get_text() for t in panel.figure.axes[0].get_xticklabels()]
+    assert labels[:3] == ["16", "64", "256"] and "$" not in "".join(labels)   # plain text, not mathtext
+    assert panel._repr_mimebundle_()["image/png"]

@@ -3,15 +3,18 @@
 Each panel is two layers:
 - a `*_state(...)` function: plain arguments in, numbers and a matplotlib Figure out. Tests call
   it directly, and it is fast enough (a few ms) to re-run on every slider move;
-- a `*_panel(...)` function that builds sliders and an Output, and on every change writes the
-  state's figure and text into the Output with `outputs = ()` + `append_display_data` /
-  `append_stdout`, which renders in JupyterLab, under nbval, and with no frontend at all.
+- a `*_panel(...)` function that builds sliders and an Output, and on every change replaces the
+  Output's text and PNG in one step (`core.render_into`), which renders in JupyterLab, under nbval,
+  and with no frontend at all. A panel displays as the live widget plus a PNG of its figure, so a
+  notebook viewer without widget state still shows the plot (`core.Panel._repr_mimebundle_`).
 Tests drive a panel by setting a slider's `.value` and reading `panel.state` / the Output.
 """
-from labkit.widgets.core import GiB, Panel, figure_png, human_bytes, quietly, render_into, wire_panel  # noqa: F401
-from labkit.widgets.calculator import (CALCULATOR_DTYPES, CALCULATOR_OPTIMIZERS, CALCULATOR_PRESETS,  # noqa: F401
-                                       CATEGORIES, CATEGORY_COLORS, memory_calculator_figure, memory_calculator_panel,
-                                       memory_calculator_state)
+from labkit.widgets.core import (GiB, PANEL_DPI, Panel, figure_png, human_bytes, human_count, quietly,  # noqa: F401
+                                 render_into, wire_panel)
+from labkit.widgets.calculator import (CALCULATOR_DTYPES, CALCULATOR_OPTIMIZERS, CALCULATOR_PRESET_SETTINGS,  # noqa: F401
+                                       CALCULATOR_PRESETS, CATEGORIES, CATEGORY_COLORS, matching_preset,
+                                       memory_calculator_figure, memory_calculator_panel, memory_calculator_state,
+                                       preset_config)
 from labkit.widgets.lm import (LM_FAMILY_STYLES, LM_OTHER_STYLES, lm_memory_loss_figure,  # noqa: F401
                                lm_memory_loss_panel, lm_memory_loss_state, pareto_front)
 from labkit.widgets.kv_cache import (KV_TRADEOFF_CONTEXTS, KV_TRADEOFF_PRESETS, kv_cache_tradeoff_figure,  # noqa: F401

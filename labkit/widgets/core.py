@@ -1,8 +1,20 @@
 """What every panel shares: the Panel record, PNG rendering into an Output, batched control changes,
-two-column wiring, and byte formatting. See labkit/widgets/__init__.py for the pattern."""
+two-column wiring, and byte / count formatting. See labkit/widgets/__init__.py for the pattern.
+
+Two things every panel gets from here:
+- a redraw replaces the Output's text and image in ONE step (`render_into` sets `output.outputs` to the
+  complete new tuple), so the plot never vanishes while a slider moves, and sliders report only where a
+  drag ends (`continuous_update=False`, set by `wire_panel`), so a drag costs one redraw, not twenty;
+- a panel displays as the live widget AND, in the same output, as a PNG of its current figure plus a line
+  of text (`Panel._repr_mimebundle_`). A live JupyterLab shows the widget (it ranks the widget view
+  first); a notebook viewer that has no widget state (GitHub, nbviewer, `jupyter nbconvert --to html`)
+  shows the PNG, so a lab read before it is run still shows its plots.
+"""
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -14,20 +26,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 GiB = 2 ** 30
+#: dots per inch of every panel PNG: sharp enough to read 8-pt labels, small enough to redraw fast
+PANEL_DPI = 90
 
 
 def human_bytes(n: float) -> str:
-    """'1.50 GiB'-style text for a byte count (binary units)."""
+    """'1.50 GiB'-style text for a byte count (binary units; below 1 KiB: '512 bytes')."""
     for unit, size in (("TiB", 2 ** 40), ("GiB", GiB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
+    return f"{int(n)} bytes"
 
+
+def human_count(n: float) -> str:
+    """'6.74 billion'-style text for a count (of parameters, tokens...): words, never a bare 'B' or 'M'."""
+    for word, size in (("trillion", 1e12), ("billion", 1e9), ("million", 1e6), ("thousand", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {word}" if abs(n) < 100 * size else f"{n / size:,.0f} {word}"
+    return f"{int(n):,}"
+
+
+def _png_base64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
 
 
 @dataclass
 class Panel:
-    """A displayed panel: its widget tree, its Output, the controls by name, and the last state."""
+    """A displayed panel: its widget tree, its Output, the controls by name, and the last state drawn.
+
+    `png` and `text` hold what the Output shows now. Displaying a panel sends one output with the widget
+    view, the PNG and the text (see `_repr_mimebundle_`).
+    """
 
     widget: Any
     output: Any
@@ -35,34 +64,64 @@ class Panel:
     state: dict = field(default_factory=dict)
     figure: Any = None            # the last Figure drawn (closed, but its artists can be inspected)
     refresh: Callable[[], None] | None = None
+    png: bytes | None = None      # the last figure as PNG bytes
+    text: str = ""                # the last line of text shown above the figure
+    render_ms: float = 0.0        # how long the last redraw took (state + figure + PNG), in milliseconds
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """The widget view for a live frontend, plus the Output's current PNG and text for everything else.
+
+        JupyterLab ranks the widget view above image/png, so a live notebook shows only the widget (whose
+        Output holds the same picture); nbconvert, nbviewer and GitHub have no live widget without saved
+        widget state, and show the PNG and the text instead of "VBox(children=(...".
+        """
+        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        png, text = None, []
+        for out in self.output.outputs:
+            if out.get("output_type") == "stream":
+                text.append(out.get("text", ""))
+            elif "image/png" in out.get("data", {}):
+                png = out["data"]["image/png"]
+        if png is not None:
+            bundle["image/png"] = png
+        bundle["text/plain"] = "".join(text).strip() or self.text or "(an interactive panel: run the cell to use it)"
+        return bundle
 
 
-def figure_png(fig: plt.Figure) -> bytes:
-    """The figure rendered to PNG bytes (what a notebook stores, and what a test can look at)."""
-    import io
+def figure_png(fig: plt.Figure, dpi: int = PANEL_DPI, tight: bool = True) -> bytes:
+    """The figure rendered to PNG bytes by Agg at `dpi`.
+
+    tight=True crops to the drawn artists (bbox_inches="tight"), which costs a second layout pass; a figure
+    laid out once with fixed margins (subplots_adjust, as the calculator and KV panels do) passes
+    tight=False and is drawn once.
+    """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
     return buf.getvalue()
 
 
-def render_into(output, fig: plt.Figure | None, text: str | None = None) -> None:
-    """Replace what an Output shows with a line of text and a PNG of the figure.
+def render_into(output, fig: plt.Figure | None, text: str | None = None, panel: Panel | None = None,
+                tight: bool = True) -> None:
+    """Replace what an Output shows with a line of text and a PNG of the figure, in one step.
 
-    The figure goes in as an explicit PNG image, so it renders the same in JupyterLab, under
-    nbval, in a saved notebook and with no frontend at all.
+    The new outputs are built first and assigned as one tuple, so a frontend swaps the old text and image
+    for the new ones at once (clearing first and then appending made the plot vanish during a drag). The
+    figure goes in as an explicit PNG, so it renders the same in JupyterLab, under nbval, in a saved
+    notebook and with no frontend at all. With `panel`, its `png` and `text` are updated too; `tight` is
+    passed to `figure_png`.
     """
-    from IPython.display import Image
-
-    output.outputs = ()
+    outputs = []
     if text:
-        output.append_stdout(text + "\n")
+        outputs.append({"output_type": "stream", "name": "stdout", "text": text + "\n"})
+    png = None
     if fig is not None:
-        output.append_display_data(Image(data=figure_png(fig), format="png"))
+        png = figure_png(fig, tight=tight)
         plt.close(fig)
+        outputs.append({"output_type": "display_data", "metadata": {},
+                        "data": {"image/png": _png_base64(png), "text/plain": text or "figure"}})
+    output.outputs = tuple(outputs)
+    if panel is not None:
+        panel.png, panel.text = png, text or ""
 
 
 @contextlib.contextmanager
@@ -79,13 +138,18 @@ def quietly(controls: dict, refresh: Callable, keys) -> Any:
 
 def wire_panel(panel: Panel, refresh: Callable, on_preset: Callable | None, n_left: int) -> Panel:
     """Connect the preset menu to on_preset and every other control to refresh, lay the controls out in
-    two columns (the first n_left on the left) above the Output, and draw once."""
+    two columns (the first n_left on the left) above the Output, and draw once.
+
+    Sliders get `continuous_update=False`: a drag reports its end value only, so it costs one redraw.
+    """
     import ipywidgets as W
 
     controls = panel.controls
     if on_preset is not None:
         controls["preset"].observe(on_preset, "value")
     for key, c in controls.items():
+        if isinstance(c, (W.IntSlider, W.FloatSlider, W.FloatLogSlider, W.SelectionSlider)):
+            c.continuous_update = False
         if key != "preset":
             c.observe(refresh, "value")
     widgets_ = list(controls.values())
@@ -93,7 +157,6 @@ def wire_panel(panel: Panel, refresh: Callable, on_preset: Callable | None, n_le
     panel.refresh = refresh
     refresh()
     return panel
-
 
 
 def _bytes_axis(ax, axis: str, values: list[float]) -> None:

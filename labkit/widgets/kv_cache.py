@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
-import matplotlib.pyplot as plt
+import matplotlib.ticker
+from matplotlib.figure import Figure
 
 from labkit.memory import gpt_param_count, kv_cache_bytes, training_state_bytes
-from labkit.model import GPTConfig
-from labkit.widgets.calculator import CALCULATOR_DTYPES, CALCULATOR_PRESETS
+from labkit.widgets.calculator import CALCULATOR_DTYPES, CALCULATOR_PRESETS, preset_config
 from labkit.widgets.core import Panel, _bytes_axis, human_bytes, quietly, render_into, wire_panel
 
-KV_TRADEOFF_PRESETS = ("baby (this course)", "7B class", "70B class (GQA)")
+KV_TRADEOFF_PRESETS = ("baby (this course)", "LLaMA-2-7B", "LLaMA-2-70B")
 KV_TRADEOFF_CONTEXTS = tuple(2 ** i for i in range(4, 18))     # 16 … 131072 tokens
 
 
@@ -30,7 +31,7 @@ def kv_cache_tradeoff_state(preset: str, context: int, batch_size: int, n_kv_hea
     passed through for the figure; the state says what caching buys at the nearest measured context.
     """
     if preset not in CALCULATOR_PRESETS:
-        raise ValueError(f"preset={preset!r}; allowed: {sorted(CALCULATOR_PRESETS)}")
+        raise ValueError(f"preset={preset!r}; allowed: {list(CALCULATOR_PRESETS)}")
     if dtype not in CALCULATOR_DTYPES:
         raise ValueError(f"dtype={dtype!r}; allowed: {CALCULATOR_DTYPES}")
     p = CALCULATOR_PRESETS[preset]
@@ -40,8 +41,7 @@ def kv_cache_tradeoff_state(preset: str, context: int, batch_size: int, n_kv_hea
         raise ValueError(f"n_kv_head={n_kv_head} must divide n_head={n_head}; allowed: {_divisors(n_head)}")
     if context < 1 or batch_size < 1:
         raise ValueError(f"context and batch_size must be >= 1, got context={context}, batch_size={batch_size}")
-    config = GPTConfig(vocab_size=p["vocab_size"], block_size=p["context"], n_layer=p["n_layer"], n_head=n_head,
-                       n_kv_head=n_kv_head, n_embd=p["n_embd"], tie_weights=p["tie_weights"])
+    config = preset_config(preset, n_kv_head=n_kv_head)   # the real model, with the KV heads chosen here
     head_dim = config.head_dim
 
     def cache(tokens: int, kv_heads: int) -> int:
@@ -53,7 +53,7 @@ def kv_cache_tradeoff_state(preset: str, context: int, batch_size: int, n_kv_hea
     crossover = -(-weight_bytes // per_token)        # first context where cache >= weights
     state = {
         "preset": preset, "context": context, "batch_size": batch_size, "n_head": n_head, "n_kv_head": n_kv_head,
-        "dtype": dtype, "head_dim": head_dim, "n_layer": p["n_layer"],
+        "dtype": dtype, "head_dim": head_dim, "n_layer": p["n_layer"], "trained_context": p["context"],
         "cache_bytes": cache_bytes, "cache_bytes_per_token": per_token, "weight_bytes": weight_bytes,
         "mha_cache_bytes": cache(context, n_head), "crossover_context": crossover,
         "contexts": list(KV_TRADEOFF_CONTEXTS),
@@ -63,7 +63,9 @@ def kv_cache_tradeoff_state(preset: str, context: int, batch_size: int, n_kv_hea
     }
     kind = "MHA" if n_kv_head == n_head else ("MQA" if n_kv_head == 1 else "GQA")
     text = (f"{preset}: {p['n_layer']} layers × {n_kv_head} KV heads ({kind}) × head dim {head_dim}, {dtype}, "
-            f"batch {batch_size}, context {context:,}: KV cache {human_bytes(cache_bytes)} "
+            f"batch {batch_size}, context {context:,}"
+            + (f" (beyond the {p['context']:,} it was trained for)" if context > p["context"] else "")
+            + f": KV cache {human_bytes(cache_bytes)} "
             f"({human_bytes(per_token)} per token) vs weights {human_bytes(weight_bytes)}; "
             f"the cache outgrows the weights from context {crossover:,}")
     if n_kv_head != n_head:
@@ -79,10 +81,20 @@ def kv_cache_tradeoff_state(preset: str, context: int, batch_size: int, n_kv_hea
     return state
 
 
-def kv_cache_tradeoff_figure(state: dict) -> plt.Figure:
+def _context_axis(ax, contexts: list[int]) -> None:
+    """Log2 context axis with plain labels (16, 256, 4K, 64K): no mathtext, which is slow to lay out."""
+    ax.set_xscale("log", base=2)
+    ticks = [c for c in contexts if math.log2(c) % 2 == 0]
+    ax.set_xticks(ticks, [f"{c // 1024}K" if c >= 1024 else str(c) for c in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def kv_cache_tradeoff_figure(state: dict) -> Figure:
     """Left: cache bytes vs context (chosen config, MHA, weights). Right: measured ms/token with vs without cache."""
     timings = state["timings"]
-    fig, axes = plt.subplots(1, 2 if timings else 1, figsize=(11 if timings else 6, 3.8), squeeze=False)
+    fig = Figure(figsize=(11 if timings else 6, 3.8))
+    fig.subplots_adjust(left=0.09 if timings else 0.16, right=0.98, bottom=0.14, top=0.91, wspace=0.3)
+    axes = fig.subplots(1, 2 if timings else 1, squeeze=False)
     ax = axes[0, 0]
     ax.plot(state["contexts"], state["curve_bytes"], "-", color="#8172B3", lw=2,
             label=f"KV cache, {state['n_kv_head']} KV heads")
@@ -91,11 +103,14 @@ def kv_cache_tradeoff_figure(state: dict) -> plt.Figure:
                 label=f"KV cache, MHA ({state['n_head']} KV heads)")
     ax.axhline(state["weight_bytes"], color="#4C72B0", ls=":", lw=1.5,
                label=f"weights ({human_bytes(state['weight_bytes'])})")
+    if state.get("trained_context"):
+        ax.axvline(state["trained_context"], color="grey", lw=1, ls="-.",
+                   label=f"trained context ({state['trained_context']:,})")
     ax.plot([state["context"]], [state["cache_bytes"]], "o", color="k", ms=7,
             label=f"context {state['context']:,}: {human_bytes(state['cache_bytes'])}")
-    ax.set_xscale("log", base=2)
+    _context_axis(ax, state["contexts"])
     _bytes_axis(ax, "y", state["curve_bytes"] + state["mha_curve_bytes"] + [state["weight_bytes"]])
-    ax.set_xlabel("context (tokens)")
+    ax.set_xlabel("context (tokens, log scale)")
     ax.set_ylabel(f"memory (bytes, {state['dtype']}, batch {state['batch_size']})")
     ax.set_title(f"{state['preset']}: KV cache grows linearly with context", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
@@ -114,7 +129,6 @@ def kv_cache_tradeoff_figure(state: dict) -> plt.Figure:
         ax.set_ylabel("speed-up per new token (×)")
         ax.set_title("baby model, measured: more cache held, more time saved", fontsize=10)
         ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
     return fig
 
 
@@ -139,10 +153,12 @@ def kv_cache_tradeoff_panel(timings: dict | None = None, preset: str = "baby (th
     panel = Panel(widget=None, output=output, controls=controls)
 
     def refresh(*_):
+        t0 = time.perf_counter()
         args = {k: c.value for k, c in controls.items()}
         panel.state = kv_cache_tradeoff_state(**args, timings=timings)
         panel.figure = kv_cache_tradeoff_figure(panel.state)
-        render_into(output, panel.figure, panel.state["text"])
+        render_into(output, panel.figure, panel.state["text"], panel=panel, tight=False)
+        panel.render_ms = (time.perf_counter() - t0) * 1000
 
     def load_preset(change):
         q = CALCULATOR_PRESETS[change["new"]]

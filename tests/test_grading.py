@@ -1,12 +1,12 @@
 """The self-checks must pass a right answer, fail wrong ones with a useful message, and never crash."""
 import math
 
-import nbformat
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from labkit import grading
+from labkit.grading import core
 from labkit.memory import kv_cache_bytes, training_state_bytes
 
 
@@ -14,28 +14,38 @@ def todo(*args, **kwargs):
     raise NotImplementedError()
 
 
+def my_cross_entropy(logits, targets):
+    m = logits.max(dim=-1, keepdim=True).values
+    log_z = m.squeeze(-1) + torch.log(torch.exp(logits - m).sum(dim=-1))
+    return (log_z - logits.gather(-1, targets[:, None]).squeeze(-1)).mean()
+
+
+def my_attention(q, k, v):
+    T, d = q.shape
+    scores = (q @ k.T / math.sqrt(d)).masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
 RIGHT = {
     grading.check_tensor_bytes: lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
     grading.check_params_that_fit: lambda b, bpp: int(b // bpp),
-    grading.check_cross_entropy: lambda logits, y: F.cross_entropy(logits, y),
+    grading.check_cross_entropy: my_cross_entropy,
     grading.check_perplexity: lambda x: math.exp(x),
     grading.check_bits_per_char: lambda x: x / math.log(2),
-    grading.check_causal_attention: lambda q, k, v: torch.softmax(
-        (q @ k.T / math.sqrt(q.size(-1))).masked_fill(torch.triu(torch.ones(len(q), len(q), dtype=torch.bool), 1),
-                                                      float("-inf")), -1) @ v,
+    grading.check_causal_attention: my_attention,
     grading.check_kv_cache_bytes: lambda L, kv, hd, T, B, nbytes: 2 * L * kv * hd * T * B * nbytes,
     grading.check_adam_training_bytes: lambda n, nbytes: 4 * n * nbytes,
 }
 
-WRONG = {  # a typical mistake for each exercise
-    grading.check_tensor_bytes: lambda shape, dtype: math.prod(shape),                   # forgot element size
-    grading.check_params_that_fit: lambda b, bpp: b / bpp,                                # not whole params
-    grading.check_cross_entropy: lambda logits, y: -torch.log(torch.exp(logits) / torch.exp(logits).sum(-1, keepdim=True)).gather(1, y[:, None]).mean(),  # overflows
-    grading.check_perplexity: lambda x: 2 ** x,                                           # wrong base
-    grading.check_bits_per_char: lambda x: x / math.log(10),
-    grading.check_causal_attention: lambda q, k, v: torch.softmax(q @ k.T / math.sqrt(q.size(-1)), -1) @ v,  # no mask
-    grading.check_kv_cache_bytes: lambda L, kv, hd, T, B, nbytes: L * kv * hd * T * B * nbytes,  # forgot k AND v
-    grading.check_adam_training_bytes: lambda n, nbytes: 3 * n * nbytes,                 # forgot a moment
+WRONG = {  # a typical mistake for each exercise, and the hint it must get
+    grading.check_tensor_bytes: (lambda shape, dtype: math.prod(shape), "number of elements"),
+    grading.check_params_that_fit: (lambda b, bpp: math.ceil(b / bpp), "round down"),
+    grading.check_cross_entropy: (lambda logits, y: -torch.log(torch.exp(logits) / torch.exp(logits).sum(-1, keepdim=True)).gather(1, y[:, None]).mean(), "subtract each row's largest logit"),
+    grading.check_perplexity: (lambda x: 2 ** x, "e to its power"),
+    grading.check_bits_per_char: (lambda x: x / math.log(10), "divide nats by ln 2"),
+    grading.check_causal_attention: (lambda q, k, v: torch.softmax(q @ k.T / math.sqrt(q.size(-1)), -1) @ v, "no mask"),
+    grading.check_kv_cache_bytes: (lambda L, kv, hd, T, B, nbytes: L * kv * hd * T * B * nbytes, "BOTH keys and values"),
+    grading.check_adam_training_bytes: (lambda n, nbytes: 3 * n * nbytes, "three copies instead of four"),
 }
 
 
@@ -47,11 +57,12 @@ def test_right_answer_passes(check, capsys):
 
 
 @pytest.mark.parametrize("check", list(WRONG), ids=lambda c: c.__name__)
-def test_wrong_answer_fails_with_example(check, capsys):
-    result = check(WRONG[check])
+def test_wrong_answer_fails_with_example_and_hint(check, capsys):
+    wrong, hint = WRONG[check]
+    result = check(wrong)
     assert not result and result.status == grading.FAIL
     out = capsys.readouterr().out
-    assert "❌" in out and ("expected" in out or "raised" in out)
+    assert "❌" in out and "on " in out and "hint: " in out and hint in out, out
 
 
 # every check in labkit.grading, including the ones each lab adds: a stub must read "not yet solved"
@@ -59,7 +70,7 @@ ALL_CHECKS = [f for name, f in sorted(vars(grading).items()) if name.startswith(
 
 
 def test_all_checks_are_found():
-    assert set(RIGHT) <= set(ALL_CHECKS) and len(ALL_CHECKS) >= len(RIGHT) + 4
+    assert set(RIGHT) <= set(ALL_CHECKS) and len(ALL_CHECKS) >= len(RIGHT) + 5
 
 
 @pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda c: c.__name__)
@@ -69,9 +80,208 @@ def test_unsolved_says_not_yet_solved(check, capsys):
     assert "not yet solved" in capsys.readouterr().out
 
 
-def test_crashing_function_is_reported_not_raised():
-    result = grading.check_perplexity(lambda x: 1 / 0, quiet=True)
-    assert result.status == grading.FAIL and "ZeroDivisionError" in result.message
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda c: c.__name__)
+def test_none_return_is_reported_never_raised(check):
+    # regression: cross_entropy, causal_attention, ngram_probabilities and split_heads raised TypeError here
+    result = check(lambda *args: None, quiet=True)
+    assert result.status == grading.FAIL and "returned None — did you forget `return`?" in result.message
+
+
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda c: c.__name__)
+def test_none_return_falls_back_to_the_reference(check, capsys):
+    def reference(*args):
+        return 0
+
+    assert grading.use_or_fallback(lambda *args: None, check, reference) is reference
+    assert "reference implementation" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda c: c.__name__)
+def test_a_crash_is_reported_not_raised(check):
+    result = check(lambda *args: 1 / 0, quiet=True)
+    assert result.status == grading.FAIL and "raised ZeroDivisionError" in result.message
+
+
+def test_a_crash_inside_the_check_itself_is_reported(monkeypatch):
+    monkeypatch.setattr(core, "compare", lambda *a: 1 / 0)
+    result = grading.check_perplexity(math.exp, quiet=True)
+    assert result.status == grading.FAIL and "the check could not run" in result.message
+
+
+# ---- numbers of any numeric type; integers exactly -------------------------------------------
+
+@pytest.mark.parametrize("wrap", [np.int64, np.int32, int, lambda n: torch.tensor(n), lambda n: np.array(n)],
+                         ids=["np.int64", "np.int32", "int", "0-dim tensor", "0-dim ndarray"])
+def test_any_integer_type_is_accepted(wrap):
+    # regression: np.int64(48) was rejected as wrong
+    right = RIGHT[grading.check_tensor_bytes]
+    assert grading.check_tensor_bytes(lambda s, d: wrap(right(s, d)), quiet=True)
+
+
+@pytest.mark.parametrize("wrap", [np.float32, np.float64, float, lambda x: torch.tensor(x), lambda x: torch.tensor(x).double()],
+                         ids=["np.float32", "np.float64", "float", "0-dim tensor", "0-dim float64 tensor"])
+def test_any_number_type_is_accepted_for_perplexity(wrap):
+    assert grading.check_perplexity(lambda x: wrap(math.exp(x)), quiet=True)
+
+
+def test_integers_are_compared_exactly():
+    # regression: an answer off by one passed check_gpt_param_count through rtol=1e-5
+    result = grading.check_gpt_param_count(lambda c: _count(c) + 1, quiet=True)
+    assert result.status == grading.FAIL and "(+1)" in result.message
+
+
+def _count(config):
+    C, V, hd = config.n_embd, config.vocab_size, config.head_dim
+    n = V * C + (config.block_size * C if config.positions == "learned" else 0)
+    n += config.n_layer * (2 * C + C * (config.n_head + 2 * config.n_kv_head) * hd + C * C + 8 * C * C) + C
+    return n + (0 if config.tie_weights else V * C)
+
+
+def test_a_float_count_is_refused_with_the_reason():
+    result = grading.check_params_that_fit(lambda b, bpp: b / bpp, quiet=True)
+    assert result.status == grading.FAIL and "returned 250.0 (a float)" in result.message
+    result = grading.check_kv_cache_bytes(lambda *a: float(2 * math.prod(a)), quiet=True)
+    assert result.status == grading.FAIL and "return an int" in result.message
+
+
+def test_use_or_fallback_hands_on_plain_numbers(capsys):
+    fn = grading.use_or_fallback(lambda x: torch.tensor(math.exp(x)), grading.check_perplexity, math.exp)
+    assert type(fn(1.0)) is float and round(fn(1.0), 2) == 2.72      # round() fails on a tensor (lab 01 cell 16)
+    fn = grading.use_or_fallback(lambda s, d: np.int64(math.prod(s) * d.itemsize), grading.check_tensor_bytes, None)
+    assert type(fn((2, 3), torch.float32)) is int
+    assert capsys.readouterr().out == ""
+
+
+# ---- where it differs, and meaning instead of raw floats -------------------------------------
+
+def test_mismatch_points_at_the_first_differing_row_and_column():
+    # a missing 1/√d: row 0 of causal attention is always v₀, so the first values were identical before
+    def no_scale(q, k, v):
+        T = len(q)
+        s = (q @ k.T).masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+        return torch.softmax(s, -1) @ v
+
+    result = grading.check_causal_attention(no_scale, quiet=True)
+    assert result.status == grading.FAIL
+    assert "row 1, column" in result.message and "values differ" in result.message
+    assert "divide q kᵀ by √d" in result.message
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda q, k, v: my_attention(q.flip(0), k.flip(0), v.flip(0)).flip(0), "wrong side"),
+    (lambda q, k, v: torch.nan_to_num(torch.softmax((q @ k.T / math.sqrt(q.shape[1])).masked_fill(
+        torch.triu(torch.ones(len(q), len(q), dtype=torch.bool), 1), float("-inf")), dim=0)) @ v, "wrong dimension"),
+], ids=["anti-causal", "softmax over dim 0"])
+def test_attention_hints(wrong, hint):
+    result = grading.check_causal_attention(wrong, quiet=True)
+    assert result.status == grading.FAIL and hint in result.message
+
+
+def test_messages_show_meaning_not_raw_floats():
+    result = grading.check_perplexity(lambda x: 1.0 if x == 0 else 2 ** x, quiet=True)
+    assert "exp(ln 84) = 84" in result.message and "83.99999" not in result.message
+
+
+def test_cross_entropy_in_bits_and_summed_get_hints():
+    bits = grading.check_cross_entropy(lambda l, t: my_cross_entropy(l, t) / math.log(2), quiet=True)
+    assert "nats" in bits.message and "log base 2" in bits.message
+    summed = grading.check_cross_entropy(lambda l, t: my_cross_entropy(l, t) * len(t), quiet=True)
+    assert "SUM" in summed.message
+
+
+# ---- demands what the lab uses next -----------------------------------------------------------
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda l, t: my_cross_entropy(l, t).item(), "torch.Tensor"),         # lab 01 cell 40 calls .item()
+    (lambda l, t: my_cross_entropy(l, t).double(), "torch.float32"),      # torch.allclose needs equal dtypes
+    (lambda l, t: my_cross_entropy(l, t).reshape(1), "shape (1,)"),
+], ids=["item", "float64", "shape (1,)"])
+def test_cross_entropy_demands_a_0dim_float32_tensor(wrong, words):
+    # regression: .item() and float64 answers passed, then lab 01's cell 40 failed
+    result = grading.check_cross_entropy(wrong, quiet=True)
+    assert result.status == grading.FAIL and words in result.message
+
+
+# ---- tripwires: the learner's own code ----------------------------------------------------------
+
+def test_calling_the_reference_fails_with_the_tripwire_message():
+    import torch.nn.functional as F
+    result = grading.check_cross_entropy(lambda l, t: F.cross_entropy(l, t), quiet=True)
+    assert result.status == grading.FAIL
+    assert "your function calls `torch.nn.functional.cross_entropy`" in result.message and "yourself" in result.message
+
+
+def test_a_reference_imported_by_name_is_caught_too():
+    from labkit.losses import cross_entropy as ce
+    ns = {"ce": ce}
+    exec("def mine(logits, targets):\n    return ce(logits, targets)\n", ns)
+    result = grading.check_cross_entropy(ns["mine"], quiet=True)
+    assert result.status == grading.FAIL and "labkit.losses.cross_entropy" in result.message
+    assert ns["ce"] is ce                       # restored afterwards
+
+
+def test_swallowing_the_tripwire_does_not_help():
+    from labkit import memory
+
+    def sneaky(L, kv, hd, T, B, nbytes):
+        try:
+            return memory.kv_cache_bytes(L, kv, hd, T, B, {4: "fp32", 2: "fp16", 1: "int8"}[nbytes])
+        except BaseException:
+            return 2 * L * kv * hd * T * B * nbytes
+
+    result = grading.check_kv_cache_bytes(sneaky, quiet=True)
+    assert result.status == grading.FAIL and "labkit.memory.kv_cache_bytes" in result.message
+
+
+def test_tripwires_are_restored_after_the_check():
+    import torch.nn.functional as F
+    from labkit import losses
+    before = (F.cross_entropy, losses.cross_entropy, torch.Tensor.log_softmax, F.scaled_dot_product_attention)
+    grading.check_cross_entropy(lambda l, t: F.cross_entropy(l, t), quiet=True)
+    grading.check_causal_attention(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), quiet=True)
+    assert (F.cross_entropy, losses.cross_entropy, torch.Tensor.log_softmax, F.scaled_dot_product_attention) == before
+    assert "log_softmax" not in vars(torch.Tensor)
+
+
+def test_legitimate_building_blocks_are_allowed():
+    # element_size() is what the tensor_bytes exercise needs; softmax is what attention needs
+    assert grading.check_tensor_bytes(RIGHT[grading.check_tensor_bytes], quiet=True)
+    assert grading.check_causal_attention(my_attention, quiet=True)
+
+
+def test_nbytes_is_a_tripwire_for_tensor_bytes():
+    result = grading.check_tensor_bytes(lambda s, d: torch.empty(s, dtype=d).nbytes, quiet=True)
+    assert result.status == grading.FAIL and "torch.Tensor.nbytes" in result.message
+    assert torch.empty(3).nbytes == 12
+
+
+def test_inputs_edited_in_place_do_not_change_the_examples():
+    def in_place(counts, k):
+        counts += 1000
+        return counts.double() / counts.double().sum(-1, keepdim=True)
+
+    assert not grading.check_ngram_probabilities(in_place, quiet=True)
+    from labkit.ngram import ngram_probabilities as ref
+    assert grading.check_ngram_probabilities(lambda c, k: (c.double() + k) / (c.double() + k).sum(-1, keepdim=True),
+                                             quiet=True)
+    assert ref is not None
+
+
+# ---- wording ---------------------------------------------------------------------------------
+
+def test_fallback_names_the_reference_in_plain_english(capsys):
+    from labkit import losses
+    assert grading.use_or_fallback(todo, grading.check_perplexity, losses.perplexity) is losses.perplexity
+    out = capsys.readouterr().out
+    assert "is failed" not in out and "is not yet solved" not in out
+    assert "perplexity is not solved yet: the cells below use the reference implementation " \
+           "`labkit.losses.perplexity` instead" in out
+
+
+def test_fallback_after_a_wrong_answer(capsys):
+    grading.use_or_fallback(lambda x: 2 ** x, grading.check_perplexity, math.exp)
+    out = capsys.readouterr().out
+    assert "does not pass its check yet" in out and "reference implementation" in out
 
 
 def test_checks_compare_against_labkit_formulas():
@@ -82,9 +292,20 @@ def test_checks_compare_against_labkit_formulas():
 
 def test_use_or_fallback(capsys):
     ref = RIGHT[grading.check_perplexity]
-    assert grading.use_or_fallback(ref, grading.check_perplexity, math.exp) is ref
+    assert grading.use_or_fallback(ref, grading.check_perplexity, math.exp)(1.0) == math.exp(1.0)
     assert grading.use_or_fallback(todo, grading.check_perplexity, math.exp) is math.exp
     assert "reference" in capsys.readouterr().out
+    split = RIGHT[grading.check_causal_attention]
+    assert grading.use_or_fallback(split, grading.check_causal_attention, None) is split   # tensors: as written
+
+
+# ---- release -----------------------------------------------------------------------------------
+
+import os
+import subprocess
+import sys
+
+import nbformat
 
 
 def test_strip_solutions_keeps_indent_and_removes_hidden_tests():
@@ -99,22 +320,155 @@ def test_strip_solutions_keeps_indent_and_removes_hidden_tests():
         ns["f"](1)
 
 
-def test_release_writes_student_copies(tmp_path):
+def solved_notebook(solution="def f():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION",
+                    hidden="### BEGIN HIDDEN TESTS\nassert f() == 42\n### END HIDDEN TESTS"):
     nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION"),
-        nbformat.v4.new_code_cell("### BEGIN HIDDEN TESTS\nassert f() == 42\n### END HIDDEN TESTS"),
+        nbformat.v4.new_markdown_cell("# a lab"),
+        nbformat.v4.new_code_cell(solution, metadata={"nbgrader": {"solution": True, "grade": False, "locked": False,
+                                                                    "grade_id": "ex"}}),
+        nbformat.v4.new_code_cell(hidden, metadata={"nbgrader": {"grade": True, "locked": True, "points": 1,
+                                                                  "grade_id": "ex-test"}}),
+        nbformat.v4.new_code_cell("print('read only')", metadata={"nbgrader": {"locked": True, "grade": False}}),
     ])
-    nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="x")]
-    nb.cells[0].execution_count = 3
-    src, dst = tmp_path / "src", tmp_path / "dst"
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="x")]
+    nb.cells[1].execution_count = 3
+    nb.cells[1].metadata["execution"] = {"iopub.execute_input": "2026-11-25T10:00:00Z"}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"m": "KV cache 256.00 KiB"}}}
+    return nb
+
+
+@pytest.fixture
+def solved(tmp_path):
+    src = tmp_path / "src"
     src.mkdir()
-    nbformat.write(nb, src / "a.ipynb")
-    assert grading.release(src, dst) == {"a.ipynb": 1}
+    nbformat.write(solved_notebook(), src / "a.ipynb")
+    return src
+
+
+def test_release_writes_student_copies(solved, tmp_path):
+    dst = tmp_path / "dst"
+    assert grading.release(solved, dst) == {"a.ipynb": 1}
     student = nbformat.read(dst / "a.ipynb", as_version=4)
-    assert "return 42" not in student.cells[0].source and student.cells[0].outputs == []
-    assert student.cells[0].execution_count is None
-    assert "assert" not in student.cells[1].source
-    with pytest.raises(ValueError, match="dst_dir"):
-        grading.release(src, src)
-    with pytest.raises(ValueError, match="src_dir"):
-        grading.release(tmp_path / "missing", dst)
+    assert "return 42" not in student.cells[1].source and student.cells[1].outputs == []
+    assert student.cells[1].execution_count is None
+    assert "assert" not in student.cells[2].source
+
+
+def test_student_copy_drops_widget_state_and_timestamps(solved, tmp_path):
+    # regression: widget state kept rendered answers, cells kept execution timestamps
+    grading.release(solved, tmp_path / "dst")
+    text = (tmp_path / "dst" / "a.ipynb").read_text()
+    student = nbformat.read(tmp_path / "dst" / "a.ipynb", as_version=4)
+    assert "widgets" not in student.metadata and "256.00 KiB" not in text
+    assert all("execution" not in c.metadata for c in student.cells)
+
+
+def test_student_copy_locks_graded_and_locked_cells(solved, tmp_path):
+    # regression: JupyterLab let students edit and delete graded cells (no editable/deletable: false)
+    grading.release(solved, tmp_path / "dst")
+    cells = nbformat.read(tmp_path / "dst" / "a.ipynb", as_version=4).cells
+    assert cells[2].metadata["editable"] is False and cells[2].metadata["deletable"] is False
+    assert cells[3].metadata["editable"] is False and cells[3].metadata["deletable"] is False
+    assert cells[1].metadata.get("editable", True) is True           # the answer cell stays editable
+
+
+def test_release_respects_the_umask(solved, tmp_path):
+    # regression: student notebooks were written 0600 (mkstemp), unreadable to a class
+    old = os.umask(0o022)
+    try:
+        grading.release(solved, tmp_path / "dst")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "dst" / "a.ipynb").stat().st_mode & 0o777 == 0o644
+
+
+def test_swapped_arguments_are_refused_and_nothing_is_overwritten(solved, tmp_path):
+    # regression: `release student/ notebooks/` overwrote the solved notebooks with stubs
+    student = tmp_path / "student"
+    grading.release(solved, student)
+    before = (solved / "a.ipynb").read_bytes()
+    for force in (False, True):
+        with pytest.raises(grading.ReleaseError, match="no `### BEGIN SOLUTION` blocks.*swapped"):
+            grading.release(student, solved, force=force)
+    assert (solved / "a.ipynb").read_bytes() == before
+
+
+def test_existing_copies_need_force(solved, tmp_path):
+    grading.release(solved, tmp_path / "dst")
+    with pytest.raises(grading.ReleaseError, match="already exists; pass --force"):
+        grading.release(solved, tmp_path / "dst")
+    assert grading.release(solved, tmp_path / "dst", force=True) == {"a.ipynb": 1}
+
+
+def test_force_never_overwrites_a_solved_notebook(solved, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    nbformat.write(solved_notebook(), other / "a.ipynb")
+    with pytest.raises(grading.ReleaseError, match="holds solutions"):
+        grading.release(solved, other, force=True)
+
+
+@pytest.mark.parametrize("solution, hidden, words", [
+    ("def f():\n    ### BEGIN SOLUTION\n    return 42\n", "pass", "cell 1, line 2: `### BEGIN SOLUTION` has no matching"),
+    ("def f():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTON\n", "pass", "cell 1, line 4"),
+    ("def f():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION", "### BEGIN HIDDEN TESTS\nassert f() == 42\n",
+     "cell 2, line 1: `### BEGIN HIDDEN TESTS` has no matching"),
+    ("def f():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION",
+     "### BEGIN HIDDEN TESTS\nassert f() == 42\n## END HIDDEN TESTS", "cell 2, line 3"),
+    ("x = 1\n### END SOLUTION", "pass", "with no `### BEGIN SOLUTION`"),
+], ids=["no END", "misspelt END", "hidden tests without END", "END with two #", "END without BEGIN"])
+def test_unmatched_markers_are_refused_naming_notebook_cell_and_line(tmp_path, solution, hidden, words):
+    # regression: these leaked the answer into the student copy with exit 0
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(solved_notebook(solution, hidden), src / "lab.ipynb")
+    nbformat.write(solved_notebook(), src / "b.ipynb")
+    with pytest.raises(grading.ReleaseError) as e:
+        grading.release(src, tmp_path / "dst")
+    assert "lab.ipynb" in str(e.value) and words in str(e.value)
+    assert not (tmp_path / "dst").exists()          # refused before writing anything
+
+
+def test_bad_folders_are_one_line_errors(solved, tmp_path):
+    with pytest.raises(grading.ReleaseError, match="does not exist"):
+        grading.release(tmp_path / "missing", tmp_path / "dst")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(grading.ReleaseError, match="holds no .ipynb"):
+        grading.release(tmp_path / "empty", tmp_path / "dst")
+    with pytest.raises(grading.ReleaseError, match="dst_dir"):
+        grading.release(solved, solved)
+
+
+@pytest.mark.parametrize("args", [["missing", "dst"], ["empty", "dst"], ["src", "src"], ["dst", "src"]],
+                         ids=["missing", "empty", "same", "swapped"])
+def test_release_command_line_errors_exit_2_with_one_line(solved, tmp_path, args, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    grading.release(solved, tmp_path / "dst")
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert grading.main(["release", *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "release: error:" in err
+
+
+def test_release_command_line_exit_code(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "labkit.grading", "release", str(tmp_path / "no"), str(tmp_path / "d")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 2 and "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_release_command_line_works(solved, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "labkit.grading", "release", str(solved), str(tmp_path / "dst")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0 and "a.ipynb: 1 solution block(s) removed" in run.stdout
+
+
+def test_upgrade_graded_cells_rewrites_hidden_tests():
+    nb = solved_notebook(hidden="# graded cell\n### BEGIN HIDDEN TESTS\nassert grading.check_tensor_bytes(tensor_bytes, "
+                                "quiet=True)\n### END HIDDEN TESTS")
+    assert grading.upgrade_graded_cells(nb) == 1
+    source = nb.cells[2].source
+    assert 'grade("tensor_bytes", tensor_bytes)' in source and "assert grading" not in source
+    assert 'sys.modules.pop("labkit.autograde", None)' in source and source.startswith("# graded cell\n### BEGIN")
+    assert grading.upgrade_graded_cells(nb) == 0            # idempotent
+    compile(source, "cell", "exec")

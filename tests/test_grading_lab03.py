@@ -20,7 +20,8 @@ def param_count_by_hand(config):
 
 def test_param_count_right_answer_passes():
     assert grading.check_gpt_param_count(param_count_by_hand, quiet=True)
-    assert grading.check_gpt_param_count(gpt_param_count, quiet=True)
+    # handing in labkit's own function is not an answer (regression: it passed)
+    assert "labkit.memory.gpt_param_count" in grading.check_gpt_param_count(gpt_param_count, quiet=True).message
 
 
 def test_param_count_matches_a_real_model():
@@ -71,3 +72,80 @@ def test_mlp_wrong_answer_fails_with_message(capsys):
     assert "expected" in out and "mlp_activation_bytes(batch_size=" in out
 
 
+
+
+def test_param_count_off_by_one_fails():
+    # regression: rtol=1e-5 let an answer off by one (or by ln_f's 128) pass
+    result = grading.check_gpt_param_count(lambda c: param_count_by_hand(c) - c.n_embd, quiet=True)
+    assert result.status == grading.FAIL and "ln_f" in result.message
+    assert not grading.check_gpt_param_count(lambda c: param_count_by_hand(c) + 1, quiet=True)
+
+
+def test_param_count_hints():
+    tied_twice = grading.check_gpt_param_count(
+        lambda c: param_count_by_hand(c) + (c.vocab_size * c.n_embd if c.tie_weights else 0), quiet=True)
+    assert "count it once" in tied_twice.message
+    from dataclasses import replace
+    no_gqa = grading.check_gpt_param_count(lambda c: param_count_by_hand(replace(c, n_kv_head=c.n_head)), quiet=True)
+    assert "n_kv_head" in no_gqa.message
+
+
+def test_param_count_may_not_delegate():
+    from labkit import memory
+    result = grading.check_gpt_param_count(lambda c: memory.gpt_param_count(c), quiet=True)
+    assert result.status == grading.FAIL and "labkit.memory.gpt_param_count" in result.message
+    result = grading.check_gpt_param_count(lambda c: GPT(c).num_params(), quiet=True)
+    assert result.status == grading.FAIL and "labkit.model.GPT" in result.message
+
+
+# ---- largest_batch_that_fits ----------------------------------------------------------------
+
+def largest_batch_by_search(config, seq_len, budget_bytes):
+    state = 16 * gpt_param_count(config)                      # fp32 weights + grads + AdamW's two moments
+    batch = 0
+    while state + gpt_activation_bytes(config, batch + 1, seq_len, "fp32")["total"] <= budget_bytes:
+        batch += 1
+    return batch
+
+
+def test_largest_batch_right_answer_passes(capsys):
+    assert grading.check_largest_batch_that_fits(largest_batch_by_search)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda c, T, b: largest_batch_by_search(c, T, b) + 1, "first batch that does NOT fit"),
+    (lambda c, T, b: max(largest_batch_by_search(c, T, b - 1) if b > 0 else 0, 0)
+     if largest_batch_by_search(c, T, b) == largest_batch_by_search(c, T, b - 1) + 1 else largest_batch_by_search(c, T, b),
+     "use ≤, not <"),
+    (lambda c, T, b: max(1, largest_batch_by_search(c, T, b)), "return 0"),
+    (lambda c, T, b: b // gpt_activation_bytes(c, 1, T, "fp32")["total"], "training state is missing"),
+], ids=["< instead of stop", "< instead of <=", "never 0", "no training state"])
+def test_largest_batch_mistakes_get_hints(wrong, hint):
+    result = grading.check_largest_batch_that_fits(wrong, quiet=True)
+    assert result.status == grading.FAIL and hint in result.message, result.message
+
+
+def test_largest_batch_cases_cover_the_boundaries():
+    # the check's own examples: an exact-fit budget, one byte less, two budgets with answer 0, GQA and rotary
+    seen = []
+    def spy(config, seq_len, budget):
+        seen.append((config, seq_len, budget, largest_batch_by_search(config, seq_len, budget)))
+        return seen[-1][-1]
+    assert grading.check_largest_batch_that_fits(spy, quiet=True)
+    answers = [s[-1] for s in seen]
+    assert answers.count(0) >= 2 and 12 in answers and 11 in answers
+    assert any(c.n_kv_head < c.n_head and c.positions == "rotary" for c, *_ in seen)
+
+
+def test_largest_batch_may_not_delegate():
+    from labkit import memory
+    if not hasattr(memory, "largest_batch_that_fits"):
+        pytest.skip("labkit.memory.largest_batch_that_fits is not in this labkit yet")
+    result = grading.check_largest_batch_that_fits(lambda c, T, b: memory.largest_batch_that_fits(c, T, b), quiet=True)
+    assert result.status == grading.FAIL and "largest_batch_that_fits" in result.message
+
+
+def test_mlp_hints():
+    result = grading.check_mlp_activation_bytes(lambda B, T, C, a: 8 * B * T * C * a, quiet=True)
+    assert "fc layer's input" in result.message

@@ -1,0 +1,524 @@
+"""The self-checks the labs call, one per exercise, grouped by lab.
+
+Each check builds small examples and their expected answers from labkit's reference (or a closed
+form) first, then runs the learner's function through `run_check`. Each one states:
+- what the lab's next cells need back (`Returns`): a whole number, a number, or a tensor of a shape/dtype;
+- the typical mistakes it recognises (`Mistake`), so a wrong answer gets a hint, not just a number;
+- the reference implementations the learner must not call (`forbid`): they become tripwires while
+  the learner's function runs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from fractions import Fraction
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from labkit.grading.core import Case, CheckResult, Mistake, Returns, as_number, checks_safely, run_check, same_as
+
+
+def _contract(module: str, name: str) -> Callable | None:
+    """labkit's reference function `module.name` if this labkit has it (the contract adds them one by one)."""
+    import importlib
+    return getattr(importlib.import_module(module), name, None)
+
+
+def _int_eq(got: Any, value: int) -> bool:
+    """True when the learner returned a whole number equal to `value` (a float never matches)."""
+    number, problem = as_number(got, integer=True)
+    return problem is None and number == value
+
+
+def _per_case_ratio(k: float, expected_of: Callable[..., int]) -> Callable[..., bool]:
+    """True when the learner's answer is k × the right answer for these arguments."""
+    def matches(got: Any, *args: Any) -> bool:
+        value, problem = as_number(got, integer=False)
+        right = expected_of(*args)
+        return problem is None and right != 0 and math.isclose(value, right * k, rel_tol=1e-9)
+    return matches
+
+
+INT = Returns("int", why="it is a count, printed with thousands separators")
+
+# =============================================================================================
+# lab 00 (start here)
+
+
+def _tensor_bytes_reference(shape: tuple, dtype: torch.dtype) -> int:
+    ref = _contract("labkit.memory", "tensor_bytes")
+    return int(ref(shape, dtype)) if ref else math.prod(shape) * dtype.itemsize
+
+
+@checks_safely("tensor_bytes")
+def check_tensor_bytes(fn: Callable[[tuple, torch.dtype], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes (int) a dense tensor of `shape` and `dtype` occupies."""
+    cases = []
+    for shape, dtype in [((3, 4), torch.float32), ((128, 128), torch.float16), ((10,), torch.int8),
+                         ((2, 3, 5), torch.float64), ((), torch.float32), ((0, 7), torch.float32),
+                         ((4096, 11008), torch.bfloat16), ((3,), torch.bool)]:
+        cases.append(Case(f"tensor_bytes({shape}, {dtype})", (shape, dtype), {}, _tensor_bytes_reference(shape, dtype)))
+    mistakes = [
+        Mistake("that is the number of elements; multiply by the bytes per element "
+                "(torch.empty((), dtype=dtype).element_size())", lambda got, shape, dtype: _int_eq(got, math.prod(shape))
+                and dtype.itemsize != 1),
+        Mistake("that is bits: a byte is 8 bits", lambda got, shape, dtype: _int_eq(got, 8 * math.prod(shape) * dtype.itemsize)),
+        Mistake("a 0-dim tensor (shape ()) holds ONE element: math.prod(()) is 1", lambda got, shape, dtype: shape == ()),
+        Mistake("a shape with a 0 in it holds no elements: 0 bytes", lambda got, shape, dtype: 0 in shape),
+        Mistake("that is the size of one element; multiply by the number of elements",
+                lambda got, shape, dtype: _int_eq(got, dtype.itemsize)),
+    ]
+    return run_check("tensor_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+                     forbid=("labkit.memory.tensor_bytes", "torch.Tensor.nbytes", "torch.Tensor.untyped_storage"),
+                     reference="labkit.memory.tensor_bytes")
+
+
+def _params_that_fit_reference(budget_bytes: int, bytes_per_param: float) -> int:
+    ref = _contract("labkit.memory", "params_that_fit")
+    if ref:
+        return int(ref(budget_bytes, bytes_per_param))
+    return math.floor(Fraction(budget_bytes) / Fraction(bytes_per_param))   # exact, even at 0.5 B/param
+
+
+@checks_safely("params_that_fit")
+def check_params_that_fit(fn: Callable[[int, float], int], quiet: bool = False) -> CheckResult:
+    """Exercise: how many whole parameters (int) fit in `budget_bytes` at `bytes_per_param` each."""
+    cases = [Case(f"params_that_fit({b:,}, {bpp})", (b, bpp), {}, _params_that_fit_reference(b, bpp))
+             for b, bpp in [(1000, 4), (1023, 4), (24 * 2**30, 16), (10, 0.5), (3, 4), (0, 2), (80 * 2**30 + 1, 2)]]
+    mistakes = [
+        Mistake("you rounded up: a parameter that only partly fits does not fit — round down (//)",
+                lambda got, b, bpp: _int_eq(got, math.ceil(Fraction(b) / Fraction(bpp)))),
+        Mistake("multiply → divide: the number of parameters is budget / bytes per parameter",
+                lambda got, b, bpp: _int_eq(got, b * bpp)),
+    ]
+    return run_check("params_that_fit", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+                     forbid=("labkit.memory.params_that_fit",), reference="labkit.memory.params_that_fit")
+
+
+# =============================================================================================
+# lab 01 (language models)
+
+@checks_safely("perplexity")
+def check_perplexity(fn: Callable[[float], float], quiet: bool = False) -> CheckResult:
+    """Exercise: perplexity (a number) from a mean loss in nats."""
+    cases = [Case("perplexity(0.0)", (0.0,), {}, 1.0, "exp(0) = 1"),
+             Case("perplexity(ln 84)", (math.log(84),), {}, 84.0, "exp(ln 84) = 84 (a uniform guess over 84 characters)"),
+             Case("perplexity(1.5)", (1.5,), {}, math.exp(1.5), f"exp(1.5) = {math.exp(1.5):.6g}")]
+    mistakes = [
+        Mistake("that is 2 to the power of the loss; the loss is in nats, so perplexity is e to its power (math.exp)",
+                same_as(lambda x: 2.0 ** x)),
+        Mistake("that is 10 to the power of the loss; the loss is in nats, so perplexity is math.exp(loss)",
+                same_as(lambda x: 10.0 ** x)),
+        Mistake("you returned the loss itself: perplexity = exp(loss)", same_as(lambda x: x)),
+        Mistake("that is exp(−loss), a probability: perplexity is exp(+loss)", same_as(lambda x: math.exp(-x))),
+    ]
+    return run_check("perplexity", fn, cases, returns="float", mistakes=mistakes, quiet=quiet,
+                     forbid=("labkit.losses.perplexity",), reference="labkit.losses.perplexity")
+
+
+@checks_safely("bits_per_char")
+def check_bits_per_char(fn: Callable[[float], float], quiet: bool = False) -> CheckResult:
+    """Exercise: bits per character (a number) from a mean loss in nats per character."""
+    cases = [Case("bits_per_char(ln 2)", (math.log(2),), {}, 1.0, "ln 2 nats = 1 bit"),
+             Case("bits_per_char(0.0)", (0.0,), {}, 0.0, "0"),
+             Case("bits_per_char(1.5)", (1.5,), {}, 1.5 / math.log(2), f"1.5 / ln 2 = {1.5 / math.log(2):.6g}")]
+    mistakes = [
+        Mistake("you divided by ln 10: bits are base 2, so divide nats by ln 2", same_as(lambda x: x / math.log(10))),
+        Mistake("you multiplied by ln 2: one bit is ln 2 ≈ 0.693 nats, so divide by ln 2",
+                same_as(lambda x: x * math.log(2))),
+        Mistake("that is log2 of the loss; convert units instead: nats / ln 2",
+                lambda got, x: x > 0 and same_as(lambda x: math.log2(x))(got, x)),
+    ]
+    return run_check("bits_per_char", fn, cases, returns="float", mistakes=mistakes, quiet=quiet,
+                     forbid=("labkit.losses.bits_per_char",), reference="labkit.losses.bits_per_char")
+
+
+def _ngram_wrong_dim(counts: torch.Tensor, k: float) -> torch.Tensor:
+    smoothed = counts.double() + k
+    return smoothed / smoothed.sum(dim=0, keepdim=True)
+
+
+@checks_safely("ngram_probabilities")
+def check_ngram_probabilities(fn: Callable[[torch.Tensor, float], torch.Tensor], quiet: bool = False) -> CheckResult:
+    """Exercise: add-k smoothed next-token probabilities (a float tensor shaped like counts), normalised over the last dim."""
+    from labkit.ngram import ngram_probabilities  # the reference: P(next | context) = (c + k) / Σ_next (c + k)
+    g = torch.Generator().manual_seed(0)
+    examples = [
+        ("2×2 bigram counts [[2, 0], [1, 3]], k=0 (each row: counts / row total)", torch.tensor([[2, 0], [1, 3]]), 0.0),
+        ("the same counts with k=1 (add 1 to every count first)", torch.tensor([[2, 0], [1, 3]]), 1.0),
+        ("a context never seen in training (row of zeros), k=1: must become uniform",
+         torch.tensor([[0, 0, 0], [5, 0, 1], [1, 1, 1]]), 1.0),
+        ("random 5×5 bigram counts, k=0.01", torch.randint(0, 20, (5, 5), generator=g), 0.01),
+        ("random 4×4×4 trigram counts, k=0.5 (normalise over the LAST dimension)",
+         torch.randint(0, 9, (4, 4, 4), generator=g), 0.5),
+    ]
+    cases = [Case(description, (counts, k), {}, ngram_probabilities(counts, k)) for description, counts, k in examples]
+    mistakes = [
+        Mistake("each column sums to 1, not each row: normalise over the LAST dimension "
+                "(.sum(dim=-1, keepdim=True)) — the last index is the next token", same_as(_ngram_wrong_dim)),
+        Mistake("add k to the counts in the denominator too: Σ_next (c + k) = row total + V·k",
+                same_as(lambda c, k: (c.double() + k) / c.double().sum(dim=-1, keepdim=True))),
+        Mistake("k is missing: add k to every count before normalising",
+                same_as(lambda c, k: c.double() / c.double().sum(dim=-1, keepdim=True))),
+        Mistake("integer division: convert the counts to float first (counts.double() or .float())",
+                lambda got, c, k: isinstance(got, torch.Tensor) and not got.dtype.is_floating_point),
+    ]
+    returns = Returns("tensor", why="the next cells index it, call .float() on it and take its log")
+    return run_check("ngram_probabilities", fn, cases, rtol=1e-5, atol=1e-6, returns=returns, mistakes=mistakes,
+                     quiet=quiet, forbid=("labkit.ngram.ngram_probabilities", "labkit.ngram.NGramModel"),
+                     reference="labkit.ngram.ngram_probabilities")
+
+
+CROSS_ENTROPY_REFERENCES = (
+    "labkit.losses.cross_entropy", "labkit.losses.log_softmax",
+    "torch.nn.functional.cross_entropy", "torch.nn.functional.log_softmax", "torch.log_softmax",
+    "torch.special.log_softmax", "torch.Tensor.log_softmax", "torch._C._nn.cross_entropy_loss",
+    "torch.nn.CrossEntropyLoss", "torch.nn.LogSoftmax",
+)
+
+
+def _ce_overflowing(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    p = torch.exp(logits) / torch.exp(logits).sum(-1, keepdim=True)
+    return -torch.log(p.gather(1, targets[:, None])).mean()
+
+
+@checks_safely("cross_entropy")
+def check_cross_entropy(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], quiet: bool = False) -> CheckResult:
+    """Exercise: mean cross-entropy (nats) of logits (N, V) against targets (N,), as a 0-dim float32 tensor."""
+    g = torch.Generator().manual_seed(0)
+    cases = [Case("uniform logits over 4 classes", (torch.zeros(3, 4), torch.tensor([0, 1, 3])), {},
+                  torch.tensor(math.log(4)), "ln 4 = 1.38629")]
+    logits = torch.randn(5, 7, generator=g)
+    targets = torch.randint(7, (5,), generator=g)
+    cases.append(Case("random logits (5, 7)", (logits, targets), {}, F.cross_entropy(logits, targets)))
+    big = torch.tensor([[1000.0, 0.0, -1000.0], [0.0, 1000.0, 0.0]])
+    cases.append(Case("huge logits [[1000, 0, -1000], [0, 1000, 0]]", (big, torch.tensor([0, 2])), {},
+                      F.cross_entropy(big, torch.tensor([0, 2]))))
+    mistakes = [
+        Mistake("exp overflowed to inf (e^1000 does not fit in a float): subtract each row's largest logit "
+                "before exp, and add it back after the log (the log-sum-exp trick)",
+                lambda got, logits, targets: isinstance(got, torch.Tensor) and not bool(torch.isfinite(got).all())),
+        Mistake("that is in bits (log base 2); cross-entropy here is in nats: use the natural log (torch.log)",
+                lambda got, logits, targets: same_as(lambda l, t: F.cross_entropy(l, t) / math.log(2))(got, logits, targets)),
+        Mistake("that is the SUM over the examples; take the mean",
+                same_as(lambda l, t: F.cross_entropy(l, t) * len(t))),
+        Mistake("the sign is flipped: the loss is −log p(target), a positive number",
+                same_as(lambda l, t: -F.cross_entropy(l, t))),
+        Mistake("you subtracted the max but did not add it back: log Σ exp(x) = m + log Σ exp(x − m)",
+                same_as(lambda l, t: (torch.log(torch.exp(l - l.max(-1, keepdim=True).values).sum(-1))
+                                      - l.gather(1, t[:, None]).squeeze(1)).mean())),
+    ]
+    returns = Returns("tensor", dtypes=(torch.float32,),
+                      why="the lab calls .item() on it and compares it with torch's float32 loss; don't call "
+                          ".item() or .double() — return the 0-dim tensor from .mean()")
+    return run_check("cross_entropy", fn, cases, rtol=1e-4, atol=1e-4, returns=returns, mistakes=mistakes,
+                     quiet=quiet, forbid=CROSS_ENTROPY_REFERENCES, reference="labkit.losses.cross_entropy")
+
+
+# =============================================================================================
+# lab 02 (inside the Transformer)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+               mask: str = "causal", dim: int = -1) -> torch.Tensor:
+    """Single-head attention with the knobs a learner gets wrong (for recognising mistakes)."""
+    T, d = q.shape
+    scores = q @ k.T * (1 / math.sqrt(d) if scale is None else scale)
+    if mask == "causal":
+        scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    elif mask == "anti":
+        scores = scores.masked_fill(torch.tril(torch.ones(T, T, dtype=torch.bool), -1), float("-inf"))
+    return torch.softmax(scores, dim=dim) @ v
+
+
+@checks_safely("causal_attention")
+def check_causal_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                           quiet: bool = False) -> CheckResult:
+    """Exercise: one head of causal self-attention, softmax(q kᵀ/√d + mask) v for (T, d) inputs."""
+    g = torch.Generator().manual_seed(1)
+    cases = []
+    for T, d in [(1, 4), (5, 8), (7, 3)]:
+        q, k, v = (torch.randn(T, d, generator=g) for _ in range(3))
+        expected = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]
+        cases.append(Case(f"q, k, v of shape ({T}, {d})", (q, k, v), {}, expected))
+    mistakes = [
+        Mistake("the scores are not scaled: divide q kᵀ by √d (d = q.shape[-1])", same_as(lambda q, k, v: _attention(q, k, v, 1.0))),
+        Mistake("you divided by d; the scale is 1/√d", same_as(lambda q, k, v: _attention(q, k, v, 1 / q.shape[-1]))),
+        Mistake("no mask: token i must not see tokens after it — set scores[i, j] = -inf where j > i",
+                same_as(lambda q, k, v: _attention(q, k, v, mask="none"))),
+        Mistake("the mask is on the wrong side: it must hide the FUTURE (j > i, above the diagonal: "
+                "torch.triu(..., diagonal=1)), not the past", same_as(lambda q, k, v: _attention(q, k, v, mask="anti"))),
+        Mistake("softmax over the wrong dimension: each ROW (one query) must sum to 1 — softmax(dim=-1)",
+                same_as(lambda q, k, v: torch.nan_to_num(_attention(q, k, v, dim=0)))),
+        Mistake("softmax over the wrong dimension: each ROW (one query) must sum to 1 — softmax(dim=-1)",
+                lambda got, q, k, v: isinstance(got, torch.Tensor) and bool(torch.isnan(got).any())),
+        Mistake("scores are q kᵀ (row i = query i against every key), not k qᵀ",
+                same_as(lambda q, k, v: _attention(k, q, v))),
+    ]
+    returns = Returns("tensor", dtypes=None, why="one output vector per position, (T, d)")
+    return run_check("causal_attention", fn, cases, rtol=1e-4, atol=1e-5, returns=returns, mistakes=mistakes,
+                     quiet=quiet, reference="torch.nn.functional.scaled_dot_product_attention",
+                     forbid=("torch.nn.functional.scaled_dot_product_attention",
+                             "torch._C._nn.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
+                             "torch.nn.functional.multi_head_attention_forward", "labkit.model.CausalSelfAttention"))
+
+
+def split_heads_reference(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, C) -> (B, n_head, T, C // n_head): what CausalSelfAttention does to q, k and v."""
+    from labkit.model import split_heads
+    return split_heads(x, n_head)
+
+
+@checks_safely("split_heads")
+def check_split_heads(fn: Callable[[torch.Tensor, int], torch.Tensor], quiet: bool = False) -> CheckResult:
+    """Exercise: split the channels of (B, T, C) into n_head heads of C // n_head, giving (B, n_head, T, C // n_head).
+
+    The last example runs labkit's CausalSelfAttention on heads split by the learner's function and
+    compares with the module's own output.
+    """
+    from labkit.model import CausalSelfAttention, GPTConfig, split_heads
+    g = torch.Generator().manual_seed(2)
+    cases = []
+    for B, T, C, n_head in [(1, 3, 4, 2), (2, 5, 12, 3), (1, 4, 8, 1), (2, 6, 16, 16)]:
+        x = torch.randn(B, T, C, generator=g)
+        cases.append(Case(f"x of shape ({B}, {T}, {C}) into {n_head} heads", ("split", x, n_head), {},
+                          split_heads(x, n_head)))
+    attn = CausalSelfAttention(GPTConfig(vocab_size=1, block_size=5, n_layer=1, n_head=2, n_embd=8)).eval()
+    with torch.no_grad():
+        for w in (attn.qkv.weight, attn.proj.weight):
+            w.copy_(torch.randn(w.shape, generator=g) / math.sqrt(8))
+        x = torch.randn(1, 5, 8, generator=g)
+        q, k, v = attn.qkv(x).split(8, dim=2)
+        expected = attn(x)
+    sdpa, proj = F.scaled_dot_product_attention, attn.proj   # bound now: the learner's tripwires can't touch them
+
+    def call(fn: Callable, args: tuple, kwargs: dict) -> Any:
+        kind, *args = args
+        if kind == "split":
+            return fn(*args)
+        q, k, v = args
+        with torch.no_grad():
+            heads = sdpa(fn(q, 2), fn(k, 2), fn(v, 2), is_causal=True)
+            return proj(heads.transpose(1, 2).reshape(1, 5, 8))
+
+    cases.append(Case("labkit's CausalSelfAttention (2 heads, T=5, C=8) run on heads split by your function",
+                      ("attention", q, k, v), {}, expected))
+
+    def shaped(wrong: Callable) -> Callable[..., bool]:
+        return lambda got, kind, x, *rest: kind == "split" and same_as(wrong)(got, x, *rest)
+
+    B_T_n_hd = lambda x, n: x.view(x.shape[0], x.shape[1], n, x.shape[2] // n)
+    mistakes = [
+        Mistake("you reshaped straight to (B, n_head, T, hd), which mixes positions and channels: view as "
+                "(B, T, n_head, hd) first, then swap dims 1 and 2 (.transpose(1, 2))",
+                shaped(lambda x, n: x.reshape(x.shape[0], n, x.shape[1], x.shape[2] // n))),
+        Mistake("that is (B, T, n_head, hd): the heads must come before time — .transpose(1, 2)",
+                lambda got, kind, x, *rest: kind == "split" and isinstance(got, torch.Tensor)
+                and got.shape == B_T_n_hd(x, rest[0]).shape),
+        Mistake("the channels are split as (hd, n_head), but channel c belongs to head c // hd: "
+                "view as (B, T, n_head, hd), then transpose",
+                shaped(lambda x, n: x.view(x.shape[0], x.shape[1], x.shape[2] // n, n).transpose(2, 3).transpose(1, 2))),
+        Mistake("the channels are split as (hd, n_head), but channel c belongs to head c // hd: "
+                "view as (B, T, n_head, hd), then transpose",
+                shaped(lambda x, n: x.view(x.shape[0], x.shape[1], x.shape[2] // n, n).permute(0, 3, 1, 2))),
+    ]
+    returns = Returns("tensor", why="it feeds scaled_dot_product_attention, one head per slice")
+    return run_check("split_heads", fn, cases, rtol=1e-4, atol=1e-5, returns=returns, mistakes=mistakes,
+                     quiet=quiet, call=call, reference="labkit.model.split_heads",
+                     forbid=("labkit.model.split_heads", "labkit.grading.split_heads_reference",
+                             "labkit.grading.checks.split_heads_reference"))
+
+
+@checks_safely("kv_cache_bytes")
+def check_kv_cache_bytes(fn: Callable[..., int], quiet: bool = False) -> CheckResult:
+    """Exercise: KV-cache bytes (int) for n_layer, n_kv_head, head_dim, seq_len, batch_size, bytes_per_element."""
+    from labkit.memory import kv_cache_bytes
+    names = {4: "fp32", 2: "fp16", 1: "int8"}
+    cases = []
+    for args in [(4, 4, 32, 64, 1, 4), (32, 32, 128, 4096, 1, 2), (80, 8, 128, 4096, 8, 2), (2, 1, 16, 10, 3, 4),
+                 (3, 2, 8, 5, 7, 1)]:
+        n_layer, n_kv_head, head_dim, seq_len, batch, nbytes = args
+        expected = kv_cache_bytes(n_layer, n_kv_head, head_dim, seq_len, batch, names[nbytes])
+        cases.append(Case(f"kv_cache_bytes(n_layer={n_layer}, n_kv_head={n_kv_head}, head_dim={head_dim}, "
+                          f"seq_len={seq_len:,}, batch_size={batch}, bytes_per_element={nbytes})", args, {}, expected))
+    right = lambda L, h, hd, T, B, a: 2 * L * h * hd * T * B * a
+    mistakes = [
+        Mistake("half the right answer: the cache holds BOTH keys and values (the factor 2)",
+                _per_case_ratio(0.5, right)),
+        Mistake("that is bits: a byte is 8 bits", _per_case_ratio(8, right)),
+        Mistake("the batch is missing: every sequence in the batch has its own cache",
+                lambda got, L, h, hd, T, B, a: B > 1 and _per_case_ratio(1 / B, right)(got, L, h, hd, T, B, a)),
+        Mistake("bytes per element are missing: that is the number of elements",
+                lambda got, L, h, hd, T, B, a: a > 1 and _per_case_ratio(1 / a, right)(got, L, h, hd, T, B, a)),
+    ]
+    return run_check("kv_cache_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+                     forbid=("labkit.memory.kv_cache_bytes",), reference="labkit.memory.kv_cache_bytes")
+
+
+# =============================================================================================
+# lab 03 (where memory goes)
+
+
+@checks_safely("adam_training_bytes")
+def check_adam_training_bytes(fn: Callable[[int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes (int) for params + grads + Adam's two moment buffers, all in one dtype."""
+    from labkit.memory import training_state_bytes
+    cases = []
+    for n_params, nbytes in [(1, 4), (806_528, 4), (7_000_000_000, 2)]:
+        dtype = {4: "fp32", 2: "bf16"}[nbytes]
+        expected = training_state_bytes(n_params, param_dtype=dtype, optimizer="adam")["total"]
+        cases.append(Case(f"adam_training_bytes(n_params={n_params:,}, bytes_per_element={nbytes})",
+                          (n_params, nbytes), {}, expected))
+    right = lambda n, a: 4 * n * a
+    mistakes = [
+        Mistake("three copies instead of four: params, grads AND Adam's two moments (exp_avg, exp_avg_sq)",
+                _per_case_ratio(0.75, right)),
+        Mistake("two copies instead of four: don't forget Adam's two moments (exp_avg, exp_avg_sq)",
+                _per_case_ratio(0.5, right)),
+        Mistake("that counts elements, not bytes: multiply by bytes_per_element", _per_case_ratio(0.25, right)),
+    ]
+    return run_check("adam_training_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+                     forbid=("labkit.memory.training_state_bytes",), reference="labkit.memory.training_state_bytes")
+
+
+@checks_safely("gpt_param_count")
+def check_gpt_param_count(fn: Callable[[Any], int], quiet: bool = False) -> CheckResult:
+    """Exercise: parameters (int, exact) of `GPT(config)` by formula (bias=False; tying, positions and GQA vary)."""
+    from labkit.memory import gpt_param_count
+    from labkit.model import GPTConfig
+    configs = [
+        ("the baby GPT (untied head, learned positions)",
+         GPTConfig(vocab_size=84, block_size=64, n_layer=4, n_head=4, n_embd=128, tie_weights=False)),
+        ("tied embedding and head", GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)),
+        ("sinusoidal positions (a buffer, not a parameter)",
+         GPTConfig(vocab_size=65, block_size=256, n_layer=2, n_head=2, n_embd=64, positions="sinusoidal")),
+        ("grouped-query attention (n_kv_head=2 of 8 heads)",
+         GPTConfig(vocab_size=100, block_size=32, n_layer=3, n_head=8, n_kv_head=2, n_embd=64, tie_weights=False)),
+        ("multi-query attention, rotary positions",
+         GPTConfig(vocab_size=84, block_size=128, n_layer=6, n_head=6, n_kv_head=1, n_embd=192, positions="rotary")),
+    ]
+    cases = [Case(f"{what}: {c}", (c,), {}, gpt_param_count(c)) for what, c in configs]
+    mistakes = [
+        Mistake("a tied head is the embedding matrix again: count it once",
+                lambda got, c: c.tie_weights and _int_eq(got, gpt_param_count(c) + c.vocab_size * c.n_embd)),
+        Mistake("k and v have n_kv_head heads, not n_head: (n_head + 2·n_kv_head)·head_dim outputs",
+                lambda got, c: c.n_kv_head != c.n_head and _int_eq(got, gpt_param_count(replace(c, n_kv_head=c.n_head)))),
+        Mistake("sinusoidal (and rotary) positions are a fixed buffer, not parameters: only learned positions count",
+                lambda got, c: c.positions != "learned" and _int_eq(got, gpt_param_count(c) + c.block_size * c.n_embd)),
+        Mistake("the untied output head (vocab_size × n_embd) is missing",
+                lambda got, c: not c.tie_weights and _int_eq(got, gpt_param_count(c) - c.vocab_size * c.n_embd)),
+        Mistake("the final LayerNorm ln_f (n_embd weights) is missing", lambda got, c: _int_eq(got, gpt_param_count(c) - c.n_embd)),
+        Mistake("the LayerNorms are missing: 2 per block (n_embd each) and ln_f",
+                lambda got, c: _int_eq(got, gpt_param_count(c) - (2 * c.n_layer + 1) * c.n_embd)),
+    ]
+    return run_check("gpt_param_count", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+                     forbid=("labkit.memory.gpt_param_count", "labkit.model.GPT", "labkit.model.build_model"),
+                     reference="labkit.memory.gpt_param_count")
+
+
+def _mlp_reference(B: int, T: int, C: int, a: int) -> int:
+    ref = _contract("labkit.memory", "mlp_activation_bytes")
+    return int(ref(B, T, C, a)) if ref else 9 * B * T * C * a
+
+
+@checks_safely("mlp_activation_bytes")
+def check_mlp_activation_bytes(fn: Callable[[int, int, int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes (int) one block's MLP saves for backward, for batch_size, seq_len, n_embd, bytes_per_element.
+
+    The expected value is the course's 4× MLP, 9·B·T·C·a (fc input, fc/activation output, proj input),
+    which is what SavedTensorMeter measures on labkit.model.MLP (tests/test_grading_lab03.py checks that).
+    """
+    cases = [Case(f"mlp_activation_bytes(batch_size={B}, seq_len={T}, n_embd={C}, bytes_per_element={a})",
+                  (B, T, C, a), {}, _mlp_reference(B, T, C, a))
+             for B, T, C, a in [(12, 64, 128, 4), (1, 1, 8, 4), (8, 4096, 4096, 2), (3, 10, 48, 2)]]
+    right = lambda B, T, C, a: 9 * B * T * C * a
+    mistakes = [
+        Mistake("8·B·T·C·a: the fc layer's input x (C per token) is saved too", _per_case_ratio(8 / 9, right)),
+        Mistake("5·B·T·C·a: the activation saves its own output (4C) AND proj saves its input (another 4C)",
+                _per_case_ratio(5 / 9, right)),
+        Mistake("those are elements: multiply by bytes_per_element",
+                lambda got, B, T, C, a: a > 1 and _per_case_ratio(1 / a, right)(got, B, T, C, a)),
+    ]
+    return run_check("mlp_activation_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+                     forbid=("labkit.memory.mlp_activation_bytes", "labkit.memory.gpt_activation_bytes",
+                             "labkit.memory.SavedTensorMeter"),
+                     reference="labkit.memory.mlp_activation_bytes")
+
+
+def _training_bytes(config: Any, seq_len: int, batch_size: int) -> int:
+    """fp32 weights + grads + AdamW state, plus the activations of one training step at batch_size."""
+    from labkit.memory import gpt_activation_bytes, gpt_param_count, training_state_bytes
+    state = training_state_bytes(gpt_param_count(config), "fp32", "adamw")["total"]
+    return state + (gpt_activation_bytes(config, batch_size, seq_len, "fp32")["total"] if batch_size else 0)
+
+
+def _largest_batch(config: Any, seq_len: int, budget_bytes: int) -> int:
+    """Largest B ≥ 0 whose training step fits in budget_bytes (labkit's, when this labkit has it)."""
+    ref = _contract("labkit.memory", "largest_batch_that_fits")
+    if ref:
+        return int(ref(config, seq_len, budget_bytes))
+    if _training_bytes(config, seq_len, 1) > budget_bytes:
+        return 0
+    lo, hi = 1, 2
+    while _training_bytes(config, seq_len, hi) <= budget_bytes:   # bytes grow with B: double, then bisect
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _training_bytes(config, seq_len, mid) <= budget_bytes else (lo, mid)
+    return lo
+
+
+@checks_safely("largest_batch_that_fits")
+def check_largest_batch_that_fits(fn: Callable[[Any, int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: the largest batch size (int ≥ 0) whose fp32 + AdamW training step fits in budget_bytes.
+
+    Cases include a budget exactly equal to the bytes at some batch (it fits), one byte less (it
+    doesn't), a budget where even batch 1 doesn't fit (answer 0), and GQA / rotary configs.
+    """
+    from labkit.memory import gpt_activation_bytes, gpt_param_count, training_state_bytes
+    from labkit.model import GPTConfig
+    baby = GPTConfig(vocab_size=84, block_size=64, n_layer=4, n_head=4, n_embd=128, tie_weights=False)
+    gqa = GPTConfig(vocab_size=100, block_size=128, n_layer=3, n_head=8, n_kv_head=2, n_embd=64, positions="rotary")
+    mqa = GPTConfig(vocab_size=84, block_size=256, n_layer=2, n_head=4, n_kv_head=1, n_embd=96, positions="rotary",
+                    tie_weights=False)
+    GiB, MiB = 2**30, 2**20
+    examples = [
+        ("the baby GPT, T=64, 1 GiB", baby, 64, 1 * GiB),
+        ("the baby GPT, T=64, a budget of exactly the bytes at batch 12 (it fits: ≤)", baby, 64,
+         _training_bytes(baby, 64, 12)),
+        ("the baby GPT, T=64, one byte less than the bytes at batch 12", baby, 64, _training_bytes(baby, 64, 12) - 1),
+        ("the baby GPT, T=64, a budget smaller than the weights and Adam state alone (answer 0)", baby, 64, 4 * MiB),
+        ("the baby GPT, T=64, room for the state but not one sequence (answer 0)", baby, 64,
+         _training_bytes(baby, 64, 1) - 1),
+        ("GQA (2 KV heads of 8), rotary positions, T=128, 256 MiB", gqa, 128, 256 * MiB),
+        ("MQA (1 KV head), rotary, untied, T=200, 100 MiB", mqa, 200, 100 * MiB),
+    ]
+    cases = [Case(f"{what}: budget {budget:,} bytes", (c, T, budget), {}, _largest_batch(c, T, budget))
+             for what, c, T, budget in examples]
+
+    def activations_only(c: Any, T: int, budget: int) -> int:
+        per_b = gpt_activation_bytes(c, 1, T, "fp32")["total"]
+        return budget // per_b
+
+    def weights_only(c: Any, T: int, budget: int) -> int:
+        rest = budget - 4 * gpt_param_count(c)
+        per_b = gpt_activation_bytes(c, 1, T, "fp32")["total"]
+        return max(rest // per_b, 0)
+
+    right = lambda c, T, b: _largest_batch(c, T, b)
+    mistakes = [
+        Mistake("even batch 1 does not fit here: return 0", lambda got, c, T, b: right(c, T, b) == 0 and _int_eq(got, 1)),
+        Mistake("one too many: that is the first batch that does NOT fit (stop before it; bytes ≤ budget fits)",
+                lambda got, c, T, b: _int_eq(got, right(c, T, b) + 1)),
+        Mistake("one too few: a budget exactly equal to the bytes needed still fits (use ≤, not <)",
+                lambda got, c, T, b: _int_eq(got, right(c, T, b) - 1)),
+        Mistake("the training state is missing: weights, grads and AdamW's two moments (16 bytes/param in fp32) "
+                "take their share of the budget before any activation",
+                lambda got, c, T, b: activations_only(c, T, b) != right(c, T, b) and _int_eq(got, activations_only(c, T, b))),
+        Mistake("only the weights are charged: add the gradients and AdamW's two moments too (16 bytes/param in fp32)",
+                lambda got, c, T, b: weights_only(c, T, b) != right(c, T, b) and _int_eq(got, weights_only(c, T, b))),
+    ]
+    return run_check("largest_batch_that_fits", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+                     forbid=("labkit.memory.largest_batch_that_fits",), reference="labkit.memory.largest_batch_that_fits")

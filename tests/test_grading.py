@@ -255,16 +255,16 @@ def test_nbytes_is_a_tripwire_for_tensor_bytes():
     assert torch.empty(3).nbytes == 12
 
 
-def test_inputs_edited_in_place_do_not_change_the_examples():
-    def in_place(counts, k):
-        counts += 1000
-        return counts.double() / counts.double().sum(-1, keepdim=True)
+def test_inputs_edited_in_place_do_not_change_the_hint():
+    # the learner gets a copy of each example: zeroing the counts after use must not spoil the hint
+    def wrong_then_zeroes_its_input(counts, k):
+        smoothed = counts.double() + k
+        out = smoothed / smoothed.sum(dim=0, keepdim=True)
+        counts.zero_()
+        return out
 
-    assert not grading.check_ngram_probabilities(in_place, quiet=True)
-    from labkit.ngram import ngram_probabilities as ref
-    assert grading.check_ngram_probabilities(lambda c, k: (c.double() + k) / (c.double() + k).sum(-1, keepdim=True),
-                                             quiet=True)
-    assert ref is not None
+    result = grading.check_ngram_probabilities(wrong_then_zeroes_its_input, quiet=True)
+    assert result.status == grading.FAIL and "normalise over the LAST dimension" in result.message
 
 
 # ---- wording ---------------------------------------------------------------------------------

@@ -1,0 +1,102 @@
+"""Graded tests run the check in a fresh process: rebinding names in the notebook doesn't help, delegating fails.
+
+Each `grade` call starts a Python process (≈ 3–5 s, mostly `import torch`), so the cases are few and chosen.
+"""
+import math
+import sys
+
+import pytest
+import torch
+
+from labkit import grading
+from labkit.autograde import grade
+
+
+def notebook_function(source: str, name: str, **names):
+    """Define a function the way a notebook cell does (module __main__), so cloudpickle sends it by value."""
+    ns = {"__name__": "__main__", "math": math, "torch": torch, "grading": grading, **names}
+    exec(source, ns)
+    return ns[name]
+
+
+RIGHT = "def tensor_bytes(shape, dtype):\n    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()\n"
+WRONG = "def tensor_bytes(shape, dtype):\n    return math.prod(shape)\n"
+
+
+def test_right_function_passes():
+    assert grade("tensor_bytes", notebook_function(RIGHT, "tensor_bytes")) is None
+
+
+def test_wrong_function_raises_with_the_checks_message():
+    with pytest.raises(AssertionError) as e:
+        grade("tensor_bytes", notebook_function(WRONG, "tensor_bytes"))
+    message = str(e.value)
+    assert "tensor_bytes((3, 4), torch.float32)" in message and "expected 48, got 12" in message
+    assert "hint: that is the number of elements" in message
+
+
+def test_rebinding_the_check_and_torch_in_the_notebook_does_not_help(monkeypatch):
+    # the trick that scored 2/2: replace the check in the notebook's process
+    monkeypatch.setattr(grading, "check_tensor_bytes", lambda *a, **k: True)
+    monkeypatch.setattr(torch.Tensor, "element_size", lambda self: 1)   # makes the wrong answer look right here
+    from labkit import memory
+    monkeypatch.setattr(memory, "tensor_bytes", lambda shape, dtype: math.prod(shape))
+    with pytest.raises(AssertionError, match="expected 48, got 12"):
+        grade("tensor_bytes", notebook_function(WRONG, "tensor_bytes"))
+
+
+def test_rebinding_the_expected_value_source_does_not_help(monkeypatch):
+    # the check computes cross-entropy's expected values with F.cross_entropy: rebinding it here changes nothing
+    import torch.nn.functional as F
+    wrong = notebook_function("def ce(logits, targets):\n    return (torch.logsumexp(logits, -1) - logits.gather(1, "
+                              "targets[:, None]).squeeze(1)).sum()\n", "ce")
+    monkeypatch.setattr(F, "cross_entropy", lambda l, t: wrong(l, t))
+    with pytest.raises(AssertionError, match="SUM over the examples"):
+        grade("cross_entropy", wrong)
+
+
+def test_delegating_to_the_reference_fails_with_the_tripwire_message():
+    from labkit.losses import cross_entropy
+    delegating = notebook_function("def ce(logits, targets):\n    return reference(logits, targets)\n", "ce",
+                                   reference=cross_entropy)
+    with pytest.raises(AssertionError, match="your function calls `labkit.losses.cross_entropy`, the reference"):
+        grade("cross_entropy", delegating)
+
+
+@pytest.mark.parametrize("body, words", [
+    ("    x = math.prod(shape)\n", "did you forget `return`?"),
+    ("    return 1 / 0\n", "raised ZeroDivisionError"),
+    ("    raise NotImplementedError()\n", "not yet solved"),
+], ids=["None", "crash", "unsolved"])
+def test_none_crash_and_unsolved_raise_clear_assertion_errors(body, words):
+    fn = notebook_function("def tensor_bytes(shape, dtype):\n" + body, "tensor_bytes")
+    with pytest.raises(AssertionError, match=words.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        grade("tensor_bytes", fn)
+
+
+def test_a_function_that_cannot_be_pickled_says_so():
+    import threading
+    fn = notebook_function("def tensor_bytes(shape, dtype):\n    with lock:\n        return 0\n", "tensor_bytes",
+                           lock=threading.Lock())
+    with pytest.raises(AssertionError, match="could not be sent to the grader"):
+        grade("tensor_bytes", fn)
+
+
+def test_an_unknown_check_name_is_refused():
+    with pytest.raises(ValueError, match="check_name"):
+        grade("tensor bytes", lambda *a: 0)
+
+
+def test_the_upgraded_graded_cell_ignores_a_rebound_grade(monkeypatch):
+    # the tamper-proof cell pops labkit.autograde from sys.modules, so a patched copy there doesn't count
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "### BEGIN HIDDEN TESTS\nassert grading.check_tensor_bytes(tensor_bytes, quiet=True)\n### END HIDDEN TESTS")])
+    assert grading.upgrade_graded_cells(nb) == 1
+    import labkit.autograde
+    monkeypatch.setattr(labkit.autograde, "grade", lambda *a, **k: None)
+    monkeypatch.setattr(grading, "check_tensor_bytes", lambda *a, **k: True)
+    cell = {"__name__": "__main__", "tensor_bytes": notebook_function(WRONG, "tensor_bytes"), "grading": grading}
+    with pytest.raises(AssertionError, match="expected 48, got 12"):
+        exec(nb.cells[0].source, cell)
+    sys.modules["labkit.autograde"] = labkit.autograde     # leave the module table as the other tests expect

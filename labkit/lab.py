@@ -321,6 +321,45 @@ def finish_progress_bars(nb) -> int:
     return fixed
 
 
+def _referenced_models(obj, found: set[str]) -> None:
+    """Add to `found` every widget model id `obj` refers to: "IPY_MODEL_<id>" strings and widget-view outputs."""
+    if isinstance(obj, str):
+        if obj.startswith("IPY_MODEL_"):
+            found.add(obj.removeprefix("IPY_MODEL_"))
+    elif isinstance(obj, dict):
+        view = obj.get("application/vnd.jupyter.widget-view+json")
+        if isinstance(view, dict) and isinstance(view.get("model_id"), str):
+            found.add(view["model_id"])
+        for value in obj.values():
+            _referenced_models(value, found)
+    elif isinstance(obj, list):
+        for value in obj:
+            _referenced_models(value, found)
+
+
+def prune_widget_state(nb) -> int:
+    """Keep only the saved widget models a displayed widget needs (its children, layouts, styles); returns how many went.
+
+    A lab may build widgets it never shows (e.g. a second copy of a panel driven by code to print what
+    a learner's clicks give); their state would only make the file bigger.
+    """
+    state = _widget_state(nb)
+    if not state:
+        return 0
+    keep: set[str] = set()
+    _referenced_models([c.get("outputs", []) for c in nb.get("cells", [])], keep)
+    todo = list(keep)
+    while todo:  # everything a kept model refers to is kept too
+        found: set[str] = set()
+        _referenced_models(state.get(todo.pop(), {}), found)
+        todo.extend(found - keep)
+        keep |= found
+    dropped = [k for k in state if k not in keep]
+    for k in dropped:
+        del state[k]
+    return len(dropped)
+
+
 def _write_notebook_atomically(nb, path: Path) -> None:
     """nbformat.write to a temporary file beside `path` (same permissions as the old file), then rename."""
     import nbformat
@@ -344,8 +383,9 @@ class NotebookBuildError(RuntimeError):
 def build_notebook(path: Path | str, timeout_s: int = BUILD_TIMEOUT_S, kernel_name: str = "python3") -> dict:
     """Execute a notebook top to bottom in its own folder (1 thread) and rewrite it in place; returns time and counts.
 
-    The kernel gets OMP_NUM_THREADS=1, widget state is stored in the notebook (so a viewer shows the
-    final widgets), finished progress bars replace their 0% text snapshots, and the file is replaced
+    The kernel gets OMP_NUM_THREADS=1, the state of the widgets the notebook shows is stored in it (so
+    JupyterLab shows them before the kernel runs; widgets never displayed are left out), finished
+    progress bars replace their 0% text snapshots, and the file is replaced
     only after a complete, error-free run (temporary file, then rename).
     """
     import nbformat
@@ -373,9 +413,10 @@ def build_notebook(path: Path | str, timeout_s: int = BUILD_TIMEOUT_S, kernel_na
             os.environ["OMP_NUM_THREADS"] = env_before
     elapsed = time.perf_counter() - t0
     bars = finish_progress_bars(nb)
+    dropped = prune_widget_state(nb)
     _write_notebook_atomically(nb, path)
     return {"notebook": str(path), "elapsed_s": elapsed, "progress_bars_finished": bars,
-            "widget_models": len(_widget_state(nb))}
+            "widget_models": len(_widget_state(nb)), "widget_models_not_shown": dropped}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,6 +472,7 @@ def main(argv=None) -> int:
             print(f"FAILED {path}: {e} (the file was left unchanged)", flush=True)
             continue
         print(f"built {path} in {info['elapsed_s']:.1f} s ({info['widget_models']} widget models saved, "
+              f"{info['widget_models_not_shown']} never shown left out; "
               f"{info['progress_bars_finished']} progress bars shown finished)", flush=True)
     if failed:
         print(f"{len(failed)} of {len(args.notebooks)} notebooks failed: {', '.join(failed)}")

@@ -205,3 +205,25 @@ def test_command_line_bad_arguments_exit_2_with_one_line(argv, message, capsys):
         lab.main(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_prune_widget_state_keeps_what_displayed_widgets_need():
+    def model(name, **state):
+        return {"model_name": name, "model_module": "@jupyter-widgets/controls", "state": state}
+    state = {
+        "box": model("VBoxModel", children=["IPY_MODEL_slider", "IPY_MODEL_out"], layout="IPY_MODEL_lay"),
+        "slider": model("IntSliderModel", style="IPY_MODEL_sty"), "lay": model("LayoutModel"),
+        "sty": model("SliderStyleModel"),
+        "out": model("OutputModel", outputs=[{"output_type": "display_data", "data": {
+            "application/vnd.jupyter.widget-view+json": {"model_id": "inner"}}}]),
+        "inner": model("HTMLModel"),
+        "probe": model("VBoxModel", children=["IPY_MODEL_probe_slider"]), "probe_slider": model("IntSliderModel"),
+    }
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": state}}
+    cell = nbformat.v4.new_code_cell("panel")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+        "text/plain": "VBox(...)", "application/vnd.jupyter.widget-view+json": {"model_id": "box"}})]
+    nb.cells.append(cell)
+    assert lab.prune_widget_state(nb) == 2
+    assert sorted(lab._widget_state(nb)) == ["box", "inner", "lay", "out", "slider", "sty"]

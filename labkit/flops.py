@@ -50,11 +50,6 @@ def _check_count(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _mlp_hidden(config: GPTConfig) -> int:
-    """Hidden width of the MLP (4·n_embd unless the config says otherwise)."""
-    return getattr(config, "mlp_hidden", None) or 4 * config.n_embd
-
-
 def _mlp_matrices(config: GPTConfig) -> int:
     """Matrices of size n_embd × mlp_hidden in one MLP: 2 (fc, proj) or 3 for the gated SwiGLU."""
     return 3 if config.activation == "swiglu" else 2
@@ -75,7 +70,7 @@ def gpt_matmul_params(config: GPTConfig) -> dict[str, int]:
     L = config.n_layer
     return {
         "attention projections (qkv, proj)": L * (C * (H + 2 * KV) * hd + C * C),
-        "MLP": L * _mlp_matrices(config) * C * _mlp_hidden(config),
+        "MLP": L * _mlp_matrices(config) * C * config.mlp_hidden,
         "output head (lm_head)": C * V,
     }
 
@@ -155,7 +150,7 @@ def forward_bytes_read(config: GPTConfig, batch_size: int, seq_len: int, cached_
     a = dtype_bytes(dtype)
     a_cache = a if cache_dtype is None else dtype_bytes(cache_dtype, "cache_dtype")
     C, V, L = config.n_embd, config.vocab_size, config.n_layer
-    H, KV, hd, hidden = config.n_head, config.n_kv_head, config.head_dim, _mlp_hidden(config)
+    H, KV, hd, hidden = config.n_head, config.n_kv_head, config.head_dim, config.mlp_hidden
     matrices = sum(gpt_matmul_params(config).values())
     norms = (2 * L + 1) * C                                          # ln_1, ln_2 per layer, ln_f
     biases = 0

@@ -9,7 +9,7 @@ from labkit import flops
 from labkit.memory import gpt_param_count, kv_cache_bytes
 from labkit.model import ACTIVATIONS, GPT, GPTConfig, KVCache
 
-ACTS = [a for a in ("gelu", "relu2", "swiglu") if a in ACTIVATIONS]
+ACTS = list(ACTIVATIONS)   # gelu, relu2 (4x MLP) and swiglu (three matrices)
 
 
 def random_configs(n: int, seed: int = 0) -> list[GPTConfig]:
@@ -148,3 +148,17 @@ def test_human_flops():
     assert flops.human_flops(1_627_136) == "1.63 MFLOP"
     assert flops.human_flops(13.5e9) == "13.50 GFLOP"
     assert flops.human_flops(999) == "999 FLOP"
+
+
+def test_llama2_7b_decode_counts_against_its_parameter_count():
+    """At LLaMA-2-7B's real shape: a decode step reads every parameter but the unused token-table rows."""
+    c = GPTConfig(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, n_embd=4096, activation="swiglu",
+                  mlp_hidden=11008, positions="rotary", tie_weights=False)
+    N = gpt_param_count(c)
+    assert N == 6_738_415_616
+    V, C, hd = 32000, 4096, 128
+    got = flops.forward_bytes_read(c, 1, 1, cached_tokens=0, dtype="bf16")
+    # all parameters once, except the token table, of which one row is looked up; one rotary cos/sin row
+    assert got["total"] == 2 * (N - V * C + C) + 2 * hd + kv_cache_bytes(32, 32, 128, 1, 1, "bf16")
+    norms = 65 * C
+    assert flops.decode_step_flops(c, 0) == 2 * (N - V * C - norms) + 32 * 32 * 4 * hd   # + attention on one key

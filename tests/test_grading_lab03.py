@@ -12,9 +12,10 @@ from labkit.model import GPT, MLP, GPTConfig
 # ---- gpt_param_count ------------------------------------------------------------------------
 
 def param_count_by_hand(config):
-    C, V, hd = config.n_embd, config.vocab_size, config.head_dim
+    C, V, hd, F = config.n_embd, config.vocab_size, config.head_dim, config.mlp_hidden
     count = V * C + (config.block_size * C if config.positions == "learned" else 0)
-    per_layer = 2 * C + C * (config.n_head + 2 * config.n_kv_head) * hd + C * C + 8 * C * C
+    mlp = (3 if config.activation == "swiglu" else 2) * C * F
+    per_layer = 2 * C + C * (config.n_head + 2 * config.n_kv_head) * hd + C * C + mlp
     return count + config.n_layer * per_layer + C + (0 if config.tie_weights else V * C)
 
 
@@ -149,3 +150,19 @@ def test_largest_batch_may_not_delegate():
 def test_mlp_hints():
     result = grading.check_mlp_activation_bytes(lambda B, T, C, a: 8 * B * T * C * a, quiet=True)
     assert "fc layer's input" in result.message
+
+
+def test_param_count_demands_swiglu_because_the_lab_counts_llama_with_it():
+    def two_matrices(config):
+        C, V, hd, F = config.n_embd, config.vocab_size, config.head_dim, config.mlp_hidden
+        count = V * C + (config.block_size * C if config.positions == "learned" else 0)
+        count += config.n_layer * (2 * C + C * (config.n_head + 2 * config.n_kv_head) * hd + C * C + 2 * C * F) + C
+        return count + (0 if config.tie_weights else V * C)
+
+    result = grading.check_gpt_param_count(two_matrices, quiet=True)
+    assert result.status == grading.FAIL and "SwiGLU has THREE matrices" in result.message
+    # and the 8·C² of GPT-2's 4× MLP is recognised as ignoring mlp_hidden
+    result = grading.check_gpt_param_count(lambda c: param_count_by_hand(c) - c.n_layer * 3 * c.n_embd * c.mlp_hidden
+                                           + c.n_layer * 8 * c.n_embd ** 2 if c.activation == "swiglu"
+                                           else param_count_by_hand(c), quiet=True)
+    assert result.status == grading.FAIL and "config.mlp_hidden" in result.message

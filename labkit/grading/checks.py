@@ -398,6 +398,9 @@ def check_gpt_param_count(fn: Callable[[Any], int], quiet: bool = False) -> Chec
          GPTConfig(vocab_size=100, block_size=32, n_layer=3, n_head=8, n_kv_head=2, n_embd=64, tie_weights=False)),
         ("multi-query attention, rotary positions",
          GPTConfig(vocab_size=84, block_size=128, n_layer=6, n_head=6, n_kv_head=1, n_embd=192, positions="rotary")),
+        ("a LLaMA-style block: SwiGLU MLP (3 matrices, hidden 172), GQA, rotary, untied",
+         GPTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, activation="swiglu",
+                   mlp_hidden=172, positions="rotary", tie_weights=False)),
     ]
     cases = [Case(f"{what}: {c}", (c,), {}, gpt_param_count(c)) for what, c in configs]
     mistakes = [
@@ -409,6 +412,15 @@ def check_gpt_param_count(fn: Callable[[Any], int], quiet: bool = False) -> Chec
                 lambda got, c: c.positions != "learned" and _int_eq(got, gpt_param_count(c) + c.block_size * c.n_embd)),
         Mistake("the untied output head (vocab_size × n_embd) is missing",
                 lambda got, c: not c.tie_weights and _int_eq(got, gpt_param_count(c) - c.vocab_size * c.n_embd)),
+        Mistake("SwiGLU has THREE matrices (w_gate and w_up: C → mlp_hidden, w_down: mlp_hidden → C)",
+                lambda got, c: c.activation == "swiglu"
+                and _int_eq(got, gpt_param_count(c) - c.n_layer * c.n_embd * c.mlp_hidden)),
+        Mistake("the MLP is not GPT-2's 8·C² here: its hidden width is config.mlp_hidden "
+                "(and SwiGLU has three matrices)",
+                lambda got, c: _int_eq(got, gpt_param_count(c) + c.n_layer * (8 * c.n_embd ** 2 - c.n_embd * c.mlp_hidden
+                                       * (3 if c.activation == "swiglu" else 2))) and c.mlp_hidden != 4 * c.n_embd
+                or c.activation == "swiglu" and _int_eq(got, gpt_param_count(c) + c.n_layer * (
+                    8 * c.n_embd ** 2 - 3 * c.n_embd * c.mlp_hidden))),
         Mistake("the final LayerNorm ln_f (n_embd weights) is missing", lambda got, c: _int_eq(got, gpt_param_count(c) - c.n_embd)),
         Mistake("the LayerNorms are missing: 2 per block (n_embd each) and ln_f",
                 lambda got, c: _int_eq(got, gpt_param_count(c) - (2 * c.n_layer + 1) * c.n_embd)),

@@ -79,8 +79,11 @@ def choose_threads(threads: int | None = None) -> tuple[int, str]:
     return DEFAULT_THREADS, f"chosen: {THREADS_REASON}"
 
 
-def start(seed: int = 0, threads: int | None = None) -> dict:
-    """Seed everything, set PyTorch's thread count (default DEFAULT_THREADS), set the plot style; print and return it."""
+def start(seed: int = 0, threads: int | None = None) -> None:
+    """Seed everything, set PyTorch's thread count (default DEFAULT_THREADS), set the plot style; print all of it.
+
+    Returns None, so `lab.start(seed=0)` as a cell's last line shows only the printed line.
+    """
     global _started_at
     n_threads, why = choose_threads(threads)
     _started_at = time.perf_counter()
@@ -91,7 +94,6 @@ def start(seed: int = 0, threads: int | None = None) -> dict:
     print(f"seed {seed} · torch {torch.__version__} · {torch.get_num_threads()} "
           f"thread{'s' if torch.get_num_threads() != 1 else ''} ({why}; override: "
           f"start(threads=N) or {THREADS_ENV}=N) · {os.cpu_count()} CPUs")
-    return {"seed": seed, "threads": torch.get_num_threads(), "threads_reason": why}
 
 
 def finish() -> dict:

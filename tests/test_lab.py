@@ -24,10 +24,10 @@ def restore_threads(monkeypatch):
 
 def test_start_sets_the_default_thread_count_and_says_why(restore_threads, capsys):
     torch.set_num_threads(2)  # what JupyterLab gives a kernel on a 2-core machine
-    info = lab.start(seed=3)
+    assert lab.start(seed=3) is None  # nothing to display when it is a cell's last line
     out = capsys.readouterr().out
     assert torch.get_num_threads() == lab.DEFAULT_THREADS == 1
-    assert info == {"seed": 3, "threads": 1, "threads_reason": f"chosen: {lab.THREADS_REASON}"}
+    assert lab.choose_threads() == (1, f"chosen: {lab.THREADS_REASON}")
     assert "seed 3" in out and "1 thread (chosen: 2 threads collapse when another process shares the cores" in out
     assert "python -m labkit.lab threads" in out and "LABKIT_THREADS=N" in out
 

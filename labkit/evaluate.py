@@ -228,6 +228,23 @@ def seed_spread(losses: list[float] | Tensor) -> dict[str, float]:
             "n_seeds": len(x)}
 
 
+def tie_tolerance(losses_by_model: list[list[float]], z: float = 2.0) -> dict[str, float]:
+    """Gap (nats/char) below which two models trained with one seed each count as tied: z · √2 · σ.
+
+    σ is the seed-to-seed standard deviation pooled over the models given (each a list of the losses
+    of one model trained with several seeds): the mean of their sample variances, square-rooted. The
+    difference of two independent single-seed runs has standard deviation √2 · σ; z = 2 keeps about
+    95% of the gaps that pure training noise would produce inside the tolerance.
+    """
+    if not losses_by_model or any(len(v) < 2 for v in losses_by_model):
+        raise ValueError("losses_by_model must hold, for at least one model, the losses of at least 2 seeds")
+    if not (z > 0 and math.isfinite(z)):
+        raise ValueError(f"z must be a finite number > 0, got {z}")
+    variances = [torch.as_tensor(list(v), dtype=torch.float64).var(unbiased=True).item() for v in losses_by_model]
+    sigma = math.sqrt(sum(variances) / len(variances))
+    return {"pooled_std": sigma, "tolerance": z * math.sqrt(2) * sigma, "z": z, "n_models": len(variances)}
+
+
 # ----------------------------------------------------------------------------- a real compressor on the same text
 
 def compressor_bits_per_char(text: str) -> dict[str, dict[str, float]]:

@@ -159,3 +159,14 @@ def test_bad_models_and_contexts():
         evaluate.evaluation_set(np.zeros(20, dtype=np.float32))
     with pytest.raises(ValueError, match="lead must be >= 1"):
         evaluate.score(FixedLogits(torch.zeros(V)), evaluate.evaluation_set(TEXT, window=10, lead=0))
+
+
+def test_tie_tolerance_pools_the_seed_variances():
+    t = evaluate.tie_tolerance([[1.0, 1.2], [2.0, 2.0, 2.0]])       # variances 0.02 and 0
+    assert t["pooled_std"] == pytest.approx(math.sqrt(0.01))
+    assert t["tolerance"] == pytest.approx(2 * math.sqrt(2) * 0.1) and t["n_models"] == 2
+    assert evaluate.tie_tolerance([[1.0, 1.2]], z=1)["tolerance"] == pytest.approx(math.sqrt(2) * math.sqrt(0.02))
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        evaluate.tie_tolerance([[1.0]])
+    with pytest.raises(ValueError, match="z must be"):
+        evaluate.tie_tolerance([[1.0, 2.0]], z=0)

@@ -79,7 +79,7 @@ def dtype_bytes(dtype: str | torch.dtype, arg_name: str = "dtype") -> float:
 
 
 def _nbytes(count: int, bytes_per_element: float) -> int:
-    """Bytes (int) that `count` elements take; packed formats (0.5 B) round up to whole bytes."""
+    """Bytes (int) that `count` elements take; packed formats (0.5 bytes) round up to whole bytes."""
     return int(math.ceil(count * bytes_per_element))
 
 
@@ -790,9 +790,9 @@ def explain_report(df) -> str:
         if r != r:  # NaN
             if f != f:
                 lines.append(f"- {name}: no closed formula for {a.get('model', 'this model')} here; "
-                             f"measured {mm:,.0f} B.")
+                             f"measured {mm:,.0f} bytes.")
             else:
-                lines.append(f"- {name}: formula {f:,.0f} B; {row['how_measured']}.")
+                lines.append(f"- {name}: formula {f:,.0f} bytes; {row['how_measured']}.")
             continue
         if abs(r - 1) < 1e-12:
             continue
@@ -800,19 +800,19 @@ def explain_report(df) -> str:
         if name == "optimizer state" and a.get("optimizer") in ("adam", "adamw"):
             n_t = a.get("n_param_tensors", 0)
             lines.append(
-                f"- {name}: measured is {diff:,.0f} B more than 2 moments × params. torch's Adam(W) also "
+                f"- {name}: measured is {diff:,.0f} bytes more than 2 moments × params. torch's Adam(W) also "
                 f"keeps a `step` counter per parameter *tensor* as a 0-d float32 tensor: {n_t} tensors "
-                f"× 4 B = {4 * n_t:,} B. The formula counts per-parameter buffers only (ratio {r:.6f}).")
+                f"× 4 bytes = {4 * n_t:,} bytes. The formula counts per-parameter buffers only (ratio {r:.6f}).")
         elif name == "activations":
             lines.append(
-                f"- {name}: measured {mm:,.0f} B vs formula {f:,.0f} B (ratio {r:.4f}). The formula lists "
+                f"- {name}: measured {mm:,.0f} bytes vs formula {f:,.0f} bytes (ratio {r:.4f}). The formula lists "
                 "the tensors this GPT saves on CPU (see gpt_activation_bytes terms); it leaves out autocast, "
                 "other attention kernels (CUDA flash/efficient), and anything a changed model.py saves.")
         elif name in ("params", "grads") and a.get("tied"):
-            lines.append(f"- {name}: differs by {diff:,.0f} B. A tied weight is one tensor: it must be "
+            lines.append(f"- {name}: differs by {diff:,.0f} bytes. A tied weight is one tensor: it must be "
                          "counted once on both sides.")
         else:
-            lines.append(f"- {name}: measured {mm:,.0f} B vs formula {f:,.0f} B (ratio {r:.6f}); "
+            lines.append(f"- {name}: measured {mm:,.0f} bytes vs formula {f:,.0f} bytes (ratio {r:.6f}); "
                          f"check dtypes ({a.get('dtype')}) and sizes.")
     if not lines:
         lines.append("- every row matches its formula exactly (ratio 1).")
@@ -821,7 +821,7 @@ def explain_report(df) -> str:
         notes.append(f"The token embedding and lm_head share one matrix ({a['tied_elements']:,} numbers): "
                      "it is counted once in params, grads and optimizer state, and on both sides.")
     if a.get("buffer_bytes"):
-        notes.append(f"Buffers ({a['buffer_bytes']:,} B, e.g. the sinusoidal position table) use memory "
+        notes.append(f"Buffers ({a['buffer_bytes']:,} bytes, e.g. the sinusoidal position table) use memory "
                      "but are not parameters: no gradient, no optimizer state, not in the params row.")
     if "activations" in df.index:
         notes.append("Activations are what autograd keeps until backward; the logits are not among them "

@@ -6,10 +6,14 @@ serve every lab:
     logits, loss = model(idx, targets)          # idx: (B, T) int64 token ids
     out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=10)
 
-The GPT follows the shape of GPT-2 (pre-LayerNorm residual blocks) with two knobs the
-memory labs turn: `n_kv_head` (multi-query / grouped-query attention shrinks the KV cache)
-and `positions` (a "learned" table or the fixed "sinusoidal" encoding, both added to the token
-embeddings, or "rotary": RoPE rotates queries and keys by their position inside attention).
+The GPT follows the shape of GPT-2 (pre-LayerNorm residual blocks) with the knobs the
+memory labs turn: `n_kv_head` (multi-query / grouped-query attention shrinks the KV cache),
+`positions` (a "learned" table or the fixed "sinusoidal" encoding, both added to the token
+embeddings, or "rotary": RoPE rotates queries and keys by their position inside attention),
+and the MLP: `activation` ("gelu", "relu2", or LLaMA's gated "swiglu" with three matrices) and
+its hidden width `mlp_hidden`. With activation="swiglu", mlp_hidden=11008, positions="rotary",
+no biases and an untied head, the block has LLaMA-2-7B's shapes (LayerNorm stands in for
+RMSNorm: the same n_embd weights per norm).
 """
 from __future__ import annotations
 

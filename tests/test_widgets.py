@@ -223,3 +223,21 @@ def test_render_time_is_measured_and_reasonable():
         times.append(panel.render_ms)
     assert all(t > 0 for t in times)
     assert sorted(times)[len(times) // 2] < 1500, times    # generous: CI machines are shared
+
+
+def test_a_notebook_viewer_without_widget_state_shows_the_png():
+    """What `jupyter nbconvert --to html` (and nbviewer) does with a committed panel output."""
+    import re
+
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    panel = widgets.memory_calculator_panel(budget_gib=21)
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("widgets.memory_calculator_panel(budget_gib=21)", execution_count=1)
+    cell.outputs = [nbformat.v4.new_output("execute_result", data=panel._repr_mimebundle_(), execution_count=1)]
+    nb.cells = [cell]
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    images = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', html)
+    assert images and images[0] == panel._repr_mimebundle_()["image/png"]
+    assert "VBox(" not in html

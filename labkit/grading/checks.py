@@ -17,13 +17,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from labkit.model import split_heads as model_split_heads
+
 from labkit.grading.core import Case, CheckResult, Mistake, Returns, as_number, checks_safely, run_check, same_as
-
-
-def _contract(module: str, name: str) -> Callable | None:
-    """labkit's reference function `module.name` if this labkit has it (the contract adds them one by one)."""
-    import importlib
-    return getattr(importlib.import_module(module), name, None)
 
 
 def _int_eq(got: Any, value: int) -> bool:
@@ -47,19 +43,15 @@ INT = Returns("int", why="it is a count, printed with thousands separators")
 # lab 00 (start here)
 
 
-def _tensor_bytes_reference(shape: tuple, dtype: torch.dtype) -> int:
-    ref = _contract("labkit.memory", "tensor_bytes")
-    return int(ref(shape, dtype)) if ref else math.prod(shape) * dtype.itemsize
-
-
 @checks_safely("tensor_bytes")
 def check_tensor_bytes(fn: Callable[[tuple, torch.dtype], int], quiet: bool = False) -> CheckResult:
     """Exercise: bytes (int) a dense tensor of `shape` and `dtype` occupies."""
+    from labkit.memory import tensor_bytes
     cases = []
     for shape, dtype in [((3, 4), torch.float32), ((128, 128), torch.float16), ((10,), torch.int8),
                          ((2, 3, 5), torch.float64), ((), torch.float32), ((0, 7), torch.float32),
                          ((4096, 11008), torch.bfloat16), ((3,), torch.bool)]:
-        cases.append(Case(f"tensor_bytes({shape}, {dtype})", (shape, dtype), {}, _tensor_bytes_reference(shape, dtype)))
+        cases.append(Case(f"tensor_bytes({shape}, {dtype})", (shape, dtype), {}, tensor_bytes(shape, dtype)))
     mistakes = [
         Mistake("that is the number of elements; multiply by the bytes per element "
                 "(torch.empty((), dtype=dtype).element_size())", lambda got, shape, dtype: _int_eq(got, math.prod(shape))
@@ -75,17 +67,11 @@ def check_tensor_bytes(fn: Callable[[tuple, torch.dtype], int], quiet: bool = Fa
                      reference="labkit.memory.tensor_bytes")
 
 
-def _params_that_fit_reference(budget_bytes: int, bytes_per_param: float) -> int:
-    ref = _contract("labkit.memory", "params_that_fit")
-    if ref:
-        return int(ref(budget_bytes, bytes_per_param))
-    return math.floor(Fraction(budget_bytes) / Fraction(bytes_per_param))   # exact, even at 0.5 B/param
-
-
 @checks_safely("params_that_fit")
 def check_params_that_fit(fn: Callable[[int, float], int], quiet: bool = False) -> CheckResult:
     """Exercise: how many whole parameters (int) fit in `budget_bytes` at `bytes_per_param` each."""
-    cases = [Case(f"params_that_fit({b:,}, {bpp})", (b, bpp), {}, _params_that_fit_reference(b, bpp))
+    from labkit.memory import params_that_fit
+    cases = [Case(f"params_that_fit({b:,}, {bpp})", (b, bpp), {}, params_that_fit(b, bpp))
              for b, bpp in [(1000, 4), (1023, 4), (24 * 2**30, 16), (10, 0.5), (3, 4), (0, 2), (80 * 2**30 + 1, 2)]]
     mistakes = [
         Mistake("you rounded up: a parameter that only partly fits does not fit — round down (//)",
@@ -265,10 +251,8 @@ def check_causal_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tenso
                              "torch.nn.functional.multi_head_attention_forward", "labkit.model.CausalSelfAttention"))
 
 
-def split_heads_reference(x: torch.Tensor, n_head: int) -> torch.Tensor:
-    """(B, T, C) -> (B, n_head, T, C // n_head): what CausalSelfAttention does to q, k and v."""
-    from labkit.model import split_heads
-    return split_heads(x, n_head)
+#: kept for notebooks that name it; it IS labkit.model.split_heads (so the fallback note names that)
+split_heads_reference = model_split_heads
 
 
 @checks_safely("split_heads")
@@ -430,11 +414,6 @@ def check_gpt_param_count(fn: Callable[[Any], int], quiet: bool = False) -> Chec
                      reference="labkit.memory.gpt_param_count")
 
 
-def _mlp_reference(B: int, T: int, C: int, a: int) -> int:
-    ref = _contract("labkit.memory", "mlp_activation_bytes")
-    return int(ref(B, T, C, a)) if ref else 9 * B * T * C * a
-
-
 @checks_safely("mlp_activation_bytes")
 def check_mlp_activation_bytes(fn: Callable[[int, int, int, int], int], quiet: bool = False) -> CheckResult:
     """Exercise: bytes (int) one block's MLP saves for backward, for batch_size, seq_len, n_embd, bytes_per_element.
@@ -442,8 +421,9 @@ def check_mlp_activation_bytes(fn: Callable[[int, int, int, int], int], quiet: b
     The expected value is the course's 4× MLP, 9·B·T·C·a (fc input, fc/activation output, proj input),
     which is what SavedTensorMeter measures on labkit.model.MLP (tests/test_grading_lab03.py checks that).
     """
+    from labkit.memory import mlp_activation_bytes
     cases = [Case(f"mlp_activation_bytes(batch_size={B}, seq_len={T}, n_embd={C}, bytes_per_element={a})",
-                  (B, T, C, a), {}, _mlp_reference(B, T, C, a))
+                  (B, T, C, a), {}, mlp_activation_bytes(B, T, C, a))
              for B, T, C, a in [(12, 64, 128, 4), (1, 1, 8, 4), (8, 4096, 4096, 2), (3, 10, 48, 2)]]
     right = lambda B, T, C, a: 9 * B * T * C * a
     mistakes = [
@@ -467,19 +447,9 @@ def _training_bytes(config: Any, seq_len: int, batch_size: int) -> int:
 
 
 def _largest_batch(config: Any, seq_len: int, budget_bytes: int) -> int:
-    """Largest B ≥ 0 whose training step fits in budget_bytes (labkit's, when this labkit has it)."""
-    ref = _contract("labkit.memory", "largest_batch_that_fits")
-    if ref:
-        return int(ref(config, seq_len, budget_bytes))
-    if _training_bytes(config, seq_len, 1) > budget_bytes:
-        return 0
-    lo, hi = 1, 2
-    while _training_bytes(config, seq_len, hi) <= budget_bytes:   # bytes grow with B: double, then bisect
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _training_bytes(config, seq_len, mid) <= budget_bytes else (lo, mid)
-    return lo
+    """Largest B ≥ 0 whose training step fits in budget_bytes: labkit's reference."""
+    from labkit.memory import largest_batch_that_fits
+    return largest_batch_that_fits(config, seq_len, budget_bytes)
 
 
 @checks_safely("largest_batch_that_fits")

@@ -80,6 +80,12 @@ def test_panel_reports_invalid_shape_instead_of_crashing():
     assert "n_embd" in panel.output.outputs[0]["text"]
 
 
+def test_panel_reports_an_underived_shape_instead_of_crashing():
+    panel = widgets.memory_calculator_panel("LLaMA-2-7B")
+    panel.controls["n_embd"].value = 64   # 32 heads: head_dim 2 with rotary positions, whose bytes are not derived
+    assert "error" in panel.state and "head_dim=2" in panel.output.outputs[0]["text"]
+
+
 def test_preset_dropdown_loads_all_fields_with_one_redraw():
     panel = widgets.memory_calculator_panel()
     redraws = []

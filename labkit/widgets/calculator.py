@@ -226,7 +226,7 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
         controls["mixed_precision"].disabled = args["dtype"] == "fp32" or args["optimizer"].startswith("none")
         try:
             panel.state = memory_calculator_state(**args)
-        except ValueError as e:  # e.g. width not divisible by heads: say so instead of drawing
+        except (ValueError, NotImplementedError) as e:  # e.g. width not divisible by heads: say so, don't draw
             panel.state = {"error": str(e)}
             render_into(output, None, f"⚠️ {e}", panel=panel)
             return

@@ -247,3 +247,22 @@ def test_a_notebook_viewer_without_widget_state_shows_the_png():
     images = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', html)
     assert images and images[0] == panel._repr_mimebundle_()["image/png"]
     assert "VBox(" not in html
+
+
+def test_activations_by_the_gpu_formula_of_korthikanti_et_al():
+    from labkit.memory import megatron_activation_bytes
+
+    p = dict(widgets.CALCULATOR_PRESETS["LLaMA-2-7B"], batch_size=1, dtype="bf16", mixed_precision=True)
+    cpu = widgets.memory_calculator_state(**p)
+    gpu = widgets.memory_calculator_state(**p, activation_formula=widgets.ACTIVATION_FORMULAS[1])
+    assert gpu["bytes"]["activations"] == megatron_activation_bytes(32, 4096, 32, 4096, 1)
+    assert cpu["bytes"]["activations"] == gpt_activation_bytes(widgets.preset_config("LLaMA-2-7B"), 1, 4096,
+                                                              "bf16")["total"]
+    assert {k: v for k, v in gpu["bytes"].items() if k != "activations"} == \
+        {k: v for k, v in cpu["bytes"].items() if k != "activations"}
+    assert "Korthikanti" in gpu["text"] and "Korthikanti" not in cpu["text"]
+    panel = widgets.memory_calculator_panel("LLaMA-2-7B")
+    panel.controls["activation_formula"].value = widgets.ACTIVATION_FORMULAS[1]
+    assert panel.state["bytes"]["activations"] == gpu["bytes"]["activations"]
+    with pytest.raises(ValueError, match="activation_formula"):
+        widgets.memory_calculator_state(**p, activation_formula="guess")

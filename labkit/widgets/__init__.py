@@ -11,7 +11,7 @@ Tests drive a panel by setting a slider's `.value` and reading `panel.state` / t
 """
 from labkit.widgets.core import (GiB, PANEL_DPI, Panel, figure_png, human_bytes, human_count, quietly,  # noqa: F401
                                  render_into, wire_panel)
-from labkit.widgets.calculator import (CALCULATOR_DTYPES, CALCULATOR_OPTIMIZERS, CALCULATOR_PRESET_SETTINGS,  # noqa: F401
+from labkit.widgets.calculator import (ACTIVATION_FORMULAS, CALCULATOR_DTYPES, CALCULATOR_OPTIMIZERS, CALCULATOR_PRESET_SETTINGS,  # noqa: F401
                                        CALCULATOR_PRESETS, CATEGORIES, CATEGORY_COLORS, matching_preset,
                                        memory_calculator_figure, memory_calculator_panel, memory_calculator_state,
                                        preset_config)

@@ -7,7 +7,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from labkit.memory import gpt_activation_bytes, gpt_param_count, kv_cache_bytes, training_state_bytes
+from labkit.memory import (gpt_activation_bytes, gpt_param_count, kv_cache_bytes, megatron_activation_bytes,
+                           training_state_bytes)
 from labkit.model import ACTIVATIONS, POSITION_KINDS, GPTConfig
 from labkit.widgets.core import GiB, Panel, human_bytes, human_count, quietly, render_into, wire_panel
 
@@ -41,6 +42,10 @@ CALCULATOR_PRESET_SETTINGS: dict[str, dict] = {
 }
 CALCULATOR_DTYPES = ("fp32", "bf16", "fp16")
 CALCULATOR_OPTIMIZERS = ("none (inference)", "sgd", "momentum", "adamw", "adam8bit")
+#: how training activations are counted: what PyTorch saves on this CPU (`gpt_activation_bytes`: fused
+#: attention, no dropout, the real MLP) or the GPU formula of Korthikanti et al. 2022
+#: (`megatron_activation_bytes`: 16-bit, dropout masks, s×s attention scores stored, a 4h GELU MLP)
+ACTIVATION_FORMULAS = ("this CPU (saved tensors)", "GPU, Korthikanti et al. 2022")
 CATEGORIES = ("params", "grads", "optimizer_state", "master_weights", "activations", "kv_cache")
 CATEGORY_COLORS = dict(zip(CATEGORIES, ("#4C72B0", "#DD8452", "#C44E52", "#937860", "#55A868", "#8172B3")))
 SHAPE_KEYS = ("n_layer", "n_embd", "n_head", "n_kv_head", "vocab_size", "tie_weights", "activation",
@@ -71,7 +76,8 @@ def memory_calculator_state(n_layer: int, n_embd: int, n_head: int, n_kv_head: i
                             optimizer: str = "adamw", mixed_precision: bool = False,
                             tie_weights: bool = True, activation: str = "gelu", mlp_hidden: int | None = None,
                             positions: str = "learned", bias: bool = False,
-                            trained_context: int | None = None) -> dict[str, Any]:
+                            trained_context: int | None = None,
+                            activation_formula: str = ACTIVATION_FORMULAS[0]) -> dict[str, Any]:
     """Bytes by category for training (or, with optimizer 'none (inference)', serving) a GPT of this shape.
 
     Training counts params, grads, optimizer state (and fp32 master weights when `mixed_precision` and the
@@ -79,12 +85,14 @@ def memory_calculator_state(n_layer: int, n_embd: int, n_head: int, n_kv_head: i
     CPU's saved tensors); inference counts params plus a KV cache filled to `context` tokens for
     `batch_size` sequences. Every number comes from labkit.memory's formulas. A shape equal to a preset is
     named after it; `context` beyond the model's trained context (a preset's, or `trained_context`) is
-    marked in the text.
+    marked in the text. `activation_formula` picks how training activations are counted (ACTIVATION_FORMULAS).
     """
     if dtype not in CALCULATOR_DTYPES:
         raise ValueError(f"dtype={dtype!r}; allowed: {CALCULATOR_DTYPES}")
     if optimizer not in CALCULATOR_OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r}; allowed: {CALCULATOR_OPTIMIZERS}")
+    if activation_formula not in ACTIVATION_FORMULAS:
+        raise ValueError(f"activation_formula={activation_formula!r}; allowed: {ACTIVATION_FORMULAS}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     config = GPTConfig(vocab_size=vocab_size, block_size=context, n_layer=n_layer, n_head=n_head,
@@ -106,19 +114,25 @@ def memory_calculator_state(n_layer: int, n_embd: int, n_head: int, n_kv_head: i
         state = training_state_bytes(n_params, dtype, optimizer, master_weights=master)
         for key in ("params", "grads", "optimizer_state", "master_weights"):
             bytes_by[key] = state[key]
-        bytes_by["activations"] = gpt_activation_bytes(config, batch_size, context, dtype)["total"]
+        if activation_formula == ACTIVATION_FORMULAS[0]:
+            bytes_by["activations"] = gpt_activation_bytes(config, batch_size, context, dtype)["total"]
+        else:  # the paper's per-layer count, always 16-bit, whatever dtype is chosen here
+            bytes_by["activations"] = megatron_activation_bytes(n_layer, n_embd, n_head, context, batch_size)
     total = sum(bytes_by.values())
     label = f"{preset} ({n_params:,} parameters)" if preset else f"custom shape ({human_count(n_params)} parameters)"
     precision = f"{dtype} + fp32 master weights" if master else dtype
     how = "inference" if inference else f"training with {optimizer}"
     beyond = trained_context is not None and context > trained_context
+    how_counted = "" if inference or activation_formula == ACTIVATION_FORMULAS[0] else \
+        " (activations by Korthikanti et al. 2022: 16-bit, dropout, s×s scores stored)"
     text = (f"{label}, {how} in {precision}, batch {batch_size} × context {context:,} tokens"
-            + (f" (beyond the {trained_context:,} it was trained for)" if beyond else "") + ": "
+            + (f" (beyond the {trained_context:,} it was trained for)" if beyond else "") + how_counted + ": "
             f"total {human_bytes(total)} = " + " + ".join(f"{k} {human_bytes(v)}" for k, v in bytes_by.items() if v))
     return {"config": config, "n_params": n_params, "preset": preset, "label": label,
             "mode": "inference" if inference else "training", "precision": precision,
             "master_weights": master, "batch_size": batch_size, "context": context,
             "trained_context": trained_context, "beyond_trained_context": beyond,
+            "activation_formula": activation_formula,
             "bytes": bytes_by, "total_bytes": total, "text": text}
 
 
@@ -210,6 +224,8 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
         "positions": W.Dropdown(options=POSITION_KINDS, value=p["positions"], description="positions", style=style),
         "dtype": W.Dropdown(options=CALCULATOR_DTYPES, value=s["dtype"], description="dtype", style=style),
         "optimizer": W.Dropdown(options=CALCULATOR_OPTIMIZERS, value="adamw", description="optimizer", style=style),
+        "activation_formula": W.Dropdown(options=ACTIVATION_FORMULAS, value=ACTIVATION_FORMULAS[0],
+                                         description="activations by", style=style),
         "mixed_precision": W.Checkbox(value=s["mixed_precision"], description="fp32 master weights (mixed precision)",
                                       indent=False, layout=wide),
         "tie_weights": W.Checkbox(value=p["tie_weights"], description="tied output head (shares the embedding)",
@@ -244,6 +260,6 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
     return wire_panel(panel, refresh, load_preset, n_left=8)
 
 
-__all__ = ["CALCULATOR_PRESETS", "CALCULATOR_PRESET_SETTINGS", "CALCULATOR_DTYPES", "CALCULATOR_OPTIMIZERS",
+__all__ = ["ACTIVATION_FORMULAS", "CALCULATOR_PRESETS", "CALCULATOR_PRESET_SETTINGS", "CALCULATOR_DTYPES", "CALCULATOR_OPTIMIZERS",
            "CATEGORIES", "CATEGORY_COLORS", "SHAPE_KEYS", "preset_config", "matching_preset",
            "memory_calculator_state", "memory_calculator_figure", "memory_calculator_panel"]

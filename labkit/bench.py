@@ -6,38 +6,39 @@
     python -m labkit.bench ablation              # what each choice of the baby preset buys (4 trainings)
     python -m labkit.bench optimizer             # fused vs per-tensor AdamW, side by side
 
-Absolute timings on a shared 2-core machine are noisy; compare the ratios printed by one run.
+Absolute timings on a shared 2-core machine are noisy; compare the ratios printed by one run. A
+ratio to nanoGPT is printed only when nanoGPT ran in the same run (--nanogpt), on this machine.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from labkit import data as data_mod
-from labkit.train import build_for_corpus, make_config, train
+from labkit.train import OneLineErrorParser, build_for_corpus, json_line, make_config, setting_type, train
 
-# nanoGPT's train.py with the same baby config on the course corpus, as measured when the course was
-# built (2-core CPU, default threads). Throughput depends on the machine: for a fair ratio run
-# nanoGPT here too (--nanogpt), side by side.
-NANOGPT_REFERENCE = {"val_loss": 1.906, "tokens_per_s": 25_000, "ms_per_iter": 31.0}
 NANOGPT_BABY_ARGS = ["config/train_shakespeare_char.py", "--dataset=course_char", "--device=cpu", "--compile=False",
                      "--eval_iters=20", "--log_interval=100", "--block_size=64", "--batch_size=12", "--n_layer=4",
                      "--n_head=4", "--n_embd=128", "--dropout=0.0", "--always_save_checkpoint=False"]
 
 
 def bench_train(iters: int = 2000, seed: int = 1337, threads: int | None = None) -> dict:
-    """Train the baby GPT for `iters` iterations; returns the training result plus ratios to nanoGPT."""
+    """Train the baby GPT for `iters` iterations; returns the training result (tokens/s, val loss, ...)."""
     cfg = make_config("gpt", "baby", max_iters=iters, seed=seed, threads=threads)
     _, result = train(cfg)
     result.pop("history")
-    result["speedup_vs_nanogpt_reference"] = round(result["tokens_per_s"] / NANOGPT_REFERENCE["tokens_per_s"], 3)
-    if iters == 2000:
-        result["val_loss_minus_nanogpt_reference"] = round(result["val_loss"] - NANOGPT_REFERENCE["val_loss"], 4)
     return result
+
+
+def check_nanogpt_dir(nanogpt_dir: Path | str) -> Path:
+    """The nanoGPT checkout as a Path; ValueError naming it unless it holds train.py and the char config."""
+    path = Path(nanogpt_dir).expanduser()
+    if not (path / "train.py").is_file() or not (path / "config" / "train_shakespeare_char.py").is_file():
+        raise ValueError(f"--nanogpt={str(nanogpt_dir)!r} is not a nanoGPT checkout (needs train.py and "
+                         "config/train_shakespeare_char.py), e.g. git clone https://github.com/karpathy/nanoGPT")
+    return path
 
 
 def write_nanogpt_dataset(nanogpt_dir: Path) -> Path:
@@ -56,23 +57,23 @@ def write_nanogpt_dataset(nanogpt_dir: Path) -> Path:
     return out
 
 
-def run_nanogpt(nanogpt_dir: Path, iters: int) -> dict:
-    """Run nanoGPT's train.py (baby config, course corpus) and parse its val loss and per-iteration times."""
+def run_nanogpt(nanogpt_dir: Path, iters: int, threads: int | None = None) -> dict:
+    """Run nanoGPT's train.py (baby config, course corpus, `threads` torch threads) and parse its val loss and times."""
+    import os
     import re
     import statistics
     import subprocess
     import sys
     import tempfile
 
-    nanogpt_dir = Path(nanogpt_dir).expanduser()
-    if not (nanogpt_dir / "train.py").exists() or not (nanogpt_dir / "config" / "train_shakespeare_char.py").exists():
-        raise ValueError(f"--nanogpt={str(nanogpt_dir)!r} is not a nanoGPT checkout (needs train.py and "
-                         "config/train_shakespeare_char.py)")
+    nanogpt_dir = check_nanogpt_dir(nanogpt_dir)
     write_nanogpt_dataset(nanogpt_dir)
     with tempfile.TemporaryDirectory() as out_dir:
         args = NANOGPT_BABY_ARGS + [f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={iters}",
                                     f"--out_dir={out_dir}"]
-        proc = subprocess.run([sys.executable, "train.py", *args], cwd=nanogpt_dir, capture_output=True, text=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads or torch.get_num_threads()))  # as many threads as labkit had
+        proc = subprocess.run([sys.executable, "train.py", *args], cwd=nanogpt_dir, capture_output=True, text=True,
+                              env=env)
     if proc.returncode:
         raise RuntimeError(f"nanoGPT's train.py failed:\n{proc.stderr[-2000:]}")
     times = {int(i): float(ms) for i, ms in re.findall(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", proc.stdout)}
@@ -106,7 +107,7 @@ def bench_ablation(iters: int = 2000, seed: int = 1337) -> list[dict]:
                                 splits=("val",))["val"]
         rows.append({"variant": name, "params": result["params"], "val_loss_20_batches": result["val_loss"],
                      "val_loss_200_batches": round(precise, 4), "ms_per_iter": result["ms_per_iter"]})
-        print(json.dumps(rows[-1]))
+        print(json_line(rows[-1]))
     return rows
 
 
@@ -142,19 +143,28 @@ def bench_optimizer(steps: int = 100) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
+    p = OneLineErrorParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["train", "ablation", "optimizer"])
     p.add_argument("--nanogpt", default=None, help="a nanoGPT checkout to run side by side (train only)")
-    p.add_argument("--iters", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--iters", type=setting_type("max_iters"), default=2000, help="training steps, >= 1")
+    p.add_argument("--seed", type=setting_type("seed"), default=1337)
+    p.add_argument("--threads", type=setting_type("threads"), default=None, help=">= 1; default: torch's")
     args = p.parse_args(argv)
+    if args.nanogpt is not None:  # before any training, not after it
+        if args.what != "train":
+            p.error(f"argument --nanogpt: only 'train' runs nanoGPT side by side, not {args.what!r}")
+        try:
+            check_nanogpt_dir(args.nanogpt)
+        except ValueError as e:
+            p.error(str(e))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.what == "train":
         out = bench_train(args.iters, args.seed, args.threads)
         print(f"labkit baby GPT, {out['iters']} iters: val loss {out['val_loss']:.4f}, {out['tokens_per_s']:.0f} tokens/s "
               f"({out['ms_per_iter']:.1f} ms/iter, {out['threads']} threads)")
         if args.nanogpt:
-            ref = run_nanogpt(Path(args.nanogpt), args.iters)
+            ref = run_nanogpt(Path(args.nanogpt), args.iters, out["threads"])
             out["nanogpt_side_by_side"] = ref
             out["speedup_vs_nanogpt"] = round(out["tokens_per_s"] / ref["tokens_per_s"], 3)
             out["val_loss_minus_nanogpt"] = round(out["val_loss"] - ref["val_loss"], 4)
@@ -162,13 +172,12 @@ def main(argv=None):
                   f"{ref['tokens_per_s']:.0f} tokens/s ({ref['ms_per_iter']:.1f} ms/iter) -> labkit is "
                   f"{out['speedup_vs_nanogpt']:.2f}x the throughput, {out['val_loss_minus_nanogpt']:+.4f} nats")
         else:
-            print(f"(nanoGPT reference from when the course was built: val loss {NANOGPT_REFERENCE['val_loss']}, "
-                  f"{NANOGPT_REFERENCE['tokens_per_s']} tokens/s on that machine; pass --nanogpt DIR to measure it here)")
+            print("(pass --nanogpt DIR to run nanoGPT's train.py here too, same config and data, and compare)")
     elif args.what == "ablation":
         out = bench_ablation(args.iters, args.seed)
     else:
         out = bench_optimizer()
-    print(json.dumps(out))
+    print(json_line(out))
     return out
 
 

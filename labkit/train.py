@@ -13,8 +13,11 @@ import argparse
 import io
 import json
 import math
+import numbers
 import os
+import pickle
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -47,6 +50,52 @@ class TrainConfig:
     threads: int | None = None        # torch intra-op threads; None = torch's default
     progress: bool = True             # tqdm progress bar
     model_args: dict | None = None    # config fields of the model (n_layer, n_embd, ...)
+
+    def __post_init__(self):
+        check_train_config(self)
+
+
+# The values each numeric setting allows: (int or float, test, what to tell someone who got it wrong).
+# A negative max_iters or a non-finite lr used to train nothing and print NaN; a negative grad_clip
+# silently reversed every gradient. Checked when a TrainConfig is made and by the command line.
+SETTING_RULES: dict[str, tuple[type, object, str]] = {
+    "batch_size": (int, lambda v: v >= 1, "an integer >= 1 (sequences per step)"),
+    "block_size": (int, lambda v: v >= 1, "an integer >= 1 (tokens per sequence)"),
+    "max_iters": (int, lambda v: v >= 1, "an integer >= 1 (training steps)"),
+    "lr": (float, lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "min_lr": (float, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "warmup_iters": (int, lambda v: v >= 0, "an integer >= 0"),
+    "weight_decay": (float, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "beta1": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "beta2": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "grad_clip": (float, lambda v: 0 <= v < math.inf, "a finite number >= 0 (0 = no clipping)"),
+    "eval_interval": (int, lambda v: v >= 0, "an integer >= 0 (0 = evaluate only at the end)"),
+    "eval_iters": (int, lambda v: v >= 1, "an integer >= 1 (batches per evaluation)"),
+    "seed": (int, lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"),
+    "threads": (int, lambda v: v >= 1, "an integer >= 1 (or leave it unset for torch's default)"),
+}
+
+
+def check_setting(name: str, value):
+    """`value` if it is allowed for training setting `name`, else ValueError saying what is allowed."""
+    kind, ok, allowed = SETTING_RULES[name]
+    if kind is int:
+        fits = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (fits and ok(value)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_train_config(cfg: "TrainConfig") -> None:
+    """Raise ValueError naming the first setting of cfg that is out of range (see SETTING_RULES)."""
+    for name in SETTING_RULES:
+        value = getattr(cfg, name)
+        if not (name == "threads" and value is None):
+            check_setting(name, value)
+    if cfg.min_lr > cfg.lr:
+        raise ValueError(f"min_lr={cfg.min_lr} must be <= lr={cfg.lr} (the schedule decays from lr to min_lr)")
 
 
 PRESETS: dict[str, dict] = {
@@ -169,6 +218,7 @@ def build_for_corpus(cfg: TrainConfig, corpus: data_mod.Corpus) -> LanguageModel
 def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod.Corpus | None = None,
           log=print) -> tuple[LanguageModel, dict]:
     """Train `model` (built from cfg if None) on the corpus; returns the model and a result dict."""
+    check_train_config(cfg)  # again: a config may have been edited after it was made
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     # Tiny floats (below ~1e-38, "denormals") take a slow path in x86 arithmetic; Adam's second moments
@@ -237,6 +287,18 @@ def save_checkpoint(model: LanguageModel, path: Path | str, train_config: TrainC
     data_mod.atomic_write_bytes(Path(path), buf.getvalue())
 
 
+RETRAIN_ADVICE = ("delete it and the zoo retrains it (if it is a labkit.zoo model), or save it again "
+                  "with labkit.train.save_checkpoint")
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python objects (module.name) a checkpoint would make unpickling run; [] if unknown."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # an old torch, or not a zip checkpoint
+        return []
+
+
 def load_checkpoint(path: Path | str, model: LanguageModel | None = None) -> LanguageModel:
     """Load a checkpoint with weights_only=True; into `model` if given (its config must match), else a new one."""
     path = Path(path)
@@ -247,8 +309,22 @@ def load_checkpoint(path: Path | str, model: LanguageModel | None = None) -> Lan
         config = dict(ckpt["model_config"])
         state = ckpt["state_dict"]
         kind = config.pop("kind")
+    except PermissionError:
+        raise  # names the file; it is not damaged, this account may not read it
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise ValueError(f"checkpoint={str(path)!r} is corrupt or not a labkit checkpoint "
+                             f"({type(e).__name__}: {str(e).splitlines()[0]}): {RETRAIN_ADVICE}") from None
+        # torch's message advises weights_only=False, i.e. running whatever the file holds: never do that
+        found = _unsafe_globals(path)
+        holds = f" ({', '.join(found)})" if found else ""
+        raise ValueError(f"checkpoint={str(path)!r} is not a plain weights checkpoint: it holds Python "
+                         f"objects{holds} that torch.load(weights_only=True) refuses to unpickle, because that "
+                         f"could run any code: {RETRAIN_ADVICE}.") from None
     except Exception as e:  # truncated, not a torch file, or not one of ours
-        raise ValueError(f"checkpoint={str(path)!r} is corrupt or not a labkit checkpoint: {e!r}") from None
+        first_line = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"checkpoint={str(path)!r} is corrupt or not a labkit checkpoint "
+                         f"({type(e).__name__}: {first_line}): {RETRAIN_ADVICE}") from None
     if model is None:
         model = build_model(kind, **config)
     else:
@@ -265,16 +341,83 @@ def load_checkpoint(path: Path | str, model: LanguageModel | None = None) -> Lan
 # Command line
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad argument prints one line naming it and what is allowed, then exits with status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def setting_type(name: str):
+    """An argparse type for training setting `name`: parses the text and applies SETTING_RULES."""
+    kind, _, allowed = SETTING_RULES[name]
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        try:
+            return check_setting(name, value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__  # what argparse calls the type in its own messages
+    return parse
+
+
+def json_line(result: dict | list) -> str:
+    """`result` as one line of strict JSON: a NaN or infinite number (a diverged run) becomes null."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+    return json.dumps(finite(result), allow_nan=False)
+
+
+def _check_out_path(p: argparse.ArgumentParser, out: str | None) -> None:
+    """Refuse an --out that could not be written before training, not after it."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        p.error(f"argument --out: {out!r} is a folder; give a file name, e.g. {str(path / 'model.pt')!r}")
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the checkpoint's missing folders are created: check the first that exists
+    try:  # try it: os.access says yes to root even on a read-only file system or /proc
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".labkit-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        p.error(f"argument --out: cannot write {out!r}: {str(folder)!r} is not a folder this account can write "
+                f"({e.strerror or e})")
+
+
+def _check_model_args(cfg: TrainConfig) -> None:
+    """Validate the --set fields against the model's config class, before any data is loaded."""
+    config_cls = MODEL_CLASSES[cfg.model][1]
+    model_args = dict(cfg.model_args or {})
+    unknown = sorted(set(model_args) - set(config_cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{unknown} are not fields of {config_cls.__name__}; "
+                         f"allowed: {sorted(config_cls.__dataclass_fields__)}")
+    config_cls(**{"block_size": cfg.block_size, **model_args})  # its __post_init__ names a bad value
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m labkit.train", description=__doc__.split("\n")[0])
+    p = OneLineErrorParser(prog="python -m labkit.train", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="gpt", choices=sorted(MODEL_CLASSES))
     p.add_argument("--preset", default="baby", choices=sorted(PRESETS))
     p.add_argument("--corpus", default="shakespeare", help="'shakespeare', 'synthetic' or a prepared-corpus folder")
-    for f in fields(TrainConfig):
-        if f.name in ("model", "corpus", "model_args", "progress") or f.type not in ("int", "float", "str", "int | None"):
-            continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=float if f.type == "float" else
-                       str if f.type == "str" else int, default=None)
+    p.add_argument("--decay", default=None, choices=DECAYS)
+    for name, (kind, _, allowed) in SETTING_RULES.items():
+        p.add_argument("--" + name.replace("_", "-"), type=setting_type(name), default=None, metavar=kind.__name__.upper(),
+                       help=f"{allowed}; default: the preset's")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a model config field, e.g. --set n_layer=6 --set positions=sinusoidal")
     p.add_argument("--out", default=None, help="write a checkpoint here")
@@ -282,6 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if hasattr(args, f.name) and getattr(args, f.name) is not None and f.name not in ("model", "preset")}
+    _check_out_path(p, args.out)
     model_args = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -291,15 +435,22 @@ def main(argv: list[str] | None = None) -> dict:
             model_args[key] = json.loads(value)
         except json.JSONDecodeError:
             model_args[key] = value
-    try:
+    try:  # every check that needs no data runs before the corpus is loaded
         cfg = make_config(args.model, args.preset, **overrides, model_args=model_args, progress=not args.no_progress)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        _check_model_args(cfg)
+    except (ValueError, TypeError) as e:
+        p.error(f"argument --set: {e}")
+    try:
         model, result = train(cfg, log=lambda s: print(s, file=sys.stderr))
-    except (ValueError, data_mod.CorpusUnavailable) as e:
-        p.exit(2, f"error: {e}\n")
+    except (ValueError, data_mod.CorpusUnavailable, data_mod.CacheNotAccessible) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     if args.out:
         save_checkpoint(model, args.out, cfg, extra={"val_loss": result["val_loss"]})
         result["checkpoint"] = str(args.out)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    print(json_line({k: v for k, v in result.items() if k != "history"}))
     return result
 
 

@@ -5,6 +5,8 @@ from dataclasses import replace
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,8 @@ import torch
 
 from labkit import train as train_mod
 from labkit.model import build_model
-from labkit.train import (PRESETS, TrainConfig, load_checkpoint, lr_at, main, make_config, make_optimizer,
-                          save_checkpoint, train)
+from labkit.train import (PRESETS, SETTING_RULES, TrainConfig, json_line, load_checkpoint, lr_at, main, make_config,
+                          make_optimizer, save_checkpoint, train)
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -23,6 +25,14 @@ RESULT_KEYS = {"val_loss", "iters", "tokens_per_s", "peak_rss_mb", "params"}
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _denormals_back_on():
+    """train() flushes denormal floats to zero for the whole process; put it back so later tests in this
+    process (hypothesis' float strategies refuse to run without subnormals) see the default."""
+    yield
+    torch.set_flush_denormal(False)
 
 
 def quiet(*a, **k):
@@ -104,6 +114,65 @@ def test_make_config_errors_name_the_bad_value():
         make_config("gpt", "tiny", max_iter=5)
     with pytest.raises(ValueError, match="model='transformer'"):
         make_config("transformer")
+
+
+BAD_SETTINGS = [  # (field, value): each was accepted before and trained nothing, printed NaN or crashed later
+    ("max_iters", -5), ("max_iters", 0), ("lr", math.inf), ("lr", math.nan), ("lr", 0.0), ("lr", -1e-3),
+    ("grad_clip", -1.0), ("grad_clip", math.inf), ("eval_iters", 0), ("threads", 0), ("batch_size", 0),
+    ("block_size", 0), ("warmup_iters", -1), ("eval_interval", -1), ("weight_decay", -0.1), ("beta1", 1.0),
+    ("beta2", -0.5), ("min_lr", -1.0), ("seed", -1), ("batch_size", 2.5), ("max_iters", True),
+]
+
+
+@pytest.mark.parametrize("name, value", BAD_SETTINGS, ids=[f"{n}={v}" for n, v in BAD_SETTINGS])
+def test_bad_training_settings_are_refused_naming_the_field(name, value):
+    allowed = SETTING_RULES[name][2]
+    with pytest.raises(ValueError, match=f"^{name} must be ") as err:
+        make_config("gpt", "tiny", **{name: value})
+    assert allowed in str(err.value) and repr(value) in str(err.value)
+    with pytest.raises(ValueError, match=f"^{name} must be "):
+        replace(make_config("gpt", "tiny"), **{name: value})  # a TrainConfig made any way is checked
+
+
+def test_boundary_settings_are_allowed():
+    cfg = make_config("gpt", "tiny", grad_clip=0.0, eval_interval=0, warmup_iters=0, min_lr=0.0, weight_decay=0.0,
+                      beta1=0.0, threads=None, seed=0, max_iters=1, eval_iters=1)
+    assert cfg.grad_clip == 0.0 and cfg.eval_interval == 0  # 0 = off, as the loop reads them
+    with pytest.raises(ValueError, match=r"min_lr=0.5 must be <= lr=0.1"):
+        make_config("gpt", "tiny", lr=0.1, min_lr=0.5)
+
+
+def test_train_rechecks_a_config_edited_after_it_was_made(corpus):
+    cfg = make_config("gpt", "tiny", progress=False)
+    cfg.max_iters = -5
+    with pytest.raises(ValueError, match="max_iters must be an integer >= 1"):
+        train(cfg, corpus=corpus, log=quiet)
+
+
+def test_json_line_prints_null_for_nan_and_infinity():
+    line = json_line({"val_loss": math.nan, "tokens_per_s": math.inf, "x": [1.5, -math.inf], "ok": 2.0})
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(line, parse_constant=refuse) == {"val_loss": None, "tokens_per_s": None, "x": [1.5, None],
+                                                       "ok": 2.0}
+
+
+def test_cli_json_line_of_a_diverged_run_is_strict_json(data_dir, capsys, monkeypatch):
+    def diverged(cfg, **kwargs):
+        return None, {"model": cfg.model, "iters": cfg.max_iters, "val_loss": math.nan, "train_loss": math.nan,
+                      "last_batch_loss": math.inf, "history": []}
+
+    monkeypatch.setattr(train_mod, "train", diverged)
+    main(["--corpus", "synthetic", "--preset", "tiny", "--max-iters", "3", "--no-progress"])
+    out = capsys.readouterr().out.strip()
+
+    def refuse(constant):
+        raise AssertionError(f"printed a bare {constant}, which is not JSON")
+
+    printed = json.loads(out, parse_constant=refuse)
+    assert printed["val_loss"] is None and printed["last_batch_loss"] is None and printed["iters"] == 3
 
 
 # ----------------------------------------------------------------------------- optimizer groups
@@ -260,6 +329,15 @@ def test_checkpoint_into_a_different_config_lists_the_differences(tmp_path, smal
         load_checkpoint(tmp_path / "m.pt", build_model("lstm", vocab_size=13, block_size=16))
 
 
+def test_checkpoint_is_readable_by_others_under_umask_022(tmp_path, small_gpt):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(small_gpt, tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.pt").stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not-our-dict"])
 def test_corrupt_checkpoint_raises_value_error(tmp_path, small_gpt, damage):
     path = tmp_path / "m.pt"
@@ -273,8 +351,20 @@ def test_corrupt_checkpoint_raises_value_error(tmp_path, small_gpt, damage):
         path.write_bytes(b"")
     else:
         torch.save({"weights": torch.zeros(3)}, path)
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(ValueError, match="corrupt") as err:
         load_checkpoint(path)
+    assert str(path) in str(err.value) and "delete it and the zoo retrains it" in str(err.value)
+    assert "weights_only" not in str(err.value)
+
+
+def test_a_plain_pickle_that_weights_only_refuses_names_the_file(tmp_path):
+    import pickle
+
+    path, marker = tmp_path / "old.pt", tmp_path / "marker.txt"
+    path.write_bytes(pickle.dumps({"model_config": {"kind": "gpt"}, "payload": Evil(marker)}, protocol=2))  # no zip
+    with pytest.raises(ValueError, match="not a plain weights checkpoint") as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value) and "weights_only=False" not in str(err.value) and not marker.exists()
 
 
 def test_checkpoint_without_model_kind_is_reported_as_corrupt(tmp_path, small_gpt):
@@ -307,9 +397,13 @@ def test_checkpoint_loader_uses_weights_only(tmp_path, small_gpt):
     path, marker = tmp_path / "evil.pt", tmp_path / "marker.txt"
     torch.save({"model_config": {"kind": "gpt", "vocab_size": 13}, "state_dict": small_gpt.state_dict(),
                 "train_config": None, "extra": {"payload": Evil(marker)}}, path)
-    with pytest.raises(ValueError, match="corrupt or not a labkit checkpoint"):
+    with pytest.raises(ValueError, match="not a plain weights checkpoint") as err:
         load_checkpoint(path)
     assert not marker.exists()
+    msg = str(err.value)
+    # which file, what it holds, and what to do; never torch's advice to load it with weights_only=False
+    assert str(path) in msg and "_leave_mark" in msg and "delete it and the zoo retrains it" in msg
+    assert "weights_only=False" not in msg and "weights_only` set to `False" not in msg
     # the payload is real: a loader without weights_only would have run it
     assert torch.load(path, weights_only=False)["extra"]["payload"] == "unpickled"
     assert marker.read_text() == "pwned"

@@ -1,8 +1,13 @@
 """labkit.zoo: trained once, cached with a checksum, retrained when the checkpoint is damaged."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
+from pathlib import Path
 
+import filelock
 import pytest
 import torch
 
@@ -12,6 +17,14 @@ from labkit.model import GPT
 pytestmark = pytest.mark.usefixtures("data_dir")
 
 TINY = {"tiny-gpt": ("gpt", "tiny", {"corpus": "synthetic", "max_iters": 20, "eval_iters": 2})}
+
+
+@pytest.fixture(autouse=True)
+def _denormals_back_on():
+    """train() flushes denormal floats to zero for the whole process; put it back so later tests in this
+    process (hypothesis' float strategies refuse to run without subnormals) see the default."""
+    yield
+    torch.set_flush_denormal(False)
 
 
 @pytest.fixture
@@ -111,3 +124,124 @@ def test_zoo_cli_list_and_build(tiny_zoo, capsys):
     assert json.loads(last)["name"] == "tiny-gpt"
     zoo.main(["list"])
     assert capsys.readouterr().out.strip().startswith("tiny-gpt: cached, val_loss ")
+
+
+# ----------------------------------------------------------------------------- shared, read-only and damaged caches
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a valid zoo must be used without locking or writing anything")
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def _set_read_only(root, read_only: bool):
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o555 if p.is_dir() else 0o444) if read_only else (0o755 if p.is_dir() else 0o644))
+
+
+def test_zoo_files_are_readable_by_others_under_umask_022(tiny_zoo, data_dir):
+    old = os.umask(0o022)
+    try:
+        zoo.build("tiny-gpt", progress=False)
+    finally:
+        os.umask(old)
+    for path in zoo._paths("tiny-gpt"):  # checkpoint and record: 0644, not mkstemp's 0600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_a_valid_read_only_zoo_loads_without_locking_or_writing(tiny_zoo, data_dir, monkeypatch):
+    # a teacher built the zoo for the class; students only read it
+    record = zoo.build("tiny-gpt", progress=False)
+    before = _tree(data_dir)
+    monkeypatch.setattr(filelock, "FileLock", _refuse)
+    monkeypatch.setattr(zoo, "train", _refuse)
+    monkeypatch.setattr(zoo.data_mod, "atomic_write_bytes", _refuse)
+    _set_read_only(data_dir, True)  # really read-only for a non-root account
+    try:
+        model, rec = zoo.load("tiny-gpt", progress=False)
+    finally:
+        _set_read_only(data_dir, False)
+    assert rec == record and isinstance(model, GPT)
+    assert _tree(data_dir) == before
+
+
+def test_a_zoo_that_must_be_built_in_a_read_only_folder_says_what_to_do(tiny_zoo, data_dir, monkeypatch):
+    (data_dir / "zoo").mkdir()
+
+    class DeniedLock:  # what an account without write access to the folder meets
+        def __init__(self, path, *args, **kwargs):
+            self.path = str(path)
+
+        def __enter__(self):
+            raise PermissionError(errno.EACCES, "Permission denied", self.path)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(filelock, "FileLock", DeniedLock)
+    with pytest.raises(zoo.data_mod.CacheNotAccessible) as err:
+        zoo.load("tiny-gpt", progress=False)
+    msg = str(err.value)
+    assert str(data_dir / "zoo" / ".tiny-gpt.lock") in msg and "'tiny-gpt'" in msg
+    assert "python -m labkit.zoo build" in msg and "LABKIT_DATA_DIR" in msg
+    assert tiny_zoo == []  # nothing was trained
+
+
+def test_an_unreadable_zoo_checkpoint_is_a_clear_error(tiny_zoo, data_dir, monkeypatch):
+    zoo.build("tiny-gpt", progress=False)
+    ckpt = data_dir / "zoo" / "tiny-gpt.pt"
+    real_sha256 = zoo.data_mod.sha256_file
+
+    def denied(path):  # chmod cannot stop root, so deny the read here
+        if path == ckpt:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_sha256(path)
+
+    monkeypatch.setattr(zoo.data_mod, "sha256_file", denied)
+    monkeypatch.setattr(zoo, "train", _refuse)
+    with pytest.raises(zoo.data_mod.CacheNotAccessible, match="cannot read") as err:
+        zoo.load("tiny-gpt", progress=False)
+    assert str(ckpt) in str(err.value) and "chmod -R a+rX" in str(err.value)
+
+
+def _leave_mark(path: str):
+    Path(path).write_text("pwned")
+    return "unpickled"
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_leave_mark, (self.marker,))
+
+
+def test_a_zoo_checkpoint_weights_only_refuses_says_delete_it_and_it_is_retrained(tiny_zoo, data_dir):
+    record = zoo.build("tiny-gpt", progress=False)
+    ckpt, record_path = zoo._paths("tiny-gpt")
+    marker = data_dir / "marker.txt"
+    good = torch.load(ckpt, weights_only=True)
+    torch.save({**good, "extra": {"payload": Evil(marker)}}, ckpt)  # record updated to match: checksum passes
+    record_path.write_text(json.dumps({**record, "sha256": zoo.data_mod.sha256_file(ckpt)}))
+    with pytest.raises(ValueError) as err:
+        zoo.load("tiny-gpt", progress=False)
+    msg = str(err.value)
+    assert not marker.exists()
+    assert "'tiny-gpt'" in msg and str(ckpt) in msg and "not a plain weights checkpoint" in msg
+    assert "delete it and the zoo retrains it" in msg
+    assert "weights_only=False" not in msg and "`weights_only` set to `False`" not in msg
+    ckpt.unlink()  # doing what the message says works
+    model, rec = zoo.load("tiny-gpt", progress=False)
+    assert len(tiny_zoo) == 2 and rec["val_loss"] == record["val_loss"] and isinstance(model, GPT)
+
+
+def test_zoo_cli_unknown_name_is_one_line_exit_2(tiny_zoo, capsys):
+    with pytest.raises(SystemExit) as exc:
+        zoo.main(["build", "nope"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'nope'" in err and "tiny-gpt" in err
+    assert tiny_zoo == []

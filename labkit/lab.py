@@ -383,7 +383,7 @@ class NotebookBuildError(RuntimeError):
 
 
 def build_notebook(path: Path | str, timeout_s: int = BUILD_TIMEOUT_S, kernel_name: str = "python3") -> dict:
-    """Execute a notebook top to bottom in its own folder (1 thread) and rewrite it in place; returns time and counts.
+    """Execute a notebook top to bottom in its own folder (1 thread) and rewrite it in place; returns time (s) and counts.
 
     The kernel gets OMP_NUM_THREADS=1, the state of the widgets the notebook shows is stored in it (so
     JupyterLab shows them before the kernel runs; widgets never displayed are left out), finished
@@ -395,12 +395,14 @@ def build_notebook(path: Path | str, timeout_s: int = BUILD_TIMEOUT_S, kernel_na
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:  # per-cell execution timestamps only make every rebuild a diff
+        cell.metadata.pop("execution", None)
     env_before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"   # the kernel inherits this environment
     t0 = time.perf_counter()
     try:
         client = NotebookClient(nb, timeout=timeout_s, kernel_name=kernel_name, store_widget_state=True,
-                                resources={"metadata": {"path": str(path.parent)}})
+                                record_timing=False, resources={"metadata": {"path": str(path.parent)}})
         client.execute()
     except Exception as e:
         failed = [i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
@@ -417,8 +419,11 @@ def build_notebook(path: Path | str, timeout_s: int = BUILD_TIMEOUT_S, kernel_na
     bars = finish_progress_bars(nb)
     dropped = prune_widget_state(nb)
     _write_notebook_atomically(nb, path)
+    finish_lines = [line for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
+                    for line in o.get("text", "").splitlines() if line.startswith("this lab ran in")]
     return {"notebook": str(path), "elapsed_s": elapsed, "progress_bars_finished": bars,
-            "widget_models": len(_widget_state(nb)), "widget_models_not_shown": dropped}
+            "widget_models": len(_widget_state(nb)), "widget_models_not_shown": dropped,
+            "lab_finish": finish_lines[-1] if finish_lines else None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,6 +481,8 @@ def main(argv=None) -> int:
         print(f"built {path} in {info['elapsed_s']:.1f} s ({info['widget_models']} widget models saved, "
               f"{info['widget_models_not_shown']} never shown left out; "
               f"{info['progress_bars_finished']} progress bars shown finished)", flush=True)
+        if info["lab_finish"]:
+            print(f"  its last cell: {info['lab_finish']}", flush=True)
     if failed:
         print(f"{len(failed)} of {len(args.notebooks)} notebooks failed: {', '.join(failed)}")
         return 1

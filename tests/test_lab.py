@@ -180,6 +180,7 @@ def test_build_executes_in_place_one_thread_in_the_notebooks_folder(tmp_path, ca
     assert bar[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] in lab._widget_state(nb)
     assert stat.S_IMODE(nb_path.stat().st_mode) == 0o644  # the rename keeps the file's permissions
     assert not list(tmp_path.glob(".*tmp*"))
+    assert not any("execution" in c.metadata for c in nb.cells)  # no timestamps: a rebuild is not a diff
 
 
 def test_build_leaves_a_failing_notebook_unchanged(tmp_path, capsys):

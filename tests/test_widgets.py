@@ -153,6 +153,7 @@ def test_choosing_a_preset_sets_representative_settings():
     assert not c["mixed_precision"].disabled
     c["optimizer"].value = "none (inference)"
     assert c["mixed_precision"].disabled and not panel.state["master_weights"]
+    assert c["activation_formula"].disabled and panel.state["bytes"]["activations"] == 0
 
 
 def test_context_beyond_the_trained_one_is_marked():

@@ -239,7 +239,9 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
         t0 = time.perf_counter()
         args = {k: c.value for k, c in controls.items() if k != "preset"}
         # master weights only exist when training in 16 bits: the checkbox is greyed out otherwise
-        controls["mixed_precision"].disabled = args["dtype"] == "fp32" or args["optimizer"].startswith("none")
+        inference = args["optimizer"].startswith("none")
+        controls["mixed_precision"].disabled = args["dtype"] == "fp32" or inference
+        controls["activation_formula"].disabled = inference   # no activations are kept when serving
         try:
             panel.state = memory_calculator_state(**args)
         except (ValueError, NotImplementedError) as e:  # e.g. width not divisible by heads: say so, don't draw

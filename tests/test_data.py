@@ -6,9 +6,11 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import filelock
@@ -243,6 +245,24 @@ def test_files_written_respect_the_umask(tmp_path, umask, mode):
     assert {p.name: _mode(p) for p in (tmp_path / "c").iterdir()} == {
         name: mode for name in ("corpus.txt", "train.bin", "val.bin", "meta.json")}
     assert _mode(tmp_path / "c") == 0o777 & ~umask
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to act as another account")
+def test_a_cache_built_under_umask_022_is_readable_by_another_account():
+    # for real: the unprivileged account 'nobody' reads every file of a cache root built (0600 before the fix)
+    shared = Path(tempfile.mkdtemp(prefix="labkit-shared-cache-"))
+    try:
+        shared.chmod(0o755)
+        old = os.umask(0o022)
+        try:
+            out = prepare_synthetic(shared, n_chars=2000, seed=0)
+        finally:
+            os.umask(old)
+        for path in sorted(out.iterdir()):
+            proc = subprocess.run(["runuser", "-u", "nobody", "--", "head", "-c", "1", str(path)], capture_output=True)
+            assert proc.returncode == 0, (path, proc.stderr)
+    finally:
+        shutil.rmtree(shared)
 
 
 def test_current_umask_reads_without_changing_it():

@@ -164,6 +164,12 @@ def test_context_beyond_the_trained_one_is_marked():
     assert past["beyond_trained_context"] and "beyond the 4,096 it was trained for" in past["text"]
     custom = widgets.memory_calculator_state(**{**p, "context": 128, "n_layer": 2}, batch_size=1, trained_context=64)
     assert "beyond the 64" in custom["text"]
+    # GPT-2's learned position table has 1,024 rows: at 2,048 tokens it is no longer GPT-2 small's count
+    gpt2 = widgets.memory_calculator_state(**{**widgets.CALCULATOR_PRESETS["GPT-2 small shape"], "context": 2048},
+                                           batch_size=1)
+    assert gpt2["n_params"] == 124_439_808 + 1024 * 768
+    assert gpt2["text"].startswith("GPT-2 small shape with a 2,048-position table (125 million parameters)")
+    assert "124,439,808" not in gpt2["text"] and "beyond the 1,024" in gpt2["text"]
 
 
 def test_small_model_is_a_readable_bar_and_a_far_budget_an_arrow():

@@ -119,7 +119,13 @@ def memory_calculator_state(n_layer: int, n_embd: int, n_head: int, n_kv_head: i
         else:  # the paper's per-layer count, always 16-bit, whatever dtype is chosen here
             bytes_by["activations"] = megatron_activation_bytes(n_layer, n_embd, n_head, context, batch_size)
     total = sum(bytes_by.values())
-    label = f"{preset} ({n_params:,} parameters)" if preset else f"custom shape ({human_count(n_params)} parameters)"
+    if preset is None:
+        label = f"custom shape ({human_count(n_params)} parameters)"
+    elif positions == "learned" and context != CALCULATOR_PRESETS[preset]["context"]:
+        # a learned position table has one row per position: another context is another parameter count
+        label = f"{preset} with a {context:,}-position table ({human_count(n_params)} parameters)"
+    else:
+        label = f"{preset} ({n_params:,} parameters)"
     precision = f"{dtype} + fp32 master weights" if master else dtype
     how = "inference" if inference else f"training with {optimizer}"
     beyond = trained_context is not None and context > trained_context

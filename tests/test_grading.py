@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from labkit import grading
-from labkit.grading import core
 from labkit.memory import kv_cache_bytes, training_state_bytes
 
 
@@ -103,7 +102,8 @@ def test_a_crash_is_reported_not_raised(check):
 
 
 def test_a_crash_inside_the_check_itself_is_reported(monkeypatch):
-    monkeypatch.setattr(core, "compare", lambda *a: 1 / 0)
+    from labkit.grading import checks
+    monkeypatch.setattr(checks, "Case", lambda *a: 1 / 0)       # the check's own code breaks, not the learner's
     result = grading.check_perplexity(math.exp, quiet=True)
     assert result.status == grading.FAIL and "the check could not run" in result.message
 
@@ -472,3 +472,15 @@ def test_upgrade_graded_cells_rewrites_hidden_tests():
     assert 'sys.modules.pop("labkit.autograde", None)' in source and source.startswith("# graded cell\n### BEGIN")
     assert grading.upgrade_graded_cells(nb) == 0            # idempotent
     compile(source, "cell", "exec")
+
+
+def test_an_answer_that_cannot_be_compared_is_about_the_answer():
+    class Weird:
+        def __eq__(self, other):
+            raise RuntimeError("no")
+
+        def __repr__(self):
+            raise RuntimeError("no repr either")
+
+    result = grading.check_causal_attention(lambda q, k, v: Weird(), quiet=True)
+    assert result.status == grading.FAIL and "labkit" not in result.message and "Weird" in result.message

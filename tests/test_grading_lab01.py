@@ -1,5 +1,4 @@
 """Lab 01 check: n-gram counts → add-k smoothed probabilities."""
-import torch
 
 from labkit import grading
 

@@ -459,7 +459,7 @@ def check_largest_batch_that_fits(fn: Callable[[Any, int, int], int], quiet: boo
     Cases include a budget exactly equal to the bytes at some batch (it fits), one byte less (it
     doesn't), a budget where even batch 1 doesn't fit (answer 0), and GQA / rotary configs.
     """
-    from labkit.memory import gpt_activation_bytes, gpt_param_count, training_state_bytes
+    from labkit.memory import gpt_activation_bytes, gpt_param_count
     from labkit.model import GPTConfig
     baby = GPTConfig(vocab_size=84, block_size=64, n_layer=4, n_head=4, n_embd=128, tie_weights=False)
     gqa = GPTConfig(vocab_size=100, block_size=128, n_layer=3, n_head=8, n_kv_head=2, n_embd=64, positions="rotary")

@@ -109,6 +109,13 @@ def where(index: Sequence[int], ndim: int) -> str:
 
 def kind_of(x: Any) -> str:
     """A plain-words name for what a function returned."""
+    try:
+        return _kind_of(x)
+    except Exception:
+        return f"an object of type {type(x).__name__}"
+
+
+def _kind_of(x: Any) -> str:
     if x is None:
         return "None"
     if isinstance(x, torch.Tensor):
@@ -373,7 +380,10 @@ def run_check(name: str, fn: Callable, cases: Sequence[Case | tuple], rtol: floa
         if called:
             return done(FAIL, f"❌ {name}: your function calls `{called[0]}`, the reference implementation — "
                               "write it yourself (the check switches the reference off while it runs yours).")
-        problem = compare(got, case, returns, rtol, atol)
+        try:
+            problem = compare(got, case, returns, rtol, atol)
+        except Exception as e:     # e.g. an object whose == raises: about the answer, not a labkit bug
+            problem = f"returned {kind_of(got)}, which could not be compared ({type(e).__name__}: {e})"
         if problem is not None:
             message = f"❌ {name}: on {case.description}\n   {problem}"
             hint = _hint(mistakes, got, case)

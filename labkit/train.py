@@ -426,6 +426,9 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if hasattr(args, f.name) and getattr(args, f.name) is not None and f.name not in ("model", "preset")}
     _check_out_path(p, args.out)
+    if args.corpus not in data_mod.CORPORA and not (Path(args.corpus) / "meta.json").is_file():
+        p.error(f"argument --corpus: {args.corpus!r} is neither one of {data_mod.CORPORA} nor a folder holding a "
+                "prepared corpus (meta.json, train.bin, val.bin)")
     model_args = {}
     for item in args.set:
         key, sep, value = item.partition("=")

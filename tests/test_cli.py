@@ -70,6 +70,7 @@ TRAIN_BAD = [  # (arguments, the option the message must name, words of what is 
     (["--max-iters", "ten"], "--max-iters", "'ten'"),
     (["--decay", "exponential"], "--decay", "'cosine'"),
     (["--set", "n_layer=0"], "--set", "n_layer"),
+    (["--corpus", "/nonexistent/corpus"], "--corpus", "'shakespeare'"),
 ]
 
 

@@ -286,7 +286,8 @@ def test_cli_corpus_folder_without_a_corpus_exits_2(tmp_path, capsys):
         main(["--corpus", str(empty), "--preset", "tiny", "--max-iters", "1", "--no-progress"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "corpus=" in err and str(empty) in err
+    assert "--corpus" in err and str(empty) in err
+    assert len(err.strip().splitlines()) == 1 and "seed" not in err  # refused before training started
 
 
 # ----------------------------------------------------------------------------- checkpoints

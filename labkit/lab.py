@@ -243,8 +243,8 @@ def thread_benchmark(thread_counts: tuple[int, ...] = (1, 2), repeats: int = 7, 
 def format_thread_benchmark(results: dict) -> str:
     """The benchmark as a table: median [min–max] ms per step, and each count's time relative to the first."""
     counts = results["threads"]
-    lines = [f"baby GPT on {results['cpus']} CPUs; median [min–max] of {results['repeats']} repeats "
-             f"(training: {results['train_steps']} steps each; generation: {results['gen_tokens']} tokens each)"]
+    lines = [(f"baby GPT on {results['cpus']} CPUs; median [min–max] of {results['repeats']} repeats "
+              f"(training: {results['train_steps']} steps each; generation: {results['gen_tokens']} tokens each)")]
     header = f"{'load':24s} {'task':16s}" + "".join(f"{f'{n} thread' + ('s' if n > 1 else ''):>26s}" for n in counts)
     header += "".join(f"{f'{n} vs {counts[0]}':>10s}" for n in counts[1:])
     lines.append(header)

@@ -315,7 +315,7 @@ def test_calculator_slider_updates_plot_and_total(notebook: Path, playwright_api
 
             def raised() -> list[str]:
                 return [t for t in errors.all_inner_texts()
-                        if "Traceback" in t or re.search(r"^\w*(Error|Exception)\b", t, re.M)]
+                        if "Traceback" in t or re.search(r"^\w*(Error|Exception)\b", t, re.MULTILINE)]
 
             def all_cells_ran() -> bool:
                 if not page.evaluate("window.__labkitRunSeen"):
@@ -360,7 +360,7 @@ def test_calculator_slider_updates_plot_and_total(notebook: Path, playwright_api
                 handle.press("ArrowRight")
                 wanted = str(int(readout_before) + step)
                 wait_for(f"the 'layers' readout to show {wanted} after ArrowRight",
-                         lambda: readout.inner_text().strip() == wanted, SLIDER_TIMEOUT,
+                         lambda wanted=wanted: readout.inner_text().strip() == wanted, SLIDER_TIMEOUT,
                          detail=lambda: f"readout {readout.inner_text().strip()!r}")
             expected_readout = str(int(readout_before) + SLIDER_STEPS)
 
@@ -412,7 +412,7 @@ def test_calculator_slider_updates_plot_and_total(notebook: Path, playwright_api
                 try:
                     page.screenshot(path=str(ARTIFACTS / f"{notebook.stem}_FAILED.png"), full_page=True)
                     (ARTIFACTS / f"{notebook.stem}_FAILED.html").write_text(page.content())
-                except Exception:  # noqa: BLE001 - best effort
+                except Exception:  # noqa: BLE001, S110 - best effort
                     pass
             raise
         finally:

@@ -86,9 +86,9 @@ def test_recommend_threads_picks_the_count_with_the_smallest_worst_slowdown():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(repeats=0), r"repeats=0; allowed: a whole number >= 1"),
-    (dict(conditions=("busy",)), r"conditions contains 'busy'; allowed"),
-    (dict(thread_counts=(1, 0)), r"thread_counts=0"),
+    ({"repeats": 0}, r"repeats=0; allowed: a whole number >= 1"),
+    ({"conditions": ("busy",)}, r"conditions contains 'busy'; allowed"),
+    ({"thread_counts": (1, 0)}, r"thread_counts=0"),
 ])
 def test_thread_benchmark_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -27,8 +27,10 @@ def kv_cache_tradeoff_state(preset: str, context: int, batch_size: int, n_kv_hea
     Returns the cache bytes at the chosen point, the curve of cache bytes over KV_TRADEOFF_CONTEXTS
     (and the same curve with one KV head per query head, i.e. plain multi-head attention), the bytes
     of the weights in `dtype`, and the context where the cache outgrows the weights. `timings`
-    (measured once in the notebook: {"context": [...], "cached_ms": [...], "uncached_ms": [...]}) is
-    passed through for the figure; the state says what caching buys at the nearest measured context.
+    (measured once in the notebook: {"context": [...], "cached_ms": [...], "uncached_ms": [...],
+    "cache_bytes": [...]}, optionally "cached_q1"/"cached_q3"/"uncached_q1"/"uncached_q3" quartiles drawn as
+    error bars and "counted_ratio", the recompute/cached FLOPs ratio) is passed through for the figure; the
+    state says what the measurement shows at the nearest measured context, without claiming more.
     """
     if preset not in CALCULATOR_PRESETS:
         raise ValueError(f"preset={preset!r}; allowed: {list(CALCULATOR_PRESETS)}")
@@ -74,9 +76,10 @@ def kv_cache_tradeoff_state(preset: str, context: int, batch_size: int, n_kv_hea
         i = min(range(len(timings["context"])), key=lambda j: abs(math.log2(timings["context"][j] / context)))
         c, tc, tu = timings["context"][i], timings["cached_ms"][i], timings["uncached_ms"][i]
         state["measured"] = {"context": c, "cached_ms": tc, "uncached_ms": tu, "speedup": tu / tc}
+        verdict = "" if tu > tc else "; in this measurement the cached step was not faster (timing noise?)"
         text += (f".\nMeasured on the baby model (batch 1, fp32) at context {c}: {tc:.2f} ms/token with the cache "
-                 f"vs {tu:.2f} ms/token recomputing ({tu / tc:.1f}× faster for "
-                 f"{human_bytes(timings['cache_bytes'][i])} of cache)")
+                 f"vs {tu:.2f} ms/token recomputing: recomputing took {tu / tc:.1f}× the cached time, for "
+                 f"{human_bytes(timings['cache_bytes'][i])} of cache{verdict}")
     state["text"] = text
     return state
 
@@ -117,17 +120,29 @@ def kv_cache_tradeoff_figure(state: dict) -> Figure:
     if timings:
         ax = axes[0, 1]
         speedup = [u / c for u, c in zip(timings["uncached_ms"], timings["cached_ms"])]
-        ax.plot(timings["cache_bytes"], speedup, "o-", color="#55A868", label="recompute time / cached time")
+        if all(k in timings for k in ("cached_q1", "cached_q3", "uncached_q1", "uncached_q3")):
+            # the spread: slowest-quartile recompute over fastest-quartile cached, and the other way round
+            low = [u1 / c3 for u1, c3 in zip(timings["uncached_q1"], timings["cached_q3"])]
+            high = [u3 / c1 for u3, c1 in zip(timings["uncached_q3"], timings["cached_q1"])]
+            ax.errorbar(timings["cache_bytes"], speedup, yerr=[[m - lo for m, lo in zip(speedup, low)],
+                                                               [h - m for h, m in zip(high, speedup)]],
+                        fmt="o-", color="#55A868", capsize=3,
+                        label="measured: recompute time / cached time (median; bars: quartiles)")
+        else:
+            ax.plot(timings["cache_bytes"], speedup, "o-", color="#55A868", label="measured: recompute time / cached time")
+        if "counted_ratio" in timings:
+            ax.plot(timings["cache_bytes"], timings["counted_ratio"], "s--", color="#4C72B0",
+                    label="counted: recompute FLOPs / cached FLOPs")
         for x, y, c in zip(timings["cache_bytes"], speedup, timings["context"]):
-            ax.annotate(f"context {c}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            ax.annotate(f"context {c}", (x, y), textcoords="offset points", xytext=(0, -13), ha="center", fontsize=7)
         if state["measured"]:
             i = timings["context"].index(state["measured"]["context"])
             ax.plot([timings["cache_bytes"][i]], [speedup[i]], "o", color="k", ms=8, label="nearest to chosen context")
         ax.axhline(1.0, color="grey", lw=1, ls=":")
         _bytes_axis(ax, "x", timings["cache_bytes"])
         ax.set_xlabel("KV cache held (bytes; baby model, batch 1, fp32)")
-        ax.set_ylabel("speed-up per new token (×)")
-        ax.set_title("baby model, measured: more cache held, more time saved", fontsize=10)
+        ax.set_ylabel("recompute / cached, per new token (×)")
+        ax.set_title("baby model: what the cache saves per new token", fontsize=10)
         ax.legend(fontsize=7, loc="upper left")
     return fig
 

@@ -9,7 +9,8 @@ A graded (hidden-test) cell reads
 `grade` pickles the learner's function *by value* (cloudpickle: its code, and the notebook globals
 it uses), starts `python -m labkit.autograde`, which imports labkit and torch afresh, runs
 `labkit.grading.check_<name>` there (expected values first, references swapped for tripwires while
-the learner's function runs), and reads the verdict back. So `grading.check_x = lambda *a: True`,
+the learner's function runs, plus a few hidden examples drawn from a new random seed, so a table of
+the public examples' answers can't pass), and reads the verdict back. So `grading.check_x = lambda *a: True`,
 or rebinding a torch or labkit function, in the notebook changes nothing. On a pass `grade`
 returns; otherwise it raises AssertionError carrying the check's whole message (which example,
 expected vs got, the hint), which is what nbgrader shows as feedback.
@@ -42,7 +43,8 @@ def grade(check_name: str, fn: Callable, timeout_s: float = TIMEOUT_S) -> None:
                              "Define it with `def` at the top level of its cell, using only plain values, "
                              "tensors and modules.") from None
     nonce = secrets.token_hex(16)
-    request = pickle.dumps({"check": check_name, "fn": payload, "nonce": nonce})
+    seed = secrets.randbelow(2**31)          # the hidden examples' seed: new on every call, printed on failure
+    request = pickle.dumps({"check": check_name, "fn": payload, "nonce": nonce, "seed": seed})
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     package_root = str(Path(__file__).resolve().parent.parent)           # so `labkit` imports from any cwd
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
@@ -72,7 +74,9 @@ def _verdict(request: dict[str, Any]) -> dict[str, str]:
     import cloudpickle
 
     from labkit import grading
+    from labkit.grading import core
 
+    core.HIDDEN_SEED = request.get("seed")   # each check adds examples nobody has seen
     name = request["check"]
     check = getattr(grading, f"check_{name}", None)
     if check is None:

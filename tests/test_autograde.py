@@ -100,3 +100,15 @@ def test_the_upgraded_graded_cell_ignores_a_rebound_grade(monkeypatch):
     with pytest.raises(AssertionError, match="expected 48, got 12"):
         exec(nb.cells[0].source, cell)
     sys.modules["labkit.autograde"] = labkit.autograde     # leave the module table as the other tests expect
+
+
+def test_a_table_of_the_public_answers_passes_the_self_check_but_not_the_grader():
+    # precomputed outside the function (no tripwire sees it), looked up inside: the hidden examples catch it
+    table = {}
+    grading.check_tensor_bytes(lambda shape, dtype: table.setdefault((shape, dtype), math.prod(shape) * dtype.itemsize),
+                               quiet=True)
+    lookup = notebook_function("def tensor_bytes(shape, dtype):\n    return table[(shape, dtype)]\n", "tensor_bytes",
+                               table=table)
+    assert grading.check_tensor_bytes(lookup, quiet=True)
+    with pytest.raises(AssertionError, match=r"a hidden example \(grader's seed \d+\)"):
+        grade("tensor_bytes", lookup)

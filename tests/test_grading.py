@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from labkit import grading
+from labkit.grading import core
 from labkit.memory import kv_cache_bytes, training_state_bytes
 
 
@@ -484,3 +485,28 @@ def test_an_answer_that_cannot_be_compared_is_about_the_answer():
 
     result = grading.check_causal_attention(lambda q, k, v: Weird(), quiet=True)
     assert result.status == grading.FAIL and "labkit" not in result.message and "Weird" in result.message
+
+
+# ---- hidden examples (the grader's fresh process sets a seed) ----------------------------------
+
+@pytest.mark.parametrize("check", list(RIGHT), ids=lambda c: c.__name__)
+def test_right_answers_pass_the_hidden_examples_of_many_seeds(check, monkeypatch):
+    for seed in range(25):
+        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
+        result = check(RIGHT[check], quiet=True)
+        assert result, f"seed {seed}: {result.message}"
+
+
+def test_a_table_of_the_public_answers_fails_the_hidden_examples(monkeypatch):
+    table = {}
+
+    def spy(L, kv, hd, T, B, a):
+        table[(L, kv, hd, T, B, a)] = 2 * L * kv * hd * T * B * a
+        return table[(L, kv, hd, T, B, a)]
+
+    assert grading.check_kv_cache_bytes(spy, quiet=True)
+    lookup = lambda *args: table.get(args, 0)        # passes every public example ...
+    assert grading.check_kv_cache_bytes(lookup, quiet=True)
+    monkeypatch.setattr(core, "HIDDEN_SEED", 1234)   # ... but not the grader's hidden ones
+    result = grading.check_kv_cache_bytes(lookup, quiet=True)
+    assert result.status == grading.FAIL and "a hidden example (grader's seed 1234)" in result.message

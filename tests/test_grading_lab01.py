@@ -65,3 +65,11 @@ def test_perplexity_and_bits_per_char_may_not_delegate():
     assert not grading.check_perplexity(losses.perplexity, quiet=True)
     assert "labkit.losses.bits_per_char" in grading.check_bits_per_char(
         lambda x: losses.bits_per_char(x), quiet=True).message
+
+
+def test_right_answer_passes_the_hidden_examples_of_many_seeds(monkeypatch):
+    from labkit.grading import core
+    for seed in range(25):
+        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
+        result = grading.check_ngram_probabilities(reference, quiet=True)
+        assert result, f"seed {seed}: {result.message}"

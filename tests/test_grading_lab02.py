@@ -76,3 +76,11 @@ def test_split_heads_fallback_returns_reference():
     assert fn is grading.split_heads_reference
     x = torch.arange(24.0).view(1, 2, 12)
     assert fn(x, 3).shape == (1, 3, 2, 4)
+
+
+def test_right_answer_passes_the_hidden_examples_of_many_seeds(monkeypatch):
+    from labkit.grading import core
+    for seed in range(25):
+        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
+        result = grading.check_split_heads(lambda x, n: x.view(*x.shape[:2], n, -1).transpose(1, 2), quiet=True)
+        assert result, f"seed {seed}: {result.message}"

@@ -166,3 +166,14 @@ def test_param_count_demands_swiglu_because_the_lab_counts_llama_with_it():
                                            + c.n_layer * 8 * c.n_embd ** 2 if c.activation == "swiglu"
                                            else param_count_by_hand(c), quiet=True)
     assert result.status == grading.FAIL and "config.mlp_hidden" in result.message
+
+
+def test_right_answers_pass_the_hidden_examples_of_many_seeds(monkeypatch):
+    from labkit.grading import core
+    for seed in range(15):
+        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
+        for check, right in [(grading.check_gpt_param_count, param_count_by_hand),
+                             (grading.check_largest_batch_that_fits, largest_batch_by_search),
+                             (grading.check_mlp_activation_bytes, lambda B, T, C, a: 9 * B * T * C * a)]:
+            result = check(right, quiet=True)
+            assert result, f"seed {seed}: {result.message}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,20 @@ def _per_case_ratio(k: float, expected_of: Callable[..., int]) -> Callable[..., 
 
 INT = Returns("int", why="it is a count, printed with thousands separators")
 
+
+# random examples for the grader's hidden cases (see core.HIDDEN_SEED)
+def _randint(g: torch.Generator, low: int, high: int) -> int:
+    """A random int in [low, high], both included."""
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+def _choice(g: torch.Generator, options: Sequence[Any]) -> Any:
+    return options[_randint(g, 0, len(options) - 1)]
+
+
+def _uniform(g: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=g))
+
 # =============================================================================================
 # lab 00 (start here)
 
@@ -62,7 +76,12 @@ def check_tensor_bytes(fn: Callable[[tuple, torch.dtype], int], quiet: bool = Fa
         Mistake("that is the size of one element; multiply by the number of elements",
                 lambda got, shape, dtype: _int_eq(got, dtype.itemsize)),
     ]
-    return run_check("tensor_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+    def hidden(g: torch.Generator) -> Case:
+        shape = tuple(_randint(g, 0, 40) for _ in range(_randint(g, 0, 4)))
+        dtype = _choice(g, [torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int64, torch.float64])
+        return Case(f"tensor_bytes({shape}, {dtype})", (shape, dtype), {}, tensor_bytes(shape, dtype))
+
+    return run_check("tensor_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.memory.tensor_bytes", "torch.Tensor.nbytes", "torch.Tensor.untyped_storage"),
                      reference="labkit.memory.tensor_bytes")
 
@@ -79,7 +98,11 @@ def check_params_that_fit(fn: Callable[[int, float], int], quiet: bool = False) 
         Mistake("multiply → divide: the number of parameters is budget / bytes per parameter",
                 lambda got, b, bpp: _int_eq(got, b * bpp)),
     ]
-    return run_check("params_that_fit", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+    def hidden(g: torch.Generator) -> Case:
+        b, bpp = _randint(g, 0, 2**40), _choice(g, [0.5, 1, 2, 4, 8, 12, 16])
+        return Case(f"params_that_fit({b:,}, {bpp})", (b, bpp), {}, params_that_fit(b, bpp))
+
+    return run_check("params_that_fit", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.memory.params_that_fit",), reference="labkit.memory.params_that_fit")
 
 
@@ -100,7 +123,11 @@ def check_perplexity(fn: Callable[[float], float], quiet: bool = False) -> Check
         Mistake("you returned the loss itself: perplexity = exp(loss)", same_as(lambda x: x)),
         Mistake("that is exp(−loss), a probability: perplexity is exp(+loss)", same_as(lambda x: math.exp(-x))),
     ]
-    return run_check("perplexity", fn, cases, returns="float", mistakes=mistakes, quiet=quiet,
+    def hidden(g: torch.Generator) -> Case:
+        x = _uniform(g, 0.0, 6.0)
+        return Case(f"perplexity({x!r})", (x,), {}, math.exp(x), f"exp({x:.6g}) = {math.exp(x):.6g}")
+
+    return run_check("perplexity", fn, cases, returns="float", mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.losses.perplexity",), reference="labkit.losses.perplexity")
 
 
@@ -117,7 +144,11 @@ def check_bits_per_char(fn: Callable[[float], float], quiet: bool = False) -> Ch
         Mistake("that is log2 of the loss; convert units instead: nats / ln 2",
                 lambda got, x: x > 0 and same_as(lambda x: math.log2(x))(got, x)),
     ]
-    return run_check("bits_per_char", fn, cases, returns="float", mistakes=mistakes, quiet=quiet,
+    def hidden(g: torch.Generator) -> Case:
+        x = _uniform(g, 0.0, 6.0)
+        return Case(f"bits_per_char({x!r})", (x,), {}, x / math.log(2), f"{x:.6g} / ln 2 = {x / math.log(2):.6g}")
+
+    return run_check("bits_per_char", fn, cases, returns="float", mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.losses.bits_per_char",), reference="labkit.losses.bits_per_char")
 
 
@@ -152,7 +183,14 @@ def check_ngram_probabilities(fn: Callable[[torch.Tensor, float], torch.Tensor],
                 lambda got, c, k: isinstance(got, torch.Tensor) and not got.dtype.is_floating_point),
     ]
     returns = Returns("tensor", why="the next cells index it, call .float() on it and take its log")
+
+    def hidden(g: torch.Generator) -> Case:
+        V, n, k = _randint(g, 2, 6), _randint(g, 2, 3), _choice(g, [1.0, 0.5, 0.1, 0.01])
+        counts = torch.randint(0, 30, (V,) * n, generator=g)
+        return Case(f"random {'×'.join([str(V)] * n)} counts, k={k}", (counts, k), {}, ngram_probabilities(counts, k))
+
     return run_check("ngram_probabilities", fn, cases, rtol=1e-5, atol=1e-6, returns=returns, mistakes=mistakes,
+                     hidden=hidden,
                      quiet=quiet, forbid=("labkit.ngram.ngram_probabilities", "labkit.ngram.NGramModel"),
                      reference="labkit.ngram.ngram_probabilities")
 
@@ -199,7 +237,13 @@ def check_cross_entropy(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     returns = Returns("tensor", dtypes=(torch.float32,),
                       why="the lab calls .item() on it and compares it with torch's float32 loss; don't call "
                           ".item() or .double() — return the 0-dim tensor from .mean()")
-    return run_check("cross_entropy", fn, cases, rtol=1e-4, atol=1e-4, returns=returns, mistakes=mistakes,
+
+    def hidden(g: torch.Generator) -> Case:
+        N, V, scale = _randint(g, 1, 9), _randint(g, 2, 30), _choice(g, [1.0, 5.0, 50.0])
+        logits, targets = torch.randn(N, V, generator=g) * scale, torch.randint(V, (N,), generator=g)
+        return Case(f"random logits ({N}, {V}) × {scale}", (logits, targets), {}, F.cross_entropy(logits, targets))
+
+    return run_check("cross_entropy", fn, cases, rtol=1e-4, atol=1e-4, returns=returns, mistakes=mistakes, hidden=hidden,
                      quiet=quiet, forbid=CROSS_ENTROPY_REFERENCES, reference="labkit.losses.cross_entropy")
 
 
@@ -244,7 +288,15 @@ def check_causal_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tenso
                 same_as(lambda q, k, v: _attention(k, q, v))),
     ]
     returns = Returns("tensor", dtypes=None, why="one output vector per position, (T, d)")
+
+    def hidden(g: torch.Generator) -> Case:
+        T, d = _randint(g, 1, 9), _randint(g, 1, 9)
+        q, k, v = (torch.randn(T, d, generator=g) for _ in range(3))
+        expected = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]
+        return Case(f"q, k, v of shape ({T}, {d})", (q, k, v), {}, expected)
+
     return run_check("causal_attention", fn, cases, rtol=1e-4, atol=1e-5, returns=returns, mistakes=mistakes,
+                     hidden=hidden,
                      quiet=quiet, reference="torch.nn.functional.scaled_dot_product_attention",
                      forbid=("torch.nn.functional.scaled_dot_product_attention",
                              "torch._C._nn.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
@@ -309,7 +361,14 @@ def check_split_heads(fn: Callable[[torch.Tensor, int], torch.Tensor], quiet: bo
                 shaped(lambda x, n: x.view(x.shape[0], x.shape[1], x.shape[2] // n, n).permute(0, 3, 1, 2))),
     ]
     returns = Returns("tensor", why="it feeds scaled_dot_product_attention, one head per slice")
-    return run_check("split_heads", fn, cases, rtol=1e-4, atol=1e-5, returns=returns, mistakes=mistakes,
+
+    def hidden(g: torch.Generator) -> Case:
+        B, T, n_head, hd = _randint(g, 1, 3), _randint(g, 1, 6), _randint(g, 1, 6), _randint(g, 1, 5)
+        x = torch.randn(B, T, n_head * hd, generator=g)
+        return Case(f"x of shape ({B}, {T}, {n_head * hd}) into {n_head} heads", ("split", x, n_head), {},
+                    split_heads(x, n_head))
+
+    return run_check("split_heads", fn, cases, rtol=1e-4, atol=1e-5, returns=returns, hidden=hidden, mistakes=mistakes,
                      quiet=quiet, call=call, reference="labkit.model.split_heads",
                      forbid=("labkit.model.split_heads", "labkit.grading.split_heads_reference",
                              "labkit.grading.checks.split_heads_reference"))
@@ -337,7 +396,12 @@ def check_kv_cache_bytes(fn: Callable[..., int], quiet: bool = False) -> CheckRe
         Mistake("bytes per element are missing: that is the number of elements",
                 lambda got, L, h, hd, T, B, a: a > 1 and _per_case_ratio(1 / a, right)(got, L, h, hd, T, B, a)),
     ]
-    return run_check("kv_cache_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+    def hidden(g: torch.Generator) -> Case:
+        args = (_randint(g, 1, 96), _randint(g, 1, 64), _choice(g, [16, 64, 80, 128]), _randint(g, 1, 32768),
+                _randint(g, 1, 64), _choice(g, [4, 2, 1]))
+        return Case(f"kv_cache_bytes{args}", args, {}, kv_cache_bytes(*args[:5], names[args[5]]))
+
+    return run_check("kv_cache_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.memory.kv_cache_bytes",), reference="labkit.memory.kv_cache_bytes")
 
 
@@ -363,8 +427,26 @@ def check_adam_training_bytes(fn: Callable[[int, int], int], quiet: bool = False
                 _per_case_ratio(0.5, right)),
         Mistake("that counts elements, not bytes: multiply by bytes_per_element", _per_case_ratio(0.25, right)),
     ]
-    return run_check("adam_training_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+    def hidden(g: torch.Generator) -> Case:
+        n_params, nbytes = _randint(g, 0, 10**11), _choice(g, [4, 2])
+        return Case(f"adam_training_bytes(n_params={n_params:,}, bytes_per_element={nbytes})", (n_params, nbytes), {},
+                    training_state_bytes(n_params, {4: "fp32", 2: "bf16"}[nbytes], optimizer="adam")["total"])
+
+    return run_check("adam_training_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.memory.training_state_bytes",), reference="labkit.memory.training_state_bytes")
+
+
+def _random_config(g: torch.Generator) -> Any:
+    """A small random GPTConfig (no biases): positions, tying, GQA and the MLP kind all vary."""
+    from labkit.model import GPTConfig
+    n_kv_head = _randint(g, 1, 4)
+    n_head = n_kv_head * _randint(g, 1, 3)
+    head_dim = 2 * _randint(g, 2, 8)          # even (rotary needs it), ≥ 4 (where the activation formula is derived)
+    activation = _choice(g, ["gelu", "relu2", "swiglu"])
+    return GPTConfig(vocab_size=_randint(g, 2, 300), block_size=_randint(g, 1, 256), n_layer=_randint(g, 1, 4),
+                     n_head=n_head, n_kv_head=n_kv_head, n_embd=n_head * head_dim,
+                     positions=_choice(g, ["learned", "sinusoidal", "rotary"]), tie_weights=_choice(g, [True, False]),
+                     activation=activation, mlp_hidden=_choice(g, [None, _randint(g, 1, 300)]))
 
 
 @checks_safely("gpt_param_count")
@@ -409,7 +491,11 @@ def check_gpt_param_count(fn: Callable[[Any], int], quiet: bool = False) -> Chec
         Mistake("the LayerNorms are missing: 2 per block (n_embd each) and ln_f",
                 lambda got, c: _int_eq(got, gpt_param_count(c) - (2 * c.n_layer + 1) * c.n_embd)),
     ]
-    return run_check("gpt_param_count", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+    def hidden(g: torch.Generator) -> Case:
+        c = _random_config(g)
+        return Case(f"{c}", (c,), {}, gpt_param_count(c))
+
+    return run_check("gpt_param_count", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.memory.gpt_param_count", "labkit.model.GPT", "labkit.model.build_model"),
                      reference="labkit.memory.gpt_param_count")
 
@@ -433,7 +519,12 @@ def check_mlp_activation_bytes(fn: Callable[[int, int, int, int], int], quiet: b
         Mistake("those are elements: multiply by bytes_per_element",
                 lambda got, B, T, C, a: a > 1 and _per_case_ratio(1 / a, right)(got, B, T, C, a)),
     ]
-    return run_check("mlp_activation_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+    def hidden(g: torch.Generator) -> Case:
+        B, T, C, a = _randint(g, 1, 64), _randint(g, 1, 8192), _randint(g, 1, 8192), _choice(g, [4, 2, 1])
+        return Case(f"mlp_activation_bytes(batch_size={B}, seq_len={T}, n_embd={C}, bytes_per_element={a})",
+                    (B, T, C, a), {}, mlp_activation_bytes(B, T, C, a))
+
+    return run_check("mlp_activation_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.memory.mlp_activation_bytes", "labkit.memory.gpt_activation_bytes",
                              "labkit.memory.SavedTensorMeter"),
                      reference="labkit.memory.mlp_activation_bytes")
@@ -502,5 +593,12 @@ def check_largest_batch_that_fits(fn: Callable[[Any, int, int], int], quiet: boo
         Mistake("only the weights are charged: add the gradients and AdamW's two moments too (16 bytes/param in fp32)",
                 lambda got, c, T, b: weights_only(c, T, b) != right(c, T, b) and _int_eq(got, weights_only(c, T, b))),
     ]
-    return run_check("largest_batch_that_fits", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet,
+    def hidden(g: torch.Generator) -> Case:
+        c = _random_config(g)
+        T = _randint(g, 1, c.block_size)
+        state_and_one = _training_bytes(c, T, 1)
+        budget = _randint(g, state_and_one // 2, state_and_one * 40)
+        return Case(f"{c}, T={T}: budget {budget:,} bytes", (c, T, budget), {}, _largest_batch(c, T, budget))
+
+    return run_check("largest_batch_that_fits", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.memory.largest_batch_that_fits",), reference="labkit.memory.largest_batch_that_fits")

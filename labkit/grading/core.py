@@ -338,19 +338,33 @@ def _fresh(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return copy.deepcopy(args), copy.deepcopy(kwargs)
 
 
+#: Set by the grader (labkit.autograde) in its fresh process: each check then adds examples drawn
+#: from this seed, which nobody saw before, so a table of the public examples' answers can't pass.
+HIDDEN_SEED: int | None = None
+HIDDEN_EXAMPLES = 3
+
+
 def run_check(name: str, fn: Callable, cases: Sequence[Case | tuple], rtol: float = 1e-5, atol: float = 1e-6,
               quiet: bool = False, returns: Returns | str = "any", mistakes: Sequence[Mistake] = (),
               forbid: Sequence[str] = (), reference: str = "",
-              call: Callable[[Callable, tuple, dict], Any] | None = None) -> CheckResult:
+              call: Callable[[Callable, tuple, dict], Any] | None = None,
+              hidden: Callable[[torch.Generator], Case] | None = None) -> CheckResult:
     """Call the learner's `fn` on each example (expected values already computed); stop at the first problem.
 
     Prints one line (unless quiet): passed, not yet solved (NotImplementedError), or the failing
     example with expected vs got, where it first differs, and a hint for a recognised mistake.
     `forbid` names reference implementations that become tripwires while `fn` runs; `call`
-    adapts how `fn` is invoked (default fn(*args, **kwargs)).
+    adapts how `fn` is invoked (default fn(*args, **kwargs)); `hidden(generator)` draws one random
+    example, used HIDDEN_EXAMPLES times when the grader has set HIDDEN_SEED.
     """
     returns = returns if isinstance(returns, Returns) else Returns(returns)
     cases = [c if isinstance(c, Case) else Case(c[0], tuple(c[1]), dict(c[2]), c[3]) for c in cases]
+    if hidden is not None and HIDDEN_SEED is not None:
+        g = torch.Generator().manual_seed(HIDDEN_SEED)
+        for _ in range(HIDDEN_EXAMPLES):
+            case = hidden(g)
+            case.description = f"a hidden example (grader's seed {HIDDEN_SEED}): {case.description}"
+            cases.append(case)
     call = call or (lambda f, args, kwargs: f(*args, **kwargs))
 
     def done(status: str, message: str) -> CheckResult:

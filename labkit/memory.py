@@ -183,11 +183,13 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
       tensors are fp32 (the logsumexp of the flash path is fp32 as well).
 
     Returns {"per_layer", "per_layer_terms", "outside_layers", "outside_terms", "total"}.
-    The terms dicts name each saved tensor; the formula matched the measurement exactly
-    for every configuration tried (about 700 random small configs: MHA/GQA/MQA, bias,
-    positions, tying, dropout, fp64/fp32/bf16/fp16, B and T down to 1). It assumes `targets`
-    is a tensor of its own: pass the same tensor as idx and targets and the meter (rightly)
-    counts that storage once, 8·N bytes less.
+    The terms dicts name each saved tensor; the formula matches the measurement to the byte
+    (tests/test_memory.py checks random small configs: MHA/GQA/MQA, bias, every position kind,
+    GELU/ReLU²/SwiGLU and any mlp_hidden, tying, dropout, fp32/bf16, B and T down to 1, one head).
+    Two cases raise NotImplementedError instead of guessing: rotary positions with dropout, and
+    rotary positions with head_dim 2 (PyTorch then picks its math attention path). It assumes
+    `targets` is a tensor of its own: pass the same tensor as idx and targets and the meter
+    (rightly) counts that storage once, 8·N bytes less.
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")

@@ -186,8 +186,8 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
     The terms dicts name each saved tensor; the formula matches the measurement to the byte
     (tests/test_memory.py checks random small configs: MHA/GQA/MQA, bias, every position kind,
     GELU/ReLU²/SwiGLU and any mlp_hidden, tying, dropout, fp32/bf16, B and T down to 1, one head).
-    Two cases raise NotImplementedError instead of guessing: rotary positions with dropout, and
-    rotary positions with head_dim 2 (PyTorch then picks its math attention path). It assumes
+    One case raises NotImplementedError instead of guessing: rotary positions with head_dim 2 and no
+    dropout (PyTorch then picks its math attention path for an odd memory layout). It assumes
     `targets` is a tensor of its own: pass the same tensor as idx and targets and the meter
     (rightly) counts that storage once, 8·N bytes less.
     """
@@ -203,15 +203,12 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
     N = B * T                # tokens in the batch
     dropout = config.dropout > 0
     rotary = config.positions == "rotary"
-    if rotary and dropout:
-        raise NotImplementedError("gpt_activation_bytes: rotary positions with dropout > 0 are not derived; "
-                                  "measure them with SavedTensorMeter")
-    if rotary and hd == 2:
+    if rotary and hd == 2 and not dropout:
         # RoPE on one channel pair per head concatenates two (B, H, T, 1) halves into a tensor whose last
         # dimension is not contiguous, and PyTorch then takes its math attention path instead of the fused one
         raise NotImplementedError("gpt_activation_bytes: rotary positions with head_dim=2 run PyTorch's math "
                                   "attention path, which is not derived; measure it with SavedTensorMeter "
-                                  "(head_dim >= 4 is derived)")
+                                  "(head_dim >= 4, or any head_dim with dropout > 0, is derived)")
     ln_stats = 2 * N * a     # LayerNorm saves mean and 1/std per token (in the activation dtype on CPU)
 
     L: dict[str, int] = {}   # one transformer block

@@ -154,8 +154,6 @@ def test_activation_formula_matches_measurement(name, fields, batch, seq, dtype)
        st.sampled_from([0.0, 0.1]), st.sampled_from([torch.float32, torch.bfloat16]))
 def test_activation_formula_on_random_small_configs(config, batch, seq, dropout, dtype):
     """Exact (to the byte) on random configs: every position kind and MLP, MHA/GQA/MQA, T = 1, one head."""
-    if config.positions == "rotary":
-        dropout = 0.0   # rotary + dropout is not derived (the function says so)
     config.dropout = dropout
     seq = min(seq, config.block_size)
     measured = measure_saved(config, batch, seq, dtype)
@@ -171,7 +169,7 @@ def test_activation_formula_exact_for_rotary_with_one_head_or_one_token(n_head, 
     assert gpt_activation_bytes(cfg, 3, seq_len)["total"] == measure_saved(cfg, 3, seq_len)
 
 
-def test_activation_formula_refuses_rotary_head_dim_2():
+def test_activation_formula_refuses_rotary_head_dim_2_without_dropout():
     with pytest.raises(NotImplementedError, match="head_dim=2"):
         gpt_activation_bytes(GPTConfig(positions="rotary", n_embd=8, n_head=4), 1, 4)
 
@@ -350,9 +348,13 @@ def test_activation_formula_exact_for_rotary_relu2_untied(n_kv_head, batch_size,
     assert measured == gpt_activation_bytes(cfg, batch_size, seq_len)["total"]
 
 
-def test_activation_formula_refuses_rotary_with_dropout():
-    with pytest.raises(NotImplementedError, match="rotary"):
-        gpt_activation_bytes(GPTConfig(positions="rotary", dropout=0.1), 2, 8)
+@pytest.mark.parametrize("n_kv_head, batch_size, seq_len, n_embd", [(4, 2, 8, 32), (2, 1, 8, 32), (4, 3, 1, 32),
+                                                                    (4, 2, 8, 8)])
+def test_activation_formula_exact_for_rotary_with_dropout(n_kv_head, batch_size, seq_len, n_embd):
+    """Rotary + dropout runs the math attention path (head_dim 2 included): once refused, now derived and exact."""
+    cfg = GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=n_embd,
+                    positions="rotary", dropout=0.1, activation="swiglu")
+    assert gpt_activation_bytes(cfg, batch_size, seq_len)["total"] == measure_saved(cfg, batch_size, seq_len)
 
 
 def test_saved_tensor_meter_does_not_keep_activations_alive_without_backward():

@@ -192,6 +192,8 @@ def thread_benchmark(thread_counts: tuple[int, ...] = (1, 2), repeats: int = 7, 
     "one competing process" starts a CPU-bound Python loop (one core busy) for the duration of that
     condition and stops it afterwards. Thread counts are interleaved within every repeat, so a burst of
     outside load hits each of them alike; the first round of each condition is a warm-up and not kept.
+    All counts run in this one process: after a 2-thread step, the idle pool thread may spin briefly,
+    which can only slow the next 1-thread timing, so the printed advantage of 1 thread is not flattered.
     Returns {condition: {task: {threads: summary}}} plus the 2-vs-1 ratios of the medians.
     """
     for name, value in (("repeats", repeats), ("train_steps", train_steps), ("gen_tokens", gen_tokens)):

@@ -41,7 +41,8 @@ LAB_RSS_BUDGET_MB = 1536
 # The thread count start() sets, chosen by measurement (`python -m labkit.lab threads` prints it): on the
 # course's 2-core machine, whenever anything else used a core, 2 threads were several times slower than 1
 # for both a training step and a generation step of the baby GPT; on a quiet machine the two were about
-# equally fast. One thread loses little when the machine is idle and a lot less when it is not.
+# equally fast when the course was tried (issue 7). One thread costs little on an idle machine and avoids
+# the collapse on a busy one.
 DEFAULT_THREADS = 1
 THREADS_ENV = "LABKIT_THREADS"
 THREADS_REASON = ("2 threads collapse when another process shares the cores; "

@@ -66,43 +66,231 @@ def grade(check_name: str, fn: Callable, timeout_s: float = TIMEOUT_S) -> None:
         raise AssertionError(verdict["message"])
 
 
-def _verdict(request: dict[str, Any]) -> dict[str, str]:
-    """Unpickle the learner's function and run the named check on it, in this (fresh) process."""
-    import contextlib
+class LearnerProcess:
+    """The learner's function in a forked process that never holds an expected value, the seed or the nonce.
+
+    Forked before the request is read, it receives the pickled function, then one call at a time
+    (the call adapter, inputs, the references to switch off), and answers with what came back,
+    encoded so this side decodes it with torch.load(weights_only=True): the learner's bytes can't
+    run code here. Frame-walking from the learner's function finds no `case.expected` to copy.
+    """
+
+    def __init__(self, timeout_s: float = 60.0):
+        self.timeout_s = timeout_s
+        to_child, self._to_child = os.pipe()
+        self._from_child, from_child = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:                       # the learner's side
+            os.close(self._to_child)
+            os.close(self._from_child)
+            self._serve(to_child, from_child)   # never returns
+        os.close(to_child)
+        os.close(from_child)
+
+    # -- the learner's side ---------------------------------------------------------------------
+    @staticmethod
+    def _serve(inbox: int, outbox: int) -> None:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):                    # no stdin (the request), no way onto the verdict channel
+            os.dup2(null, fd)
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+        try:
+            import cloudpickle
+
+            from labkit.grading.core import run_learner
+            try:
+                fn = cloudpickle.loads(_read(inbox))
+                _write(outbox, _encode("loaded", None))
+            except BaseException as e:
+                _write(outbox, _encode("load_failed", f"{type(e).__name__}: {e}"))
+                os._exit(0)
+            while True:
+                message = _read(inbox)
+                if message is None:
+                    os._exit(0)
+                call, args, kwargs, forbid = cloudpickle.loads(message)
+                _write(outbox, _encode(*run_learner(call, fn, args, kwargs, forbid)))
+        finally:
+            os._exit(0)
+
+    # -- the grader's side ----------------------------------------------------------------------
+    def load(self, payload: bytes) -> str | None:
+        """Send the pickled function; None when it loaded, else why not."""
+        _write(self._to_child, payload)
+        kind, text = self._answer()
+        return None if kind == "loaded" else str(text)
+
+    def run(self, call: Callable, fn: Any, args: tuple, kwargs: dict, forbid: Any) -> tuple[str, Any]:
+        """core.LEARNER_RUNNER: one call of the learner's function, over there."""
+        import cloudpickle
+        _write(self._to_child, cloudpickle.dumps((call, args, kwargs, tuple(forbid))))
+        return self._answer()
+
+    def _answer(self) -> tuple[str, Any]:
+        import select
+        ready, _, _ = select.select([self._from_child], [], [], self.timeout_s)
+        if not ready:
+            self.close()
+            return "raised", f"TimeoutError: no answer within {self.timeout_s:.0f} s (an endless loop?)"
+        data = _read(self._from_child)
+        if data is None:
+            return "raised", "the process running your function ended before it returned"
+        try:
+            return _decode(data)
+        except Exception as e:
+            return "raised", f"its answer could not be read ({type(e).__name__})"
+
+    def close(self) -> None:
+        """Stop the learner's process (idempotent)."""
+        if self.pid:
+            for fd in (self._to_child, self._from_child):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            try:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+            except OSError:
+                pass
+            self.pid = 0
+
+
+MAX_MESSAGE_BYTES = 256 * 2**20
+
+
+def _write(fd: int, data: bytes) -> None:
+    data = len(data).to_bytes(8, "little") + data
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _read(fd: int) -> bytes | None:
+    """One length-prefixed message, or None at end of file."""
+    def exactly(n: int) -> bytes | None:
+        chunks, left = [], n
+        while left:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    head = exactly(8)
+    if head is None:
+        return None
+    size = int.from_bytes(head, "little")
+    if size > MAX_MESSAGE_BYTES:
+        return None
+    return exactly(size)
+
+
+def _encode(kind: str, value: Any) -> bytes:
+    """An outcome as torch.save bytes of plain values and tensors (what weights_only loading accepts)."""
     import io
 
-    import cloudpickle
+    import numpy as np
+    import torch
+    if kind != "returned":
+        message = {"kind": kind, "text": None if value is None else str(value)}
+    elif value is None or type(value) in (bool, int, float, str):
+        message = {"kind": kind, "value": value}
+    elif isinstance(value, torch.Tensor):
+        message = {"kind": kind, "tensor": value.detach().cpu().clone().as_subclass(torch.Tensor)}
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        message = {"kind": kind, "numpy": torch.from_numpy(np.ascontiguousarray(value))}
+    elif isinstance(value, np.generic) and not isinstance(value, np.object_):
+        message = {"kind": kind, "npscalar": value.dtype.str, "value": value.item()}
+    else:
+        message = {"kind": kind, "other": type(value).__name__, "text": _safe_repr(value)}
+    buffer = io.BytesIO()
+    torch.save(message, buffer)
+    return buffer.getvalue()
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)[:200]
+    except Exception:
+        return "?"
+
+
+def _decode(data: bytes) -> tuple[str, Any]:
+    import io
+
+    import numpy as np
+    import torch
+    message = torch.load(io.BytesIO(data), weights_only=True)
+    kind = message["kind"]
+    if kind != "returned":
+        return kind, message.get("text")
+    if "tensor" in message:
+        return kind, message["tensor"]
+    if "numpy" in message:
+        return kind, message["numpy"].numpy()
+    if "npscalar" in message:
+        return kind, np.dtype(message["npscalar"]).type(message["value"])
+    if "other" in message:
+        stand_in = type(str(message["other"]), (), {"__repr__": lambda self, text=str(message["text"]): text})
+        return kind, stand_in()
+    return kind, message["value"]
+
+
+class _OverThere:
+    """Stands for the learner's function in the grader's process (the real one lives in LearnerProcess)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the learner's function runs in its own process")
+
+
+def _verdict(request: dict[str, Any], worker: "LearnerProcess | None") -> dict[str, str]:
+    """Run the named check on the learner's function, here (expected values) and in `worker` (the calls)."""
+    import contextlib
+    import io
 
     from labkit import grading
     from labkit.grading import core
 
-    core.HIDDEN_SEED = request.get("seed")   # each check adds examples nobody has seen
     name = request["check"]
     check = getattr(grading, f"check_{name}", None)
     if check is None:
         known = sorted(k.removeprefix("check_") for k in vars(grading) if k.startswith("check_"))
         return {"status": "failed", "message": f"check_name={name!r} is not a check; allowed: {known}"}
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            fn = cloudpickle.loads(request["fn"])
-    except Exception as e:
+    if worker is not None:
+        problem = worker.load(request["fn"])
+        fn: Any = _OverThere()
+        core.LEARNER_RUNNER = worker.run
+    else:                                           # no fork (not POSIX): load and call it here
+        import cloudpickle
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                fn, problem = cloudpickle.loads(request["fn"]), None
+        except Exception as e:
+            problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
         return {"status": "failed", "message": f"❌ {name}: your function could not be loaded by the grader "
-                                               f"({type(e).__name__}: {e})"}
+                                               f"({problem})"}
+    core.HIDDEN_SEED = request.get("seed")   # each check adds examples nobody has seen
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        result = check(fn, quiet=True)         # the learner's prints don't reach the verdict channel
+        result = check(fn, quiet=True)
     return {"status": result.status, "message": result.message}
 
 
 def main() -> None:
     """`python -m labkit.autograde`: read a pickled request on stdin, write '<nonce> <json verdict>' on stdout."""
+    import labkit.grading  # noqa: F401  (imported before the fork, so the learner's process starts warm)
+    worker = LearnerProcess() if hasattr(os, "fork") else None   # forked before the request is read
     out = sys.stdout
     request = pickle.loads(sys.stdin.buffer.read())     # written by grade() in the parent, never by the learner
     nonce = request.pop("nonce")
     try:
-        verdict = _verdict(request)
+        verdict = _verdict(request, worker)
     except BaseException as e:   # whatever happens, the parent gets a verdict, not silence
         verdict = {"status": "failed", "message": f"❌ {request.get('check')}: grading stopped with "
                                                       f"{type(e).__name__}: {e}"}
+    finally:
+        if worker is not None:
+            worker.close()
     out.write(f"{nonce} {json.dumps(verdict)}\n")
     out.flush()
 

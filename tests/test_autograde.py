@@ -112,3 +112,32 @@ def test_a_table_of_the_public_answers_passes_the_self_check_but_not_the_grader(
     assert grading.check_tensor_bytes(lookup, quiet=True)
     with pytest.raises(AssertionError, match=r"a hidden example \(grader's seed \d+\)"):
         grade("tensor_bytes", lookup)
+
+
+FRAME_WALKER = '''
+def tensor_bytes(shape, dtype):
+    import sys
+    frame = sys._getframe(1)
+    while frame is not None:              # climb to the check's frame and copy its expected value
+        if "case" in frame.f_locals:
+            return frame.f_locals["case"].expected
+        frame = frame.f_back
+    return 0
+'''
+
+
+def test_copying_the_expected_value_from_the_checks_frame_fails_in_the_grader():
+    # in the notebook's own process the self-check can be fooled this way; the grader calls the function in a
+    # process forked before any expected value exists
+    walker = notebook_function(FRAME_WALKER, "tensor_bytes")
+    assert grading.check_tensor_bytes(walker, quiet=True)
+    with pytest.raises(AssertionError, match="expected 48, got 0"):
+        grade("tensor_bytes", walker)
+
+
+def test_answers_come_back_as_what_they_were():
+    # a numpy array (not a tensor) and an arbitrary object are reported as such, from the other process
+    fn = notebook_function("def ng(counts, k):\n    s = counts.double() + k\n    return (s / s.sum(-1, keepdim=True))"
+                           ".numpy()\n", "ng")
+    with pytest.raises(AssertionError, match="returned a numpy array of shape"):
+        grade("ngram_probabilities", fn)

@@ -338,6 +338,35 @@ def _fresh(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return copy.deepcopy(args), copy.deepcopy(kwargs)
 
 
+def run_learner(call: Callable, fn: Callable, args: tuple, kwargs: dict,
+                forbid: Sequence[str]) -> tuple[str, Any]:
+    """Call the learner's function once with the references switched off.
+
+    Returns ("returned", value), ("todo", None) for NotImplementedError, ("called", reference name)
+    when a tripwire went off (even if the learner's code caught it), or ("raised", "Type: message").
+    """
+    called: list[str] = []
+    try:
+        with tripwires(forbid, fn) as called:
+            got = call(fn, args, kwargs)
+    except NotImplementedError:
+        return "todo", None
+    except ReferenceCalled as e:
+        return "called", str(e)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:
+        if not called:
+            return "raised", f"{type(e).__name__}: {e}"
+    if called:
+        return "called", called[0]
+    return "returned", got
+
+
+#: How run_check calls the learner's function: run_learner here; the grader (labkit.autograde) sets
+#: a runner that calls it in a separate process holding no expected value.
+LEARNER_RUNNER: Callable[..., tuple[str, Any]] | None = None
+
 #: Set by the grader (labkit.autograde) in its fresh process: each check then adds examples drawn
 #: from this seed, which nobody saw before, so a table of the public examples' answers can't pass.
 HIDDEN_SEED: int | None = None
@@ -377,23 +406,14 @@ def run_check(name: str, fn: Callable, cases: Sequence[Case | tuple], rtol: floa
         return done(FAIL, f"❌ {name}: expected a function, got {kind_of(fn)}")
     for case in cases:
         args, kwargs = _fresh(case.args, case.kwargs)
-        called: list[str] = []
-        try:
-            with tripwires(forbid, fn) as called:
-                got = call(fn, args, kwargs)
-        except NotImplementedError:
+        outcome, got = (LEARNER_RUNNER or run_learner)(call, fn, args, kwargs, forbid)
+        if outcome == "todo":
             return done(TODO, f"⏳ {name}: not yet solved — write the function above, then run this cell again.")
-        except ReferenceCalled as e:
-            called = [str(e)]
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as e:  # the learner's code crashed: say where, not a traceback wall
-            if not called:
-                return done(FAIL, f"❌ {name}: on {case.description}, your function raised "
-                                  f"{type(e).__name__}: {e}")
-        if called:
-            return done(FAIL, f"❌ {name}: your function calls `{called[0]}`, the reference implementation — "
+        if outcome == "called":
+            return done(FAIL, f"❌ {name}: your function calls `{got}`, the reference implementation — "
                               "write it yourself (the check switches the reference off while it runs yours).")
+        if outcome == "raised":   # the learner's code crashed: say where, not a traceback wall
+            return done(FAIL, f"❌ {name}: on {case.description}, your function raised {got}")
         try:
             problem = compare(got, case, returns, rtol, atol)
         except Exception as e:     # e.g. an object whose == raises: about the answer, not a labkit bug

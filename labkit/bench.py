@@ -75,7 +75,8 @@ def run_nanogpt(nanogpt_dir: Path, iters: int, threads: int | None = None) -> di
         proc = subprocess.run([sys.executable, "train.py", *args], cwd=nanogpt_dir, capture_output=True, text=True,
                               env=env)
     if proc.returncode:
-        raise RuntimeError(f"nanoGPT's train.py failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"nanoGPT's train.py failed (exit status {proc.returncode}); its last lines:\n"
+                           f"{data_mod.last_lines(proc.stderr, 20)}")
     times = {int(i): float(ms) for i, ms in re.findall(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", proc.stdout)}
     vals = re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", proc.stdout)
     # leave out the first and last logged iterations: their times include an evaluation

@@ -163,3 +163,48 @@ def test_zoo_cli_unknown_name_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     proc = run_main_in_process(zoo.main, ["build", "no-such-model"], capsys, monkeypatch, tmp_path / "cache")
     assert_one_line_error(proc, "'no-such-model'", "baby-gpt")
     assert not (tmp_path / "cache").exists()
+
+
+def _fake_nanogpt(root: Path, script: str) -> Path:
+    """A folder shaped like a nanoGPT checkout whose train.py is `script`."""
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "train_shakespeare_char.py").write_text("")
+    (root / "train.py").write_text(script)
+    return root
+
+
+def test_bench_quotes_a_failed_nanogpt_run_as_whole_lines(tmp_path, monkeypatch):
+    words = " ".join(f"word{i}" for i in range(40))
+    script = ("import sys\n"
+              f"for i in range(60):\n    print(f'line {{i}}: {words}', file=sys.stderr)\n"
+              "sys.exit(3)\n")
+    nanogpt = _fake_nanogpt(tmp_path / "nanoGPT", script)
+    monkeypatch.setattr(bench, "write_nanogpt_dataset", lambda d: d)  # no corpus needed
+    with pytest.raises(RuntimeError) as err:
+        bench.run_nanogpt(nanogpt, iters=5)
+    lines = str(err.value).splitlines()
+    assert "exit status 3" in lines[0]
+    assert lines[1:] == [f"line {i}: {words}" for i in range(40, 60)]  # the last lines, none cut mid-word
+
+
+def test_bench_with_nanogpt_compares_runs_of_this_machine_at_the_same_threads(tmp_path, monkeypatch, capsys):
+    script = ("import os\n"
+              "ms = 10.0 * int(os.environ['OMP_NUM_THREADS'])  # 'slower' with more threads: shows what it got\n"
+              "for i in range(0, 5):\n    print(f'iter {i}: loss 2.5000, time {ms}ms, mfu 0.00%')\n"
+              "print('step 5: train loss 2.4000, val loss 2.4500')\n")
+    nanogpt = _fake_nanogpt(tmp_path / "nanoGPT", script)
+    monkeypatch.setattr(bench, "write_nanogpt_dataset", lambda d: d)
+
+    def fake_train(cfg, **kwargs):
+        return None, {"model": "gpt", "iters": cfg.max_iters, "val_loss": 2.5, "tokens_per_s": 38400.0,
+                      "ms_per_iter": 20.0, "threads": cfg.threads, "history": []}
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    monkeypatch.setattr(bench.torch, "set_num_threads", lambda n: None)  # leave this test process's threads alone
+    out = bench.main(["train", "--iters", "5", "--threads", "2", "--nanogpt", str(nanogpt)])
+    ref = out["nanogpt_side_by_side"]
+    assert ref["ms_per_iter"] == 20.0  # nanoGPT ran with labkit's 2 threads
+    assert ref["val_loss"] == 2.45 and ref["tokens_per_s"] == pytest.approx(12 * 64 / 0.020)
+    assert out["speedup_vs_nanogpt"] == pytest.approx(38400.0 / ref["tokens_per_s"], abs=1e-3)
+    assert out["val_loss_minus_nanogpt"] == pytest.approx(0.05)
+    assert "labkit is 1.00x the throughput" in capsys.readouterr().out

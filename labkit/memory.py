@@ -176,18 +176,18 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
     Two attention paths, chosen by PyTorch's scaled_dot_product_attention on CPU:
     - dropout == 0: the fused "flash" kernel. It saves q, k, v (views of the single qkv
       matmul output), its output and a logsumexp per (batch, head, query): no T×T matrix.
-    - dropout > 0: the "math" path. It materializes the T×T attention probabilities and saves
-      them, plus the dropout mask and the dropped probabilities (3 · B·H·T·T elements), and
-      copies of q·scale, k·scale and (usually) v. Every nn.Dropout also saves its mask (same dtype).
+    - dropout > 0 (or RoPE with head_dim 2, see below): the "math" path. It materializes the T×T
+      attention probabilities and saves them, plus (with dropout) the dropout mask and the dropped
+      probabilities (3 · B·H·T·T elements), and copies of q·scale, k·scale and (usually) v. Every
+      nn.Dropout also saves its mask (same dtype).
       For fp16/bf16 models the CPU math path computes attention in fp32, so those six
       tensors are fp32 (the logsumexp of the flash path is fp32 as well).
 
     Returns {"per_layer", "per_layer_terms", "outside_layers", "outside_terms", "total"}.
     The terms dicts name each saved tensor; the formula matches the measurement to the byte
     (tests/test_memory.py checks random small configs: MHA/GQA/MQA, bias, every position kind,
-    GELU/ReLU²/SwiGLU and any mlp_hidden, tying, dropout, fp32/bf16, B and T down to 1, one head).
-    One case raises NotImplementedError instead of guessing: rotary positions with head_dim 2 and no
-    dropout (PyTorch then picks its math attention path for an odd memory layout). It assumes
+    GELU/ReLU²/SwiGLU and any mlp_hidden, tying, dropout, fp32/bf16, B and T down to 1, one head,
+    head_dim 2). It assumes
     `targets` is a tensor of its own: pass the same tensor as idx and targets and the meter
     (rightly) counts that storage once, 8·N bytes less.
     """
@@ -203,19 +203,17 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
     N = B * T                # tokens in the batch
     dropout = config.dropout > 0
     rotary = config.positions == "rotary"
-    if rotary and hd == 2 and not dropout:
-        # RoPE on one channel pair per head concatenates two (B, H, T, 1) halves into a tensor whose last
-        # dimension is not contiguous, and PyTorch then takes its math attention path instead of the fused one
-        raise NotImplementedError("gpt_activation_bytes: rotary positions with head_dim=2 run PyTorch's math "
-                                  "attention path, which is not derived; measure it with SavedTensorMeter "
-                                  "(head_dim >= 4, or any head_dim with dropout > 0, is derived)")
+    # PyTorch takes the "math" attention path when dropout is on, and also for RoPE with head_dim 2 (more
+    # than one head and one token): the rotated q and k are then concatenated from two (B, H, T, 1) halves
+    # into a tensor whose last dimension is not contiguous, which the fused kernel refuses
+    math_path = dropout or (rotary and hd == 2 and H > 1 and T > 1)
     ln_stats = 2 * N * a     # LayerNorm saves mean and 1/std per token (in the activation dtype on CPU)
 
     L: dict[str, int] = {}   # one transformer block
     L["ln_1 input (residual stream)"] = N * C * a
     L["ln_1 mean, rstd"] = ln_stats
     L["attn.qkv input (ln_1 output)"] = N * C * a
-    if not dropout:
+    if not math_path:
         if not rotary:
             # q, k and v are three views of ONE matmul output: its whole storage stays alive
             L["q, k, v (the qkv matmul output)"] = N * (H + 2 * KV) * hd * a
@@ -253,9 +251,13 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
             L["v (a view: keeps the qkv matmul output alive)"] = N * (H + 2 * KV) * hd * a
         else:
             L["v copy (math attention)"] = B * H * T * hd * acc
-        L["attention probs, dropout mask, dropped probs"] = 3 * B * H * T * T * acc
+        if dropout:
+            L["attention probs, dropout mask, dropped probs"] = 3 * B * H * T * T * acc
+        else:
+            L["attention probs"] = B * H * T * T * acc
         L["attn.proj input (transposed copy of attention output)"] = N * C * a
-        L["dropout masks after attn and after mlp"] = 2 * N * C * a
+        if dropout:
+            L["dropout masks after attn and after mlp"] = 2 * N * C * a
     L["ln_2 input (residual stream)"] = N * C * a
     L["ln_2 mean, rstd"] = ln_stats
     F = config.mlp_hidden

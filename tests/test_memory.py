@@ -53,8 +53,8 @@ def gpt_configs(draw, positions=("learned", "sinusoidal"), activations=("gelu",)
     n_kv_head = draw(st.integers(1, 3))
     n_head = n_kv_head * draw(st.integers(1, 3))
     pos = draw(st.sampled_from(positions))
-    # rotary needs an even head_dim; head_dim 2 takes PyTorch's math attention path (not derived)
-    head_dim = 2 * draw(st.integers(2, 3)) if pos == "rotary" else draw(st.integers(1, 4))
+    # rotary needs an even head_dim (head_dim 2 with RoPE takes PyTorch's math attention path)
+    head_dim = 2 * draw(st.integers(1, 3)) if pos == "rotary" else draw(st.integers(1, 4))
     return GPTConfig(
         vocab_size=draw(st.integers(1, 40)), block_size=draw(st.integers(1, 12)),
         n_layer=draw(st.integers(1, 3)), n_head=n_head, n_kv_head=n_kv_head,
@@ -169,9 +169,13 @@ def test_activation_formula_exact_for_rotary_with_one_head_or_one_token(n_head, 
     assert gpt_activation_bytes(cfg, 3, seq_len)["total"] == measure_saved(cfg, 3, seq_len)
 
 
-def test_activation_formula_refuses_rotary_head_dim_2_without_dropout():
-    with pytest.raises(NotImplementedError, match="head_dim=2"):
-        gpt_activation_bytes(GPTConfig(positions="rotary", n_embd=8, n_head=4), 1, 4)
+@pytest.mark.parametrize("n_head, batch_size, seq_len", [(4, 2, 6), (4, 1, 1), (1, 2, 6), (2, 3, 2)])
+def test_activation_formula_exact_for_rotary_head_dim_2(n_head, batch_size, seq_len):
+    """RoPE on one channel pair per head makes a non-contiguous q: PyTorch's math attention path (H, T > 1)."""
+    cfg = GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=n_head, n_embd=2 * n_head, positions="rotary")
+    terms = gpt_activation_bytes(cfg, batch_size, seq_len)["per_layer_terms"]
+    assert ("attention probs" in terms) == (n_head > 1 and seq_len > 1)
+    assert gpt_activation_bytes(cfg, batch_size, seq_len)["total"] == measure_saved(cfg, batch_size, seq_len)
 
 
 def test_swiglu_activation_terms():

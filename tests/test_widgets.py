@@ -80,10 +80,13 @@ def test_panel_reports_invalid_shape_instead_of_crashing():
     assert "n_embd" in panel.output.outputs[0]["text"]
 
 
-def test_panel_reports_an_underived_shape_instead_of_crashing():
+def test_panel_reports_an_odd_rotary_head_dim_instead_of_crashing():
     panel = widgets.memory_calculator_panel("LLaMA-2-7B")
-    panel.controls["n_embd"].value = 64   # 32 heads: head_dim 2 with rotary positions, whose bytes are not derived
-    assert "error" in panel.state and "head_dim=2" in panel.output.outputs[0]["text"]
+    panel.controls["n_embd"].value = 128
+    panel.controls["n_head"].value = 128           # head_dim 1: RoPE rotates pairs of channels
+    assert "error" in panel.state and "head_dim" in panel.output.outputs[0]["text"]
+    panel.controls["n_head"].value = 64            # head_dim 2: allowed, and its bytes are derived
+    assert "error" not in panel.state and panel.state["bytes"]["activations"] > 0
 
 
 def test_preset_dropdown_loads_all_fields_with_one_redraw():

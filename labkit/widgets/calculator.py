@@ -250,7 +250,7 @@ def memory_calculator_panel(preset: str = "baby (this course)", budget_gib: floa
         controls["activation_formula"].disabled = inference   # no activations are kept when serving
         try:
             panel.state = memory_calculator_state(**args)
-        except (ValueError, NotImplementedError) as e:  # e.g. width not divisible by heads: say so, don't draw
+        except ValueError as e:  # e.g. width not divisible by heads: say so instead of drawing
             panel.state = {"error": str(e)}
             render_into(output, None, f"⚠️ {e}", panel=panel)
             return

@@ -14,6 +14,12 @@ the public examples' answers can't pass), and reads the verdict back. So `gradin
 or rebinding a torch or labkit function, in the notebook changes nothing. On a pass `grade`
 returns; otherwise it raises AssertionError carrying the check's whole message (which example,
 expected vs got, the hint), which is what nbgrader shows as feedback.
+
+What it guards against: rebinding checks, torch or labkit functions in the notebook; calling (or
+handing in) the reference implementation; a table of the public examples' answers; copying the
+expected value from the check's frames; printing a forged verdict. What it does not: code that runs
+in the notebook's kernel *before* the graded cell can still replace what `grade` itself relies on
+(subprocess, cloudpickle, the import system) — only grading outside the student's kernel closes that.
 """
 from __future__ import annotations
 

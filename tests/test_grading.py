@@ -510,3 +510,12 @@ def test_a_table_of_the_public_answers_fails_the_hidden_examples(monkeypatch):
     monkeypatch.setattr(core, "HIDDEN_SEED", 1234)   # ... but not the grader's hidden ones
     result = grading.check_kv_cache_bytes(lookup, quiet=True)
     assert result.status == grading.FAIL and "a hidden example (grader's seed 1234)" in result.message
+
+
+def test_upgrade_command_rewrites_a_notebook_in_place(tmp_path, capsys):
+    path = tmp_path / "lab.ipynb"
+    nbformat.write(solved_notebook(hidden="### BEGIN HIDDEN TESTS\nassert grading.check_tensor_bytes(tensor_bytes, "
+                                          "quiet=True)\n### END HIDDEN TESTS"), path)
+    assert grading.main(["upgrade-graded-cells", str(path)]) == 0
+    assert "1 graded cell(s) upgraded" in capsys.readouterr().out
+    assert 'grade("tensor_bytes", tensor_bytes)' in nbformat.read(path, as_version=4).cells[2].source

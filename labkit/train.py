@@ -438,6 +438,12 @@ def main(argv: list[str] | None = None) -> dict:
             model_args[key] = json.loads(value)
         except json.JSONDecodeError:
             model_args[key] = value
+    if overrides.get("threads") is None:  # the labs' thread choice (2 threads collapse on shared cores)
+        from labkit.lab import choose_threads
+        try:
+            overrides["threads"] = choose_threads()[0]
+        except ValueError as e:  # a bad LABKIT_THREADS
+            p.error(str(e))
     try:  # every check that needs no data runs before the corpus is loaded
         cfg = make_config(args.model, args.preset, **overrides, model_args=model_args, progress=not args.no_progress)
     except ValueError as e:

@@ -94,6 +94,14 @@ def main(argv=None):
     unknown = [n for n in names if n not in ZOO]
     if unknown:
         p.error(f"argument names: {', '.join(map(repr, unknown))} not in the zoo; allowed: {sorted(ZOO)}")
+    if args.command == "build":  # train with the labs' thread choice (2 threads collapse on shared cores)
+        import torch
+
+        from labkit.lab import choose_threads
+        try:
+            torch.set_num_threads(choose_threads()[0])
+        except ValueError as e:  # a bad LABKIT_THREADS
+            p.error(str(e))
     for name in names:
         if args.command == "build":
             rec = build(name)

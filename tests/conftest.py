@@ -35,3 +35,12 @@ def synthetic_root(tmp_path_factory):
 def corpus(synthetic_root) -> data_mod.Corpus:
     """The default synthetic corpus, loaded (memory-mapped read-only)."""
     return data_mod.load_corpus("synthetic", synthetic_root)
+
+
+@pytest.fixture(autouse=True)
+def _no_flush_denormal_leak():
+    """train() and the thread benchmark flush denormals process-wide; reset after each test so float
+    property tests see IEEE behaviour whatever ran before them on this worker."""
+    import torch
+    yield
+    torch.set_flush_denormal(False)

@@ -519,3 +519,11 @@ def test_upgrade_command_rewrites_a_notebook_in_place(tmp_path, capsys):
     assert grading.main(["upgrade-graded-cells", str(path)]) == 0
     assert "1 graded cell(s) upgraded" in capsys.readouterr().out
     assert 'grade("tensor_bytes", tensor_bytes)' in nbformat.read(path, as_version=4).cells[2].source
+
+
+def test_use_or_fallback_survives_a_replaced_check(capsys):
+    # regression: after `grading.check_x = lambda fn, quiet=False: True` in a notebook, use_or_fallback raised
+    # AttributeError: 'bool' object has no attribute 'returns' (found running lab 00 with that trick)
+    fn = grading.use_or_fallback(math.exp, lambda fn, quiet=False: True, math.exp)
+    assert fn(0.0) == 1.0
+    assert grading.use_or_fallback(math.exp, lambda fn, quiet=False: False, math.log) is math.log

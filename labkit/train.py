@@ -329,8 +329,10 @@ def load_checkpoint(path: Path | str, model: LanguageModel | None = None) -> Lan
         model = build_model(kind, **config)
     else:
         mine = model_config_dict(model)
-        if mine != {"kind": kind, **config}:
-            diff = {k: (mine.get(k), v) for k, v in {"kind": kind, **config}.items() if mine.get(k) != v}
+        # the saved fields through the config class, so a checkpoint from before a field existed gets its default
+        saved = model_config_dict(build_model(kind, **config))
+        if mine != saved:
+            diff = {k: (mine.get(k), v) for k, v in saved.items() if mine.get(k) != v}
             raise ValueError(f"checkpoint={str(path)!r} was saved from a different model config; "
                              f"differences (this model, checkpoint): {diff}")
     model.load_state_dict(state)

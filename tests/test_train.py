@@ -330,6 +330,18 @@ def test_checkpoint_into_a_different_config_lists_the_differences(tmp_path, smal
         load_checkpoint(tmp_path / "m.pt", build_model("lstm", vocab_size=13, block_size=16))
 
 
+def test_checkpoint_saved_before_a_config_field_existed_loads_into_a_model(tmp_path, small_gpt):
+    """A checkpoint written before GPTConfig gained mlp_hidden (the zoo's baby-gpt.pt) loads into a model."""
+    save_checkpoint(small_gpt, tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    del ckpt["model_config"]["mlp_hidden"]                   # as an older labkit wrote it
+    torch.save(ckpt, tmp_path / "old.pt")
+    other = build_model("gpt", vocab_size=13, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=16).eval()
+    assert load_checkpoint(tmp_path / "old.pt", other) is other
+    x = torch.randint(13, (2, 16))
+    assert torch.equal(other(x)[0], small_gpt(x)[0])
+
+
 def test_checkpoint_is_readable_by_others_under_umask_022(tmp_path, small_gpt):
     old = os.umask(0o022)
     try:

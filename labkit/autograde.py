@@ -37,7 +37,7 @@ TIMEOUT_S = 300
 
 
 def grade(check_name: str, fn: Callable, timeout_s: float = TIMEOUT_S) -> None:
-    """Run `labkit.grading.check_<check_name>` on `fn` in a fresh process; AssertionError with its message unless it passes."""
+    """Run `labkit.grading.check_<check_name>` on `fn` in a fresh process; AssertionError(its message) unless it passes."""
     import cloudpickle
 
     if not isinstance(check_name, str) or not check_name.isidentifier():

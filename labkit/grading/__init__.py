@@ -30,6 +30,17 @@ from labkit.grading.core import (FAIL, PASS, TODO, Case, CheckResult, Mistake, R
 from labkit.grading.release import (HIDDEN_RE, SOLUTION_RE, ReleaseError, release, release_notebook,
                                     strip_solutions, student_copy, upgrade_graded_cells, upgrade_notebook)
 
+__all__ = [
+    "check_adam_training_bytes", "check_bits_per_char", "check_causal_attention", "check_cross_entropy",
+    "check_gpt_param_count", "check_kv_cache_bytes", "check_largest_batch_that_fits", "check_mlp_activation_bytes",
+    "check_ngram_probabilities", "check_params_that_fit", "check_perplexity", "check_split_heads",
+    "check_tensor_bytes", "split_heads_reference",
+    "FAIL", "PASS", "TODO", "Case", "CheckResult", "Mistake", "ReferenceCalled", "Returns", "run_check", "tripwires",
+    "use_or_fallback",
+    "HIDDEN_RE", "SOLUTION_RE", "ReleaseError", "release", "release_notebook", "strip_solutions", "student_copy",
+    "upgrade_graded_cells", "upgrade_notebook", "main",
+]
+
 
 def main(argv=None) -> int:
     """The instructor command line (see labkit.grading.__main__)."""

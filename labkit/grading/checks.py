@@ -17,9 +17,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from labkit.model import split_heads as model_split_heads
-
 from labkit.grading.core import Case, CheckResult, Mistake, Returns, as_number, checks_safely, run_check, same_as
+from labkit.model import split_heads as model_split_heads
 
 
 def _int_eq(got: Any, value: int) -> bool:
@@ -53,6 +52,7 @@ def _choice(g: torch.Generator, options: Sequence[Any]) -> Any:
 def _uniform(g: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=g))
 
+
 # =============================================================================================
 # lab 00 (start here)
 
@@ -70,7 +70,8 @@ def check_tensor_bytes(fn: Callable[[tuple, torch.dtype], int], quiet: bool = Fa
         Mistake("that is the number of elements; multiply by the bytes per element "
                 "(torch.empty((), dtype=dtype).element_size())", lambda got, shape, dtype: _int_eq(got, math.prod(shape))
                 and dtype.itemsize != 1),
-        Mistake("that is bits: a byte is 8 bits", lambda got, shape, dtype: _int_eq(got, 8 * math.prod(shape) * dtype.itemsize)),
+        Mistake("that is bits: a byte is 8 bits",
+                lambda got, shape, dtype: _int_eq(got, 8 * math.prod(shape) * dtype.itemsize)),
         Mistake("a 0-dim tensor (shape ()) holds ONE element: math.prod(()) is 1", lambda got, shape, dtype: shape == ()),
         Mistake("a shape with a 0 in it holds no elements: 0 bytes", lambda got, shape, dtype: 0 in shape),
         Mistake("that is the size of one element; multiply by the number of elements",
@@ -159,7 +160,7 @@ def _ngram_wrong_dim(counts: torch.Tensor, k: float) -> torch.Tensor:
 
 @checks_safely("ngram_probabilities")
 def check_ngram_probabilities(fn: Callable[[torch.Tensor, float], torch.Tensor], quiet: bool = False) -> CheckResult:
-    """Exercise: add-k smoothed next-token probabilities (a float tensor shaped like counts), normalised over the last dim."""
+    """Exercise: add-k smoothed P(next | context), a float tensor shaped like counts, normalised over the last dim."""
     from labkit.ngram import ngram_probabilities  # the reference: P(next | context) = (c + k) / Σ_next (c + k)
     g = torch.Generator().manual_seed(0)
     examples = [
@@ -225,14 +226,14 @@ def check_cross_entropy(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                 "before exp, and add it back after the log (the log-sum-exp trick)",
                 lambda got, logits, targets: isinstance(got, torch.Tensor) and not bool(torch.isfinite(got).all())),
         Mistake("that is in bits (log base 2); cross-entropy here is in nats: use the natural log (torch.log)",
-                lambda got, logits, targets: same_as(lambda l, t: F.cross_entropy(l, t) / math.log(2))(got, logits, targets)),
+                same_as(lambda x, t: F.cross_entropy(x, t) / math.log(2))),
         Mistake("that is the SUM over the examples; take the mean",
-                same_as(lambda l, t: F.cross_entropy(l, t) * len(t))),
+                same_as(lambda x, t: F.cross_entropy(x, t) * len(t))),
         Mistake("the sign is flipped: the loss is −log p(target), a positive number",
-                same_as(lambda l, t: -F.cross_entropy(l, t))),
+                same_as(lambda x, t: -F.cross_entropy(x, t))),
         Mistake("you subtracted the max but did not add it back: log Σ exp(x) = m + log Σ exp(x − m)",
-                same_as(lambda l, t: (torch.log(torch.exp(l - l.max(-1, keepdim=True).values).sum(-1))
-                                      - l.gather(1, t[:, None]).squeeze(1)).mean())),
+                same_as(lambda x, t: (torch.log(torch.exp(x - x.max(-1, keepdim=True).values).sum(-1))
+                                      - x.gather(1, t[:, None]).squeeze(1)).mean())),
     ]
     returns = Returns("tensor", dtypes=(torch.float32,),
                       why="the lab calls .item() on it and compares it with torch's float32 loss; don't call "
@@ -243,7 +244,8 @@ def check_cross_entropy(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         logits, targets = torch.randn(N, V, generator=g) * scale, torch.randint(V, (N,), generator=g)
         return Case(f"random logits ({N}, {V}) × {scale}", (logits, targets), {}, F.cross_entropy(logits, targets))
 
-    return run_check("cross_entropy", fn, cases, rtol=1e-4, atol=1e-4, returns=returns, mistakes=mistakes, hidden=hidden,
+    return run_check("cross_entropy", fn, cases, rtol=1e-4, atol=1e-4, returns=returns, mistakes=mistakes,
+                     hidden=hidden,
                      quiet=quiet, forbid=CROSS_ENTROPY_REFERENCES, reference="labkit.losses.cross_entropy")
 
 
@@ -274,7 +276,8 @@ def check_causal_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tenso
         expected = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]
         cases.append(Case(f"q, k, v of shape ({T}, {d})", (q, k, v), {}, expected))
     mistakes = [
-        Mistake("the scores are not scaled: divide q kᵀ by √d (d = q.shape[-1])", same_as(lambda q, k, v: _attention(q, k, v, 1.0))),
+        Mistake("the scores are not scaled: divide q kᵀ by √d (d = q.shape[-1])",
+                same_as(lambda q, k, v: _attention(q, k, v, 1.0))),
         Mistake("you divided by d; the scale is 1/√d", same_as(lambda q, k, v: _attention(q, k, v, 1 / q.shape[-1]))),
         Mistake("no mask: token i must not see tokens after it — set scores[i, j] = -inf where j > i",
                 same_as(lambda q, k, v: _attention(q, k, v, mask="none"))),
@@ -487,7 +490,8 @@ def check_gpt_param_count(fn: Callable[[Any], int], quiet: bool = False) -> Chec
                                        * (3 if c.activation == "swiglu" else 2))) and c.mlp_hidden != 4 * c.n_embd
                 or c.activation == "swiglu" and _int_eq(got, gpt_param_count(c) + c.n_layer * (
                     8 * c.n_embd ** 2 - 3 * c.n_embd * c.mlp_hidden))),
-        Mistake("the final LayerNorm ln_f (n_embd weights) is missing", lambda got, c: _int_eq(got, gpt_param_count(c) - c.n_embd)),
+        Mistake("the final LayerNorm ln_f (n_embd weights) is missing",
+                lambda got, c: _int_eq(got, gpt_param_count(c) - c.n_embd)),
         Mistake("the LayerNorms are missing: 2 per block (n_embd each) and ln_f",
                 lambda got, c: _int_eq(got, gpt_param_count(c) - (2 * c.n_layer + 1) * c.n_embd)),
     ]
@@ -589,7 +593,8 @@ def check_largest_batch_that_fits(fn: Callable[[Any, int, int], int], quiet: boo
                 lambda got, c, T, b: _int_eq(got, right(c, T, b) - 1)),
         Mistake("the training state is missing: weights, grads and AdamW's two moments (16 bytes/param in fp32) "
                 "take their share of the budget before any activation",
-                lambda got, c, T, b: activations_only(c, T, b) != right(c, T, b) and _int_eq(got, activations_only(c, T, b))),
+                lambda got, c, T, b: activations_only(c, T, b) != right(c, T, b)
+                and _int_eq(got, activations_only(c, T, b))),
         Mistake("only the weights are charged: add the gradients and AdamW's two moments too (16 bytes/param in fp32)",
                 lambda got, c, T, b: weights_only(c, T, b) != right(c, T, b) and _int_eq(got, weights_only(c, T, b))),
     ]

@@ -141,3 +141,23 @@ def test_answers_come_back_as_what_they_were():
                            ".numpy()\n", "ng")
     with pytest.raises(AssertionError, match="returned a numpy array of shape"):
         grade("ngram_probabilities", fn)
+
+
+def test_graded_cell_in_a_real_kernel(tmp_path):
+    # the issue-8 trick, end to end: a wrong answer plus `grading.check_tensor_bytes = lambda ...: True` in the
+    # answer cell; the upgraded graded cell still fails, and its error carries the check's message
+    import nbformat
+    from nbclient import NotebookClient
+    graded = nbformat.v4.new_code_cell("### BEGIN HIDDEN TESTS\nassert grading.check_tensor_bytes(tensor_bytes, "
+                                       "quiet=True)\n### END HIDDEN TESTS")
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import math, torch\nfrom labkit import grading"),
+        nbformat.v4.new_code_cell(WRONG + "grading.check_tensor_bytes = lambda fn, quiet=False: True\n"),
+        graded,
+    ])
+    assert grading.upgrade_graded_cells(nb) == 1
+    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert len(errors) == 1 and errors[0]["ename"] == "AssertionError"
+    assert "expected 48, got 12" in errors[0]["evalue"] and "hint:" in errors[0]["evalue"]

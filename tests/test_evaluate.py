@@ -44,9 +44,9 @@ def test_fixed_logits_model_scores_its_hand_computed_loss():
     row = torch.tensor([2.0, 0.0, -1.0, 0.5, 1.0])
     ev = evaluate.evaluation_set(TEXT, window=8, lead=1)
     res = evaluate.score(FixedLogits(row), ev)
-    log_p = torch.log_softmax(row, dim=0)
-    by_hand = -log_p[TEXT[1:1 + ev.n_scored]].double().mean().item()
-    assert res.loss == pytest.approx(by_hand, abs=1e-7)
+    log_p = torch.log_softmax(row, dim=0)                  # the model's one distribution, by hand
+    per_char = (-log_p[TEXT[1:1 + ev.n_scored]]).double()  # every scored character: characters 1 .. n_scored
+    assert torch.equal(res.token_losses, per_char) and res.loss == per_char.mean().item()   # exactly
     counts = torch.bincount(TEXT[1:1 + ev.n_scored], minlength=V).double()   # the same, from character counts
     assert res.loss == pytest.approx(-(counts * log_p.double()).sum().item() / ev.n_scored, abs=1e-7)
     assert res.token_losses.dtype == torch.float64 and res.token_losses.shape == (ev.n_scored,)

@@ -527,3 +527,19 @@ def test_use_or_fallback_survives_a_replaced_check(capsys):
     fn = grading.use_or_fallback(math.exp, lambda fn, quiet=False: True, math.exp)
     assert fn(0.0) == 1.0
     assert grading.use_or_fallback(math.exp, lambda fn, quiet=False: False, math.log) is math.log
+
+
+def test_a_written_answer_cell_is_replaced_as_nbgrader_does(tmp_path):
+    # a manually graded written question: the whole markdown cell is the instructor's answer
+    src = tmp_path / "src"
+    src.mkdir()
+    nb = solved_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell("Activations grow with B·T; weights don't.", metadata={
+        "nbgrader": {"solution": True, "grade": True, "locked": False, "points": 1, "grade_id": "written"}}))
+    nb.cells.append(nbformat.v4.new_code_cell("answer = 42", metadata={"nbgrader": {"solution": True}}))
+    nbformat.write(nb, src / "a.ipynb")
+    assert grading.release(src, tmp_path / "dst") == {"a.ipynb": 3}
+    student = nbformat.read(tmp_path / "dst" / "a.ipynb", as_version=4)
+    assert "42" not in student.cells[-1].source and "raise NotImplementedError()" in student.cells[-1].source
+    assert student.cells[-2].source == "YOUR ANSWER HERE"
+    assert student.cells[-2].metadata.get("editable", True) is True and student.cells[-2].metadata["deletable"] is False

@@ -63,9 +63,23 @@ def check_markers(source: str, where: str) -> None:
                            f"`### END {open_marker[0]}`: the student copy would keep the answer")
 
 
+WRITTEN_ANSWER_STUB = "YOUR ANSWER HERE"
+
+
+def _whole_cell_solution(cell) -> bool:
+    """An nbgrader solution cell with no BEGIN/END SOLUTION block: the whole cell is the answer (as in nbgrader).
+
+    A student copy's stubs ("YOUR ANSWER HERE", "# YOUR CODE HERE") are not answers.
+    """
+    source = cell.source.strip()
+    return (bool(cell.metadata.get("nbgrader", {}).get("solution")) and not SOLUTION_RE.search(cell.source)
+            and source != WRITTEN_ANSWER_STUB and "# YOUR CODE HERE" not in source)
+
+
 def count_solutions(nb) -> int:
-    """Solution blocks in a notebook (code and markdown cells)."""
-    return sum(len(SOLUTION_RE.findall(cell.source)) for cell in nb.cells if cell.cell_type in ("code", "markdown"))
+    """Solutions in a notebook: BEGIN/END SOLUTION blocks, plus solution cells that are an answer as a whole."""
+    return sum(len(SOLUTION_RE.findall(cell.source)) + _whole_cell_solution(cell)
+               for cell in nb.cells if cell.cell_type in ("code", "markdown"))
 
 
 def student_copy(nb, name: str = "notebook"):
@@ -75,6 +89,8 @@ def student_copy(nb, name: str = "notebook"):
     nb.metadata.pop("widgets", None)                       # saved widget state shows rendered answers
     for cell in nb.cells:
         cell.metadata.pop("execution", None)               # per-cell timestamps
+        if cell.cell_type in ("code", "markdown") and _whole_cell_solution(cell):   # e.g. a written answer
+            cell.source = STUDENT_STUB.format(indent="") if cell.cell_type == "code" else WRITTEN_ANSWER_STUB
         if cell.cell_type == "code":
             cell.source = strip_solutions(cell.source)
             cell.outputs = []

@@ -213,7 +213,7 @@ def score(model: LanguageModel | NGramModel | SparseNGramModel, eval_set: EvalSe
     elif isinstance(model, LanguageModel):
         losses = neural_token_losses(model, eval_set, batch_windows, progress)
     else:
-        raise ValueError(f"model must be a labkit LanguageModel (GPT, LSTMLM, ConvLM), an NGramModel or a "
+        raise TypeError(f"model must be a labkit LanguageModel (GPT, LSTMLM, ConvLM), an NGramModel or a "
                          f"SparseNGramModel, got {type(model).__name__}")
     return EvalResult(eval_set=eval_set.name, loss=losses.mean().item(), token_losses=losses,
                       window=eval_set.window, seconds=time.perf_counter() - t0)

@@ -17,8 +17,8 @@ of this by hand and checks its derivation against this module; lab 04 compares s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -119,13 +119,13 @@ class NGramModel:
     k: float
 
     @classmethod
-    def from_counts(cls, counts: Tensor, k: float, dtype: torch.dtype = torch.float32) -> "NGramModel":
+    def from_counts(cls, counts: Tensor, k: float, dtype: torch.dtype = torch.float32) -> NGramModel:
         """Smooth `counts` (V,)*n with add-k and store the table in `dtype` (float32: as a model would be stored)."""
         return cls(ngram_probabilities(counts, k).to(dtype), _check_k(k))
 
     @classmethod
     def fit(cls, tokens: np.ndarray | Tensor, n: int, vocab_size: int, k: float,
-            dtype: torch.dtype = torch.float32) -> "NGramModel":
+            dtype: torch.dtype = torch.float32) -> NGramModel:
         """Count the n-grams of `tokens` (a training split) and smooth them with add-k."""
         return cls.from_counts(ngram_counts(tokens, n, vocab_size), k, dtype)
 
@@ -201,7 +201,7 @@ class SparseNGramModel:
     context_total: np.ndarray
 
     @classmethod
-    def fit(cls, tokens: np.ndarray | Tensor | Sequence[int], n: int, vocab_size: int, k: float) -> "SparseNGramModel":
+    def fit(cls, tokens: np.ndarray | Tensor | Sequence[int], n: int, vocab_size: int, k: float) -> SparseNGramModel:
         """Count the n-grams of `tokens` without a dense table (sort + unique), so any order fits in memory."""
         n, k = _check_n(n), _check_k(k)
         if vocab_size ** n > 2**63:
@@ -214,7 +214,7 @@ class SparseNGramModel:
                    contexts.numpy().astype(index_dtype(vocab_size ** (n - 1))), totals.numpy().astype(np.int32))
 
     @classmethod
-    def from_counts(cls, counts: Tensor, k: float) -> "SparseNGramModel":
+    def from_counts(cls, counts: Tensor, k: float) -> SparseNGramModel:
         """The sparse form of a dense (V,)*n count table (e.g. from `ngram_counts`)."""
         counts = torch.as_tensor(counts)
         V, n = counts.size(-1), counts.dim()

@@ -139,8 +139,8 @@ def test_compressor_bits_per_char():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(window=0), "window"), (dict(every=0), "every"), (dict(lead=-1), "lead"),
-    (dict(n_chars=10_000), "n_chars"), (dict(window=500), "at least"),
+    ({"window": 0}, "window"), ({"every": 0}, "every"), ({"lead": -1}, "lead"),
+    ({"n_chars": 10_000}, "n_chars"), ({"window": 500}, "at least"),
 ])
 def test_bad_evaluation_sets(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -149,7 +149,7 @@ def test_bad_evaluation_sets(kwargs, match):
 
 def test_bad_models_and_contexts():
     ev = evaluate.evaluation_set(TEXT, window=10, lead=1)
-    with pytest.raises(ValueError, match="model must be"):
+    with pytest.raises(TypeError, match="model must be"):
         evaluate.score(object(), ev)
     with pytest.raises(ValueError, match="lead=1"):
         evaluate.score(NGramModel.fit(TEXT, 3, V, k=0.1), ev)

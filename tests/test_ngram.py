@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from labkit import ngram
-from labkit.ngram import NGramModel, ngram_counts, ngram_ids, ngram_probabilities, ngram_table_bytes
+from labkit.ngram import (
+    NGramModel,
+    ngram_counts,
+    ngram_ids,
+    ngram_probabilities,
+    ngram_table_bytes,
+)
 
 TOKENS = [0, 1, 1, 2, 0, 1]  # V = 3: bigrams 01 11 12 20 01; trigrams 011 112 120 201
 

@@ -25,6 +25,7 @@ WRONG = "def tensor_bytes(shape, dtype):\n    return math.prod(shape)\n"
 
 def test_right_function_passes():
     assert grade("tensor_bytes", notebook_function(RIGHT, "tensor_bytes")) is None
+    assert grade("check_tensor_bytes", notebook_function(RIGHT, "tensor_bytes")) is None   # either spelling
 
 
 def test_wrong_function_raises_with_the_checks_message():

@@ -216,8 +216,10 @@ def build_for_corpus(cfg: TrainConfig, corpus: data_mod.Corpus) -> LanguageModel
 
 
 def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod.Corpus | None = None,
-          log=print) -> tuple[LanguageModel, dict]:
-    """Train `model` (built from cfg if None) on the corpus; returns the model and a result dict."""
+          log=print, desc: str | None = None) -> tuple[LanguageModel, dict]:
+    """Train `model` (built from cfg if None) on the corpus; returns the model and a result dict.
+
+    `desc` labels the progress bar (default "train <model kind>")."""
     check_train_config(cfg)  # again: a config may have been edited after it was made
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -239,7 +241,7 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
     model.train()
 
     from tqdm.auto import tqdm
-    bar = tqdm(range(cfg.max_iters), desc=f"train {cfg.model}", disable=not cfg.progress, mininterval=1.0)
+    bar = tqdm(range(cfg.max_iters), desc=desc or f"train {cfg.model}", disable=not cfg.progress, mininterval=1.0)
     t_start = time.perf_counter()
     train_time = 0.0
     loss = torch.tensor(float("nan"))

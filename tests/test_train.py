@@ -221,6 +221,14 @@ def test_train_tiny_learns(kind, corpus):
     assert model.training
 
 
+def test_train_progress_bar_takes_a_label(corpus, capsys):
+    cfg = make_config("gpt", "tiny", max_iters=3, eval_interval=3, progress=True)
+    train(cfg, corpus=corpus, log=quiet, desc="train GPT d16×2 (seed 7)")
+    assert "train GPT d16×2 (seed 7)" in capsys.readouterr().err
+    train(cfg, corpus=corpus, log=quiet)
+    assert "train gpt" in capsys.readouterr().err                 # the default label
+
+
 def test_train_same_seed_is_reproducible(corpus):
     cfg = make_config("gpt", "tiny", max_iters=15, progress=False)
     m1, r1 = train(cfg, corpus=corpus, log=quiet)

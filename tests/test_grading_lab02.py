@@ -20,6 +20,7 @@ def test_split_heads_plain_reshape_fails_with_the_example():
     assert not result and result.status == grading.FAIL
     assert "into 2 heads" in result.message and "expected" in result.message
     assert "reshaped straight to (B, n_head, T, hd)" in result.message and "transpose(1, 2)" in result.message
+    assert "batch 0, head 0, position 1, channel 0: expected" in result.message      # where, in the lab's words
 
 
 def test_split_heads_wrong_axis_order_fails_on_shape():

@@ -363,7 +363,8 @@ def check_split_heads(fn: Callable[[torch.Tensor, int], torch.Tensor], quiet: bo
                 "view as (B, T, n_head, hd), then transpose",
                 shaped(lambda x, n: x.view(x.shape[0], x.shape[1], x.shape[2] // n, n).permute(0, 3, 1, 2))),
     ]
-    returns = Returns("tensor", why="it feeds scaled_dot_product_attention, one head per slice")
+    returns = Returns("tensor", why="it feeds scaled_dot_product_attention, one head per slice",
+                      axes=("batch", "head", "position", "channel"))
 
     def hidden(g: torch.Generator) -> Case:
         B, T, n_head, hd = _randint(g, 1, 3), _randint(g, 1, 6), _randint(g, 1, 6), _randint(g, 1, 5)

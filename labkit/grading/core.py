@@ -97,9 +97,11 @@ def show_number(x: Any) -> str:
     return repr(x)
 
 
-def where(index: Sequence[int], ndim: int) -> str:
-    """'row 3, column 1' for a matrix, 'index 4' for a vector, 'index (0, 2, 1)' beyond."""
+def where(index: Sequence[int], ndim: int, axes: Sequence[str] | None = None) -> str:
+    """'row 3, column 1' for a matrix, 'index 4' for a vector, 'index (0, 2, 1)' beyond; or 'head 1, position 2'."""
     index = [int(i) for i in index]
+    if axes and len(axes) == ndim:
+        return ", ".join(f"{axis} {i}" for axis, i in zip(axes, index))
     if ndim == 1:
         return f"index {index[0]}"
     if ndim == 2:
@@ -122,6 +124,8 @@ def _kind_of(x: Any) -> str:
         return f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
     if isinstance(x, np.ndarray):
         return f"a numpy array of shape {x.shape} and dtype {x.dtype}"
+    if isinstance(x, numbers.Number) and not isinstance(x, bool):
+        return f"{type(x).__name__} {show_number(x)}"
     return f"{type(x).__name__} {x!r}"[:120]
 
 
@@ -167,6 +171,7 @@ class Returns:
     kind: str = "any"
     dtypes: Any = None
     why: str = ""
+    axes: tuple[str, ...] | None = None     # names of a tensor's dimensions, for "where it differs"
 
 
 def compare(got: Any, case: Case, returns: Returns, rtol: float, atol: float) -> str | None:
@@ -221,7 +226,7 @@ def compare_tensor(got: Any, case: Case, returns: Returns, rtol: float, atol: fl
     if got.dim() == 0:
         return f"expected {show_number(e.item())}, got {show_number(g.item())}"
     first = bad[0].tolist()
-    at = where(first, got.dim())
+    at = where(first, got.dim(), returns.axes)
     return (f"{at}: expected {show_number(e[tuple(first)].item())}, got {show_number(g[tuple(first)].item())} "
             f"({n_bad:,} of {got.numel():,} values differ)")
 

@@ -45,6 +45,13 @@ def _valid_record(name: str) -> dict | None:
         return None
 
 
+def is_built(name: str) -> bool:
+    """Whether `name` is in the cache with a checkpoint that matches its record (so load() will not train)."""
+    if name not in ZOO:
+        raise ValueError(f"zoo model {name!r} is unknown; allowed: {sorted(ZOO)}")
+    return _valid_record(name) is not None
+
+
 def build(name: str, progress: bool = True) -> dict:
     """Train `name` if it is not cached (or its checksum fails); returns its record (val_loss, sha256, ...)."""
     if name not in ZOO:

@@ -47,7 +47,9 @@ def _refuse_training(*args, **kwargs):
 
 
 def test_build_trains_once_then_reuses(tiny_zoo, data_dir, monkeypatch):
+    assert not zoo.is_built("tiny-gpt")
     record = zoo.build("tiny-gpt", progress=False)
+    assert zoo.is_built("tiny-gpt")
     assert len(tiny_zoo) == 1 and tiny_zoo[0].max_iters == 20 and tiny_zoo[0].corpus == "synthetic"
     ckpt, rec_path = data_dir / "zoo" / "tiny-gpt.pt", data_dir / "zoo" / "tiny-gpt.json"
     assert zoo._paths("tiny-gpt") == (ckpt, rec_path)
@@ -67,7 +69,7 @@ def test_corrupted_checkpoint_is_detected_and_retrained(tiny_zoo, data_dir):
     for i in (100, len(raw) // 2, len(raw) - 10):
         raw[i] ^= 0xFF
     ckpt.write_bytes(bytes(raw))
-    assert zoo._valid_record("tiny-gpt") is None
+    assert zoo._valid_record("tiny-gpt") is None and not zoo.is_built("tiny-gpt")
     second = zoo.build("tiny-gpt", progress=False)
     assert len(tiny_zoo) == 2
     assert second["sha256"] == zoo.data_mod.sha256_file(ckpt)
@@ -100,6 +102,8 @@ def test_unknown_name_raises(tiny_zoo, data_dir):
         zoo.build("baby-gpt")
     with pytest.raises(ValueError, match="nope"):
         zoo.load("nope")
+    with pytest.raises(ValueError, match="nope"):
+        zoo.is_built("nope")
     assert tiny_zoo == [] and not (data_dir / "zoo").exists()
 
 

@@ -481,7 +481,8 @@ def test_course_config_is_what_nbgrader_runs_with(flow, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     expected_cache = str(cache_dir().resolve())
     config = PyFileConfigLoader("nbgrader_config.py", path=str(flow["root"])).load_config()
-    assert Execute(config=config).timeout == flow["init"]["timeout_s"] >= course.TIMEOUT_FLOOR_S
+    written = int(re.search(r"^c\.Execute\.timeout = (\d+)$", (flow["root"] / "nbgrader_config.py").read_text(), re.M)[1])
+    assert Execute(config=config).timeout == written >= course.TIMEOUT_FLOOR_S > 30
     assert os.environ["LABKIT_DATA_DIR"] == expected_cache      # kernels started by nbgrader inherit these
     assert os.environ["OMP_NUM_THREADS"] == "1"
     assert config.CourseDirectory.root == str(flow["root"])

@@ -301,7 +301,7 @@ os.environ.setdefault("LABKIT_DATA_DIR", {data_dir!r})
 
 # Per-cell timeout. nbgrader's default (30 s) interrupts lab 01's training cells; then every later cell
 # fails with NameError/KeyError. Sized from measured cell times: the slowest cell of each lab, times
-# {factor} for a loaded machine, at least {floor} s ({how}):
+# {factor} for a loaded machine, at least {floor} s:
 {timing_lines}
 c.Execute.timeout = {timeout}
 
@@ -380,19 +380,17 @@ def config_text(timings: dict[str, dict | None], data_dir: Path) -> str:
 
     `timings` maps each lab to None (not measured) or {"slowest_s", "cell", "first_line", "how"}.
     """
-    lines, timeouts, hows = [], [], set()
+    lines, timeouts = [], []
     for lab, timing in timings.items():
         timeout = cell_timeout_s(timing["slowest_s"] if timing else None)
         timeouts.append(timeout)
         if timing:
-            hows.add(timing["how"])
             lines.append(f"#   {lab}: cell {timing['cell']} ({timing['first_line']!r}) took "
-                         f"{timing['slowest_s']:.1f} s -> {timeout} s")
+                         f"{timing['slowest_s']:.1f} s -> {timeout} s\n#       ({timing['how']})")
         else:
             lines.append(f"#   {lab}: not measured yet -> {timeout} s (run: python -m labkit.course measure COURSE_DIR)")
-    how = "; ".join(sorted(hows)) if hows else "no lab measured yet"
     return CONFIG_TEMPLATE.format(course_id=COURSE_ID, data_dir=str(data_dir), factor=TIMEOUT_LOAD_FACTOR,
-                                  floor=TIMEOUT_FLOOR_S, how=how, timing_lines="\n".join(lines),
+                                  floor=TIMEOUT_FLOOR_S, timing_lines="\n".join(lines),
                                   timeout=max(timeouts), root_hint="COURSE_DIR")
 
 

@@ -170,6 +170,26 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inbox"]      # a failed init leaves nothing behind
 
 
+def test_collect_places_both_hand_in_layouts_and_refuses_odd_student_ids(tmp_path):
+    root = tmp_path / "course"
+    (root / "source" / "00_start_here").mkdir(parents=True)
+    (root / "nbgrader_config.py").write_text("c = get_config()\n")
+    inbox = tmp_path / "inbox"
+    (inbox / "bob").mkdir(parents=True)
+    (inbox / "ada.ipynb").write_text("{}")
+    (inbox / "bob" / "00_start_here.ipynb").write_text('{"bob": 1}')
+    (inbox / "notes.txt").write_text("ignored")
+    placed = course.collect(root, "00_start_here", inbox)
+    assert sorted(placed) == ["ada", "bob"]
+    assert (root / "submitted" / "bob" / "00_start_here" / "00_start_here.ipynb").read_text() == '{"bob": 1}'
+    assert (root / "submitted" / "ada" / "00_start_here" / "00_start_here.ipynb").read_text() == "{}"
+    (inbox / "a b.ipynb").write_text("{}")
+    with pytest.raises(course.CourseError, match="student id 'a b'"):
+        course.collect(root, "00_start_here", inbox)
+    with pytest.raises(course.CourseError, match="lab='03_where_memory_goes' is not in this course"):
+        course.collect(root, "03_where_memory_goes", inbox)
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole flow (one course, every scenario, graded once)
 
@@ -433,6 +453,18 @@ def test_function_delegating_to_the_reference_earns_no_points(flow):
         pytest.skip("needs labkit.autograde's tripwires (grading.upgrade_graded_cells) to catch a call to the reference")
     assert flow["cells"][lab]["cheater"][_grade_id(root, lab, fn)] == 0
     assert "reference" in _feedback_text(root, "cheater", lab)
+
+
+@needs_nbgrader
+@pytest.mark.parametrize("lab", FLOW_LABS)
+def test_student_copies_are_locked_and_carry_no_answers(flow, lab):
+    nb = nbformat.read(flow["root"] / "release" / lab / f"{lab}.ipynb", as_version=4)
+    assert "widgets" not in nb.metadata                                   # no widget state with rendered answers
+    assert not any("execution" in c.metadata or c.get("outputs") for c in nb.cells)
+    text = "\n".join(c.source for c in nb.cells)
+    assert "### BEGIN SOLUTION" not in text and "### BEGIN HIDDEN TESTS" not in text
+    graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert graded and all(c.metadata.get("editable") is False and c.metadata.get("deletable") is False for c in graded)
 
 
 @needs_nbgrader

@@ -123,6 +123,7 @@ def test_check_when_validating_acts_only_under_nbgrader_validate(monkeypatch):
 
     def right(shape, dtype):
         import math
+
         import torch
         return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
@@ -201,7 +202,7 @@ def _solution_cells(nb) -> dict[str, nbformat.NotebookNode]:
 
 def _cell_defining(nb, fn: str):
     for cell in nb.cells:
-        if cell.cell_type == "code" and re.search(rf"^def {fn}\(", cell.source, re.M):
+        if cell.cell_type == "code" and re.search(rf"^def {fn}\(", cell.source, re.MULTILINE):
             return cell
     raise LookupError(f"no cell defines {fn}()")
 
@@ -232,7 +233,8 @@ def _with_body(cell_source: str, body: str) -> str:
 def _wrong_function(lab: str, source_nb):
     fn, body = WRONG[lab]
     namespace: dict = {}
-    exec("import math, torch\n" + _with_body(_cell_defining(source_nb, fn).source, body), namespace)
+    exec("import math, torch\n"  # noqa: S102 (the test's own wrong answer, as a learner would write it)
+          + _with_body(_cell_defining(source_nb, fn).source, body), namespace)
     return namespace[fn]
 
 
@@ -487,7 +489,7 @@ def test_nbgrader_validate_fails_a_wrong_notebook_and_passes_a_solved_one(flow, 
     def validate(student: str) -> str:
         path = root / "submitted" / student / lab / f"{lab}.ipynb"
         done = subprocess.run([sys.executable, "-m", "nbgrader", "validate", str(path)],
-                              capture_output=True, text=True, env=env, cwd=tmp_path)
+                              capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
         return done.stdout + done.stderr
 
     assert "Success! Your notebook passes all the tests." in validate("solved")
@@ -521,7 +523,7 @@ def test_course_config_is_what_nbgrader_runs_with(flow, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     expected_cache = str(cache_dir().resolve())
     config = PyFileConfigLoader("nbgrader_config.py", path=str(flow["root"])).load_config()
-    written = int(re.search(r"^c\.Execute\.timeout = (\d+)$", (flow["root"] / "nbgrader_config.py").read_text(), re.M)[1])
+    written = int(re.search(r"^c\.Execute\.timeout = (\d+)$", (flow["root"] / "nbgrader_config.py").read_text(), re.MULTILINE)[1])
     assert Execute(config=config).timeout == written >= course.TIMEOUT_FLOOR_S > 30
     assert os.environ["LABKIT_DATA_DIR"] == expected_cache      # kernels started by nbgrader inherit these
     assert os.environ["OMP_NUM_THREADS"] == "1"

@@ -6,6 +6,8 @@ test_zoo request it for every test through `pytestmark`).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from labkit import data as data_mod
@@ -44,3 +46,19 @@ def _no_flush_denormal_leak():
     import torch
     yield
     torch.set_flush_denormal(False)
+
+
+def _leave_mark(path: str):
+    """What unpickling an `Evil` runs: proof that arbitrary code executed."""
+    Path(path).write_text("pwned")
+    return "unpickled"
+
+
+class Evil:
+    """A pickle payload that runs `_leave_mark(marker)` when unpickled (weights_only loading must refuse it)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_leave_mark, (self.marker,))

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import stat
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +15,8 @@ from labkit import train as train_mod
 from labkit.model import build_model
 from labkit.train import (PRESETS, SETTING_RULES, TrainConfig, json_line, load_checkpoint, lr_at, main, make_config,
                           make_optimizer, save_checkpoint, train)
+
+from conftest import Evil  # a pickle that runs code when unpickled
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -398,20 +399,6 @@ def test_checkpoint_without_model_kind_is_reported_as_corrupt(tmp_path, small_gp
 def test_missing_checkpoint_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_checkpoint(tmp_path / "nope.pt")
-
-
-def _leave_mark(path: str):
-    """What unpickling an `Evil` runs: proof that arbitrary code executed."""
-    Path(path).write_text("pwned")
-    return "unpickled"
-
-
-class Evil:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (_leave_mark, (self.marker,))
 
 
 def test_checkpoint_loader_uses_weights_only(tmp_path, small_gpt):

@@ -5,7 +5,6 @@ import errno
 import json
 import os
 import stat
-from pathlib import Path
 
 import filelock
 import pytest
@@ -13,6 +12,8 @@ import torch
 
 from labkit import zoo
 from labkit.model import GPT
+
+from conftest import Evil  # a pickle that runs code when unpickled
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -208,19 +209,6 @@ def test_an_unreadable_zoo_checkpoint_is_a_clear_error(tiny_zoo, data_dir, monke
     with pytest.raises(zoo.data_mod.CacheNotAccessible, match="cannot read") as err:
         zoo.load("tiny-gpt", progress=False)
     assert str(ckpt) in str(err.value) and "chmod -R a+rX" in str(err.value)
-
-
-def _leave_mark(path: str):
-    Path(path).write_text("pwned")
-    return "unpickled"
-
-
-class Evil:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (_leave_mark, (self.marker,))
 
 
 def test_a_zoo_checkpoint_weights_only_refuses_says_delete_it_and_it_is_retrained(tiny_zoo, data_dir):

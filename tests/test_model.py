@@ -25,10 +25,10 @@ GPT_VARIANTS = {
 }
 GPT_VARIANTS["learned-tied-gqa-bias"] = dict(GPT_BASE, n_kv_head=2, bias=True)
 # position kinds / activations added to labkit.model later get the same invariants checked
-for _pos in set(model_mod.POSITION_KINDS) - {"learned", "sinusoidal"}:
+for _pos in sorted(set(model_mod.POSITION_KINDS) - {"learned", "sinusoidal"}):  # sorted: xdist workers must collect the same order
     GPT_VARIANTS[f"{_pos}-tied-mha"] = dict(GPT_BASE, positions=_pos)
     GPT_VARIANTS[f"{_pos}-untied-gqa"] = dict(GPT_BASE, positions=_pos, tie_weights=False, n_kv_head=2)
-for _act in set(getattr(model_mod, "ACTIVATIONS", ())) - {"gelu"}:
+for _act in sorted(set(getattr(model_mod, "ACTIVATIONS", ())) - {"gelu"}):
     GPT_VARIANTS[f"learned-tied-mqa-{_act}"] = dict(GPT_BASE, n_kv_head=1, activation=_act)
 OTHER_MODELS = {
     "lstm": ("lstm", dict(vocab_size=V, block_size=BLOCK, n_embd=16, n_hidden=24, n_layer=2)),

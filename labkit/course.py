@@ -489,7 +489,9 @@ def init(course_dir: Path | str, labs: list[str] | None = None, notebooks_dir: P
     if not course_dir.parent.is_dir():
         raise CourseError(f"course_dir={str(course_dir)!r}: its parent folder does not exist")
     tmp = Path(tempfile.mkdtemp(prefix=f".{course_dir.name}.", dir=course_dir.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    from labkit.data import current_umask  # here, not at the top: nbgrader's config imports this module
+
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         timings = {}
         for lab in labs:
@@ -509,12 +511,6 @@ def init(course_dir: Path | str, labs: list[str] | None = None, notebooks_dir: P
         raise
     return {"labs": labs, "timeout_s": timeout, "points": _source_points(root, labs),
             "measured": [lab for lab, t in timings.items() if t]}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _source_points(root: Path, labs: list[str]) -> list[dict]:

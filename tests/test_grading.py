@@ -305,6 +305,7 @@ def test_use_or_fallback(capsys):
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 
@@ -543,3 +544,31 @@ def test_a_written_answer_cell_is_replaced_as_nbgrader_does(tmp_path):
     assert "42" not in student.cells[-1].source and "raise NotImplementedError()" in student.cells[-1].source
     assert student.cells[-2].source == "YOUR ANSWER HERE"
     assert student.cells[-2].metadata.get("editable", True) is True and student.cells[-2].metadata["deletable"] is False
+
+
+def test_a_written_answer_inside_a_question_cell_becomes_the_stub_as_nbgrader_does():
+    # regression: a markdown cell with a BEGIN/END SOLUTION block lost the block without a trace, where
+    # nbgrader generate_assignment puts "YOUR ANSWER HERE" in its place (the learner saw no place to answer)
+    nb = solved_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell(
+        "**Question.** Why?\n\n  ### BEGIN SOLUTION\n  Because the master copy is fp32.\n  ### END SOLUTION\nThanks.",
+        metadata={"nbgrader": {"solution": True, "grade": True, "locked": False, "points": 1, "grade_id": "w"}}))
+    student = grading.student_copy(nb, "a.ipynb")
+    assert student.cells[-1].source == "**Question.** Why?\n\n  YOUR ANSWER HERE\nThanks."
+
+
+def test_written_answers_of_the_labs_never_reach_a_student_copy(tmp_path):
+    """Every lab's answer keys (manual-graded markdown cells) are replaced whole; none of their lines survives."""
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    grading.release(notebooks, tmp_path)
+    for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
+        keys = {c.metadata["nbgrader"]["grade_id"]: c.source for c in nbformat.read(path, as_version=4).cells
+                if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("solution")}
+        assert keys, f"{path.name}: no written question"
+        student = nbformat.read(tmp_path / path.name, as_version=4)
+        text = "\n".join(c.source for c in student.cells)
+        for grade_id, key in keys.items():
+            cell = next(c for c in student.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+            assert cell.source == "YOUR ANSWER HERE", f"{path.name}: {grade_id} was not replaced"
+            leaked = [line for line in key.splitlines() if len(line.strip()) > 20 and line in text]
+            assert not leaked, f"{path.name}: the answer key of {grade_id} leaked: {leaked[0]!r}"

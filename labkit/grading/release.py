@@ -4,7 +4,10 @@
     python -m labkit.grading release notebooks/ student/ --force   # ... overwriting earlier copies
     python -m labkit.grading upgrade-graded-cells notebooks/0*.ipynb  # hidden tests -> tamper-proof form
 
-A student copy has every `### BEGIN SOLUTION` … `### END SOLUTION` block replaced by a stub and every
+A student copy has every `### BEGIN SOLUTION` … `### END SOLUTION` block replaced by a stub (code:
+`raise NotImplementedError()`; markdown: "YOUR ANSWER HERE"), every solution cell without such a block (a written
+answer, graded by hand) replaced as a whole by the stub — as `nbgrader generate_assignment` does, so an
+instructor's answer key never reaches a student — and every
 `### BEGIN HIDDEN TESTS` … `### END HIDDEN TESTS` block removed, outputs, widget state and execution
 timestamps cleared, and locked/graded cells marked non-editable and non-deletable (JupyterLab honours
 `editable: false, deletable: false`). The release refuses, before writing anything:
@@ -95,8 +98,8 @@ def student_copy(nb, name: str = "notebook"):
             cell.source = strip_solutions(cell.source)
             cell.outputs = []
             cell.execution_count = None
-        elif cell.cell_type == "markdown":
-            cell.source = SOLUTION_RE.sub("", cell.source)
+        elif cell.cell_type == "markdown":   # a written answer inside a question cell: the stub, as nbgrader does
+            cell.source = SOLUTION_RE.sub(lambda m: f"{m.group(1)}{WRITTEN_ANSWER_STUB}\n", cell.source)
         meta = cell.metadata.get("nbgrader", {})
         if meta.get("locked") or meta.get("grade"):
             if not meta.get("solution"):

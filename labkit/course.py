@@ -7,7 +7,7 @@
     python -m labkit.course grade COURSE_DIR         # nbgrader autograde every lab with submissions
     python -m labkit.course feedback COURSE_DIR      # feedback/<student>/<lab>/<lab>.html
     python -m labkit.course export COURSE_DIR        # grades.csv
-    python -m labkit.course points                   # points per graded cell and the total per lab
+    python -m labkit.course points                   # points per graded cell; per lab: total, autograded, by hand
 
 nbgrader is an instructor extra (`pip install -r requirements-instructor.txt`); nothing here imports it
 until a command needs it, so `labkit.course` also loads in a learner's environment (the graded cells call
@@ -112,16 +112,23 @@ def _fmt_points(points: float) -> str:
 
 
 def format_points_table(rows: list[dict]) -> str:
-    """The points table as Markdown: every graded cell, then a total per lab and for the course."""
+    """The points table as Markdown: every graded cell, then per lab and for the course the total, split into
+    autograded points (the hidden tests) and points graded by hand (written answers, in nbgrader's formgrader)."""
     lines = ["| lab | graded cell | points | graded |", "|---|---|---:|---|"]
-    totals: dict[str, float] = {}
+    totals: dict[str, dict[str, float]] = {}
     for r in rows:
         lines.append(f"| {r['lab']} | `{r['grade_id']}` | {_fmt_points(r['points'])} | {r['graded']} |")
-        totals[r["lab"]] = totals.get(r["lab"], 0.0) + r["points"]
-    lines += ["", "| lab | graded cells | total points |", "|---|---:|---:|"]
-    for lab, total in totals.items():
-        lines.append(f"| {lab} | {sum(r['lab'] == lab for r in rows)} | {_fmt_points(total)} |")
-    lines.append(f"| **course** | {len(rows)} | {_fmt_points(sum(totals.values()))} |")
+        lab = totals.setdefault(r["lab"], {"cells": 0, "total": 0.0, "autograded": 0.0, "by hand": 0.0})
+        lab["cells"] += 1
+        lab["total"] += r["points"]
+        lab["autograded" if r["graded"] == "autograded" else "by hand"] += r["points"]
+    lines += ["", "| lab | graded cells | total points | autograded | by hand |", "|---|---:|---:|---:|---:|"]
+    for lab, t in totals.items():
+        lines.append(f"| {lab} | {t['cells']} | {_fmt_points(t['total'])} | {_fmt_points(t['autograded'])} | "
+                     f"{_fmt_points(t['by hand'])} |")
+    course = {k: sum(t[k] for t in totals.values()) for k in ("total", "autograded", "by hand")}
+    lines.append(f"| **course** | {len(rows)} | {_fmt_points(course['total'])} | {_fmt_points(course['autograded'])} | "
+                 f"{_fmt_points(course['by hand'])} |")
     return "\n".join(lines)
 
 
@@ -595,7 +602,7 @@ def grade(course_dir: Path | str, labs: list[str] | None = None, force: bool = F
 
 
 def scores(course_dir: Path | str, lab: str) -> dict[str, float]:
-    """Each student's autograded score for `lab`, from the gradebook."""
+    """Each student's score for `lab` from the gradebook: autograded points plus the manual grades given so far."""
     from nbgrader.api import Gradebook
 
     root = _require_course(Path(course_dir))
@@ -611,6 +618,24 @@ def cell_scores(course_dir: Path | str, lab: str) -> dict[str, dict[str, float]]
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}", COURSE_ID) as gb:
         return {s.student.id: {g.name: g.score for nb in s.notebooks for g in nb.grades}
                 for s in gb.find_assignment(lab).submissions}
+
+
+def to_grade_by_hand(course_dir: Path | str, lab: str) -> dict[str, list[str]]:
+    """Written answers of `lab` still waiting for a manual grade: {student: [grade_id, ...]} (students with none left out).
+
+    nbgrader autograde gives an unanswered written question 0 points by itself; an answered one "needs manual
+    grade" until the instructor scores it in formgrader (INSTRUCTORS.md, "Grading the written answers").
+    """
+    from nbgrader.api import Gradebook
+
+    root = _require_course(Path(course_dir))
+    waiting: dict[str, list[str]] = {}
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}", COURSE_ID) as gb:
+        for submission in gb.find_assignment(lab).submissions:
+            ids = sorted(g.name for nb in submission.notebooks for g in nb.grades if g.needs_manual_grade)
+            if ids:
+                waiting[submission.student.id] = ids
+    return waiting
 
 
 def feedback(course_dir: Path | str, labs: list[str] | None = None) -> list[Path]:
@@ -700,8 +725,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{student}: {path}")
         elif args.command == "grade":
             for lab, by_student in grade(args.course_dir, args.labs, args.force).items():
+                waiting = to_grade_by_hand(args.course_dir, lab)
                 for student, score in sorted(by_student.items()):
-                    print(f"{lab}  {student}: {score:g}")
+                    by_hand = f"  (+ {len(waiting[student])} written answer(s) to grade by hand)" if student in waiting else ""
+                    print(f"{lab}  {student}: {score:g}{by_hand}")
+                if waiting:
+                    print(f"{lab}: {sum(map(len, waiting.values()))} written answers need a manual grade: "
+                          f"`nbgrader formgrader` in {Path(args.course_dir)} (INSTRUCTORS.md, 'Grading the written answers')")
         elif args.command == "feedback":
             for path in feedback(args.course_dir, args.labs):
                 print(path)

@@ -8,6 +8,8 @@ collected, autograded, given feedback and exported once; each test then asserts 
     an edited locked cell -> restored and graded (and the only "checksum has changed" warning)
     a deleted graded cell -> put back, reported in the log, graded
     a monkeypatched check / a function delegating to labkit's reference -> no points for that cell
+    written answers (manual-graded markdown cells) -> "needs manual grade"; graded by hand -> full marks;
+        neither the answer key nor any of its lines reaches a student copy
     `nbgrader validate`: "Success!" on a solved notebook, fails a wrong one with the check's message
 
 nbgrader is an instructor extra (requirements-instructor.txt); the README's test command installs it.
@@ -93,6 +95,38 @@ def test_points_table_totals_every_graded_cell():
     for lab, total in expected.items():
         assert f"| {lab} | " in table and re.search(rf"\| {lab} \| \d+ \| {total:g} \|", table)
     assert f"| **course** | {len(rows)} | {sum(expected.values()):g} |" in table
+
+
+def test_points_table_splits_autograded_and_by_hand_points():
+    rows = [{"lab": "00_x", "grade_id": "ex00-1-test", "points": 1.0, "graded": "autograded"},
+            {"lab": "00_x", "grade_id": "ex00-2-test", "points": 2.0, "graded": "autograded"},
+            {"lab": "00_x", "grade_id": "ex00-w1-why", "points": 2.0, "graded": "by hand"},
+            {"lab": "01_y", "grade_id": "ex01-1-test", "points": 1.5, "graded": "autograded"}]
+    table = course.format_points_table(rows)
+    assert "| lab | graded cells | total points | autograded | by hand |" in table
+    assert "| 00_x | 3 | 5 | 3 | 2 |" in table and "| 01_y | 1 | 1.5 | 1.5 | 0 |" in table
+    assert "| **course** | 4 | 6.5 | 4.5 | 2 |" in table
+
+
+def test_grade_command_says_which_written_answers_wait_for_a_manual_grade(monkeypatch, capsys):
+    monkeypatch.setattr(course, "grade", lambda root, labs, force: {"00_start_here": {"ada": 2.0, "bob": 0.0}})
+    monkeypatch.setattr(course, "to_grade_by_hand", lambda root, lab: {"ada": ["ex00-w1-mixed-precision"]})
+    assert course.main(["grade", "COURSE"]) == 0
+    out = capsys.readouterr().out
+    assert "00_start_here  ada: 2  (+ 1 written answer(s) to grade by hand)" in out
+    assert "00_start_here  bob: 0\n" in out
+    assert "00_start_here: 1 written answers need a manual grade: `nbgrader formgrader` in COURSE" in out
+
+
+def test_every_lab_has_written_questions_graded_by_hand():
+    """Issue 8: 1-2 written questions per lab, nbgrader manual-graded markdown cells holding the answer key."""
+    for lab in course.LABS:
+        nb = nbformat.read(NOTEBOOKS / f"{lab}.ipynb", as_version=4)
+        written = [c for c in course.graded_cells(nb) if not c.autograded]
+        assert 1 <= len(written) <= 2, f"{lab}: {len(written)} written questions"
+        assert any(c.autograded for c in course.graded_cells(nb)), f"{lab}: no autograded cell left"
+        rows = [r for r in course.points_table([lab]) if r["graded"] == "by hand"]
+        assert sorted(r["grade_id"] for r in rows) == sorted(c.grade_id for c in written)
 
 
 def test_instructors_guide_shows_the_current_points_table():
@@ -200,6 +234,15 @@ def _solution_cells(nb) -> dict[str, nbformat.NotebookNode]:
             if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "code"}
 
 
+def _written_cells(nb) -> dict[str, nbformat.NotebookNode]:
+    """The written questions' answer cells (markdown, graded by hand)."""
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "markdown"}
+
+
+STUDENT_ANSWER = "My answer: the bytes saved in one place are spent in another ({grade_id})."
+
+
 def _cell_defining(nb, fn: str):
     for cell in nb.cells:
         if cell.cell_type == "code" and re.search(rf"^def {fn}\(", cell.source, re.MULTILINE):
@@ -243,6 +286,8 @@ def _solved(release_nb, source_nb):
     answers = _solution_cells(source_nb)
     for grade_id, cell in _solution_cells(nb).items():
         cell.source = answers[grade_id].source
+    for grade_id, cell in _written_cells(nb).items():       # a learner's own words, not the answer key
+        cell.source = STUDENT_ANSWER.format(grade_id=grade_id)
     return nb
 
 
@@ -315,12 +360,19 @@ def flow(tmp_path_factory):
     print("\n" + "\n".join(f"{k}: {v:.1f} s" for k, v in times.items()))
     return {"root": root, "students": students, "csv": csv_path, "init": result,
             "scores": {lab: course.scores(root, lab) for lab in FLOW_LABS},
-            "cells": {lab: course.cell_scores(root, lab) for lab in FLOW_LABS}}
+            "cells": {lab: course.cell_scores(root, lab) for lab in FLOW_LABS},
+            "by_hand": {lab: course.to_grade_by_hand(root, lab) for lab in FLOW_LABS}}
 
 
-def _total(root: Path, lab: str) -> float:
+def _total(root: Path, lab: str, autograded_only: bool = False) -> float:
+    """The lab's points: all of them, or only those the hidden tests award (written answers are graded by hand)."""
     nb = nbformat.read(root / "source" / lab / f"{lab}.ipynb", as_version=4)
-    return sum(c.points for c in course.graded_cells(nb))
+    return sum(c.points for c in course.graded_cells(nb) if c.autograded or not autograded_only)
+
+
+def _written_ids(root: Path, lab: str) -> list[str]:
+    nb = nbformat.read(root / "source" / lab / f"{lab}.ipynb", as_version=4)
+    return sorted(c.grade_id for c in course.graded_cells(nb) if not c.autograded)
 
 
 def _points_of(root: Path, lab: str, fn: str) -> float:
@@ -334,8 +386,10 @@ def _grade_id(root: Path, lab: str, fn: str) -> str:
 
 
 def _max_points(root: Path, lab: str) -> dict[str, float]:
+    """Each graded cell's score in a fully solved submission after autograde: its points, or 0 for a written
+    answer (it "needs manual grade" until the instructor scores it; nbgrader counts it 0 until then)."""
     nb = nbformat.read(root / "source" / lab / f"{lab}.ipynb", as_version=4)
-    return {c.grade_id: c.points for c in course.graded_cells(nb)}
+    return {c.grade_id: c.points if c.autograded else 0.0 for c in course.graded_cells(nb)}
 
 
 def _autograded(root: Path, student: str, lab: str):
@@ -368,9 +422,22 @@ def _log(root: Path) -> str:
 def test_solved_gets_full_marks(flow, lab):
     root = flow["root"]
     assert _total(root, lab) > 0
-    assert flow["scores"][lab]["solved"] == _total(root, lab)
+    assert _total(root, lab) > _total(root, lab, autograded_only=True) > 0      # the lab has written questions
+    assert flow["scores"][lab]["solved"] == _total(root, lab, autograded_only=True)   # full AUTOGRADED marks
     assert flow["cells"][lab]["solved"] == _max_points(root, lab)
     assert _errors(_autograded(root, "solved", lab)) == []
+
+
+@needs_nbgrader
+@pytest.mark.parametrize("lab", FLOW_LABS)
+def test_written_answers_are_left_for_manual_grading(flow, lab):
+    root = flow["root"]
+    written = _written_ids(root, lab)
+    assert written and flow["by_hand"][lab]["solved"] == written          # nbgrader: "needs manual grade"
+    assert "untouched" not in flow["by_hand"][lab]                         # an unanswered question scores 0 by itself
+    assert all(flow["cells"][lab]["untouched"][g] == 0 for g in written)
+    answers = _written_cells(_autograded(root, "solved", lab))
+    assert {g: c.source for g, c in answers.items()} == {g: STUDENT_ANSWER.format(grade_id=g) for g in written}
 
 
 @needs_nbgrader
@@ -393,7 +460,7 @@ def test_one_wrong_function_loses_exactly_its_points(flow, lab):
     fn = WRONG[lab][0]
     expected = {**_max_points(root, lab), _grade_id(root, lab, fn): 0.0}
     assert flow["cells"][lab]["wrong"] == expected
-    assert flow["scores"][lab]["wrong"] == _total(root, lab) - _points_of(root, lab, fn)
+    assert flow["scores"][lab]["wrong"] == _total(root, lab, autograded_only=True) - _points_of(root, lab, fn)
     nb = _autograded(root, "wrong", lab)
     errors = _errors(nb)
     assert len(errors) == 1 and errors[0][1].startswith("AssertionError"), errors
@@ -465,8 +532,18 @@ def test_student_copies_are_locked_and_carry_no_answers(flow, lab):
     assert not any("execution" in c.metadata or c.get("outputs") for c in nb.cells)
     text = "\n".join(c.source for c in nb.cells)
     assert "### BEGIN SOLUTION" not in text and "### BEGIN HIDDEN TESTS" not in text
-    graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")
+              and not c.metadata["nbgrader"].get("solution")]
     assert graded and all(c.metadata.get("editable") is False and c.metadata.get("deletable") is False for c in graded)
+    # the written questions' answer cells: nbgrader replaced each whole answer key with its stub, editable
+    written = _written_cells(nb)
+    assert written and all(c.source == "YOUR ANSWER HERE" and c.metadata.get("editable", True) is True
+                           and c.metadata.get("deletable") is False for c in written.values())
+    source = nbformat.read(flow["root"] / "source" / lab / f"{lab}.ipynb", as_version=4)
+    for grade_id, key in _written_cells(source).items():
+        assert "Marking guide" in key.source and grade_id in written
+        leaked = [line for line in key.source.splitlines() if len(line.strip()) > 20 and line in text]
+        assert not leaked, f"{lab}: the answer key of {grade_id} reached the student copy: {leaked[0]!r}"
 
 
 @needs_nbgrader
@@ -478,7 +555,7 @@ def test_grades_csv_has_every_submission(flow):
         for student, score in by_student.items():
             assert got[(lab, student)] == score
     assert {float(r["max_score"]) for r in rows if r["assignment"] == "00_start_here"} == \
-        {_total(flow["root"], "00_start_here")}
+        {_total(flow["root"], "00_start_here")}             # written answers' points included
 
 
 @needs_nbgrader
@@ -528,3 +605,21 @@ def test_course_config_is_what_nbgrader_runs_with(flow, monkeypatch):
     assert os.environ["LABKIT_DATA_DIR"] == expected_cache      # kernels started by nbgrader inherit these
     assert os.environ["OMP_NUM_THREADS"] == "1"
     assert config.CourseDirectory.root == str(flow["root"])
+
+
+@needs_nbgrader
+def test_grading_the_written_answers_by_hand_completes_the_score(flow):
+    """What formgrader does when the instructor scores a written answer: the manual score joins the autograded ones."""
+    from nbgrader.api import Gradebook
+
+    root, lab = flow["root"], "03_where_memory_goes"
+    points = {c.grade_id: c.points for c in course.graded_cells(
+        nbformat.read(root / "source" / lab / f"{lab}.ipynb", as_version=4))}
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}", course.COURSE_ID) as gb:
+        for grade_id in _written_ids(root, lab):
+            grade = gb.find_grade(grade_id, lab, lab, "solved")
+            grade.manual_score = points[grade_id]
+            grade.needs_manual_grade = False
+        gb.db.commit()
+    assert "solved" not in course.to_grade_by_hand(root, lab)
+    assert course.scores(root, lab)["solved"] == _total(root, lab)

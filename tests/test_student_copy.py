@@ -47,6 +47,9 @@ def test_student_copy_runs_top_to_bottom(tmp_path, name):
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"student copy raised: {errors[0]['ename']}: {errors[0]['evalue']}"
     shown = outputs_text(nb)
-    assert shown.count("not yet solved") >= removed[name]
+    answer_cells = [c for c in nb.cells if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("solution")]
+    written = len(answer_cells)
+    assert written >= 1 and all(c.source == "YOUR ANSWER HERE" for c in answer_cells)
+    assert shown.count("not yet solved") >= removed[name] - written    # written answers have no self-check
     assert re.search(r"the cells below use the reference implementation (`[\w.]+` )?instead", shown)  # fell back, said so
     assert "this lab ran in" in shown             # it reached the last cell

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from labkit.memory import (gpt_activation_bytes, gpt_param_count, kv_cache_bytes, megatron_activation_bytes,
                            training_state_bytes)
 from labkit.model import ACTIVATIONS, POSITION_KINDS, GPTConfig
-from labkit.widgets.core import GiB, Panel, human_bytes, human_count, quietly, render_into, wire_panel
+from labkit.widgets.core import GiB, Panel, binary_unit, human_bytes, human_count, quietly, render_into, wire_panel
 
 # Model shapes for the calculator: every field of the real model that changes its memory. Each entry's
 # keys are arguments of `memory_calculator_state`, so `memory_calculator_state(**CALCULATOR_PRESETS[name],
@@ -142,14 +142,6 @@ def memory_calculator_state(n_layer: int, n_embd: int, n_head: int, n_kv_head: i
             "bytes": bytes_by, "total_bytes": total, "text": text}
 
 
-def _unit_for(n_bytes: float) -> tuple[str, float]:
-    """The binary unit (name, bytes) that shows `n_bytes` as a number between 1 and 1024."""
-    for name, size in (("TiB", 2 ** 40), ("GiB", GiB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n_bytes >= size:
-            return name, size
-    return "bytes", 1
-
-
 def memory_calculator_figure(state: dict, budget_bytes: float | None = None) -> Figure:
     """One stacked horizontal bar of where the bytes go, on an axis scaled to the bar, and the budget.
 
@@ -159,7 +151,7 @@ def memory_calculator_figure(state: dict, budget_bytes: float | None = None) -> 
     """
     total = state["total_bytes"]
     on_scale = budget_bytes is not None and budget_bytes <= OFF_SCALE * total
-    unit_name, unit = _unit_for(max(total, budget_bytes if on_scale else 0))
+    unit_name, unit = binary_unit(max(total, budget_bytes if on_scale else 0))
     fig = Figure(figsize=(9, 2.3))
     fig.subplots_adjust(left=0.03, right=0.97, top=0.76, bottom=0.38)
     ax = fig.add_subplot()

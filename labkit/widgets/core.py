@@ -30,12 +30,18 @@ GiB = 2 ** 30
 PANEL_DPI = 90
 
 
+def binary_unit(n_bytes: float) -> tuple[str, int]:
+    """The binary unit (name, bytes) that shows `n_bytes` as a number between 1 and 1024 ('bytes', 1 below 1 KiB)."""
+    for unit, size in (("TiB", 2 ** 40), ("GiB", GiB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(n_bytes) >= size:
+            return unit, size
+    return "bytes", 1
+
+
 def human_bytes(n: float) -> str:
     """'1.50 GiB'-style text for a byte count (binary units; below 1 KiB: '512 bytes')."""
-    for unit, size in (("TiB", 2 ** 40), ("GiB", GiB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} bytes"
+    unit, size = binary_unit(n)
+    return f"{int(n)} bytes" if size == 1 else f"{n / size:.2f} {unit}"
 
 
 def human_count(n: float) -> str:

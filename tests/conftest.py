@@ -62,3 +62,14 @@ class Evil:
 
     def __reduce__(self):
         return (_leave_mark, (self.marker,))
+
+
+def tree_snapshot(root: Path) -> dict:
+    """Every path under root with its size and modification time: what writing would change."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def set_read_only(root: Path, read_only: bool) -> None:
+    """chmod a whole tree read-only (dirs 555, files 444) or back (755 / 644)."""
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o555 if p.is_dir() else 0o444) if read_only else (0o755 if p.is_dir() else 0o644))

@@ -25,6 +25,8 @@ from labkit.data import (CharTokenizer, CorpusUnavailable, atomic_write_bytes, c
                          get_batch, iter_chunks, iter_sequential_batches, load_corpus, prepare_shakespeare,
                          prepare_synthetic, sha256_file, synthetic_text, write_dataset)
 
+from conftest import set_read_only, tree_snapshot
+
 pytestmark = pytest.mark.usefixtures("data_dir")  # LABKIT_DATA_DIR -> empty tmp dir for every test
 
 # derandomize: the same examples on every run; the env fixture is harmless to share between examples
@@ -538,34 +540,21 @@ def _refuse_write(*args, **kwargs):
     raise AssertionError("a valid cache must be used without writing anything")
 
 
-def _tree(root):
-    """Every path under root with its size and modification time: what writing would change."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
-
-
-def _set_read_only(root, read_only: bool):
-    for p in [root, *root.rglob("*")]:
-        if p.is_dir():
-            p.chmod(0o555 if read_only else 0o755)
-        else:
-            p.chmod(0o444 if read_only else 0o644)
-
-
 def test_a_valid_read_only_cache_is_used_without_writing_or_locking(data_dir, monkeypatch):
     # a teacher prepared the cache for a class; students may only read it (no lock file is needed)
     expected = _stand_in_cache(data_dir, monkeypatch)
-    before = _tree(data_dir)
+    before = tree_snapshot(data_dir)
     monkeypatch.setattr(filelock, "FileLock", DeniedLock)   # a lock could not be created here...
     monkeypatch.setattr(data_mod, "atomic_write_bytes", _refuse_write)  # ...and nothing may be written
     monkeypatch.setattr(data_mod.os, "replace", _refuse_write)
-    _set_read_only(data_dir, True)  # really read-only for a non-root account
+    set_read_only(data_dir, True)  # really read-only for a non-root account
     try:
         c = load_corpus("shakespeare")
         assert c.tokenizer.decode(c.train.tolist()) + c.tokenizer.decode(c.val.tolist()) == expected
         assert corpus_path() == data_dir / "shakespeare" / "corpus.txt"
     finally:
-        _set_read_only(data_dir, False)
-    assert _tree(data_dir) == before
+        set_read_only(data_dir, False)
+    assert tree_snapshot(data_dir) == before
 
 
 def test_a_cache_that_must_be_built_but_cannot_be_written_says_where_and_what_to_do(data_dir, monkeypatch):

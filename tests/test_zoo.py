@@ -13,7 +13,7 @@ import torch
 from labkit import zoo
 from labkit.model import GPT
 
-from conftest import Evil  # a pickle that runs code when unpickled
+from conftest import Evil, set_read_only, tree_snapshot
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -137,15 +137,6 @@ def _refuse(*args, **kwargs):
     raise AssertionError("a valid zoo must be used without locking or writing anything")
 
 
-def _tree(root):
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
-
-
-def _set_read_only(root, read_only: bool):
-    for p in [root, *root.rglob("*")]:
-        p.chmod((0o555 if p.is_dir() else 0o444) if read_only else (0o755 if p.is_dir() else 0o644))
-
-
 def test_zoo_files_are_readable_by_others_under_umask_022(tiny_zoo, data_dir):
     old = os.umask(0o022)
     try:
@@ -159,17 +150,17 @@ def test_zoo_files_are_readable_by_others_under_umask_022(tiny_zoo, data_dir):
 def test_a_valid_read_only_zoo_loads_without_locking_or_writing(tiny_zoo, data_dir, monkeypatch):
     # a teacher built the zoo for the class; students only read it
     record = zoo.build("tiny-gpt", progress=False)
-    before = _tree(data_dir)
+    before = tree_snapshot(data_dir)
     monkeypatch.setattr(filelock, "FileLock", _refuse)
     monkeypatch.setattr(zoo, "train", _refuse)
     monkeypatch.setattr(zoo.data_mod, "atomic_write_bytes", _refuse)
-    _set_read_only(data_dir, True)  # really read-only for a non-root account
+    set_read_only(data_dir, True)  # really read-only for a non-root account
     try:
         model, rec = zoo.load("tiny-gpt", progress=False)
     finally:
-        _set_read_only(data_dir, False)
+        set_read_only(data_dir, False)
     assert rec == record and isinstance(model, GPT)
-    assert _tree(data_dir) == before
+    assert tree_snapshot(data_dir) == before
 
 
 def test_a_zoo_that_must_be_built_in_a_read_only_folder_says_what_to_do(tiny_zoo, data_dir, monkeypatch):

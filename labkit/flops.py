@@ -69,7 +69,7 @@ def gpt_matmul_params(config: GPTConfig) -> dict[str, int]:
     C, V, H, KV, hd = config.n_embd, config.vocab_size, config.n_head, config.n_kv_head, config.head_dim
     L = config.n_layer
     return {
-        "attention projections (qkv, proj)": L * (C * (H + 2 * KV) * hd + C * C),
+        "attention projections (qkv, proj)": L * (C * (H + 2 * KV) * hd + H * hd * C),
         "MLP": L * _mlp_matrices(config) * C * config.mlp_hidden,
         "output head (lm_head)": C * V,
     }

@@ -103,7 +103,7 @@ def gpt_param_count(config: GPTConfig) -> int:
     per_layer = (
         C + b * C                                 # ln_1: weight (and bias)
         + C * qkv_out + b * qkv_out               # attn.qkv
-        + C * C + b * C                           # attn.proj
+        + nh * hd * C + b * C                     # attn.proj (n_head·head_dim = C unless heads were pruned)
         + C + b * C                               # ln_2
         + mlp
     )
@@ -231,16 +231,16 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
         if rotary and H > 1 and T > 1:
             # with a fresh contiguous q, the kernel's output is (B, H, T, hd)-ordered: the transpose +
             # reshape feeding attn.proj is then a copy, a second tensor
-            L["attention output"] = N * C * a
-            L["attn.proj input (transposed copy)"] = N * C * a
+            L["attention output"] = N * H * hd * a
+            L["attn.proj input (transposed copy)"] = N * H * hd * a
         elif rotary:
             # ... except with one head or one token, where swapping the H and T axes moves no element:
             # the reshape is a view and one tensor serves as attention output and proj input
-            L["attention output = attn.proj input (a view: H = 1 or T = 1)"] = N * C * a
+            L["attention output = attn.proj input (a view: H = 1 or T = 1)"] = N * H * hd * a
         else:
             # the kernel writes its output in (B, T, H, hd) order, so the transpose+reshape feeding
             # attn.proj is a view: one tensor serves as attention output and proj input
-            L["attention output = attn.proj input"] = N * C * a
+            L["attention output = attn.proj input"] = N * H * hd * a
         L["attention logsumexp (fp32)"] = B * H * T * acc
     else:  # the math path upcasts fp16/bf16 q, k, v to fp32 first, so all of these are fp32 then
         L["q·scale, k·scale copies (math attention)"] = 2 * B * H * T * hd * acc
@@ -255,7 +255,7 @@ def gpt_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int,
             L["attention probs, dropout mask, dropped probs"] = 3 * B * H * T * T * acc
         else:
             L["attention probs"] = B * H * T * T * acc
-        L["attn.proj input (transposed copy of attention output)"] = N * C * a
+        L["attn.proj input (transposed copy of attention output)"] = N * H * hd * a
         if dropout:
             L["dropout masks after attn and after mlp"] = 2 * N * C * a
     L["ln_2 input (residual stream)"] = N * C * a

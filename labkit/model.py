@@ -50,6 +50,8 @@ class GPTConfig:
     tie_weights: bool = True      # share the token embedding with the output head
     activation: str = "gelu"      # MLP: "gelu" (GPT-2), "relu2" (ReLU squared) or "swiglu" (LLaMA's gated MLP)
     mlp_hidden: int | None = None  # MLP hidden width: None = 4·n_embd (gelu, relu2) or 8·n_embd/3 (swiglu)
+    head_dim: int | None = None    # channels per head: None = n_embd / n_head (a head-pruned model keeps
+                                   # its heads' width with fewer heads, so n_head·head_dim < n_embd)
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -59,8 +61,12 @@ class GPTConfig:
             # the 4x MLP ("GLU Variants Improve Transformer", Shazeer 2020); LLaMA then rounds the width up
             self.mlp_hidden = 8 * self.n_embd // 3 if self.activation == "swiglu" else 4 * self.n_embd
         _check_positive(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"))
-        if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head} "
+                                 "(or set head_dim explicitly)")
+            self.head_dim = self.n_embd // self.n_head
+        _check_positive(self, ("head_dim",))
         if self.n_head % self.n_kv_head:
             raise ValueError(f"GPTConfig.n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head} "
                              "(each key/value head serves a whole group of query heads)")
@@ -76,8 +82,9 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
 
     @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+    def attn_width(self) -> int:
+        """Channels the heads' outputs fill together: n_head · head_dim (= n_embd unless heads were pruned)."""
+        return self.n_head * self.head_dim
 
 
 def sinusoidal_positions(n_positions: int, dim: int) -> torch.Tensor:
@@ -142,7 +149,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         # one matmul makes q (n_head heads) and k, v (n_kv_head heads each)
         self.qkv = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.attn_width, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
@@ -171,7 +178,7 @@ class CausalSelfAttention(nn.Module):
             v = v.repeat_interleave(groups, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
 class MLP(nn.Module):

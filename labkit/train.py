@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -216,10 +217,12 @@ def build_for_corpus(cfg: TrainConfig, corpus: data_mod.Corpus) -> LanguageModel
 
 
 def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod.Corpus | None = None,
-          log=print, desc: str | None = None) -> tuple[LanguageModel, dict]:
+          log=print, desc: str | None = None,
+          after_step: Callable[[LanguageModel], None] | None = None) -> tuple[LanguageModel, dict]:
     """Train `model` (built from cfg if None) on the corpus; returns the model and a result dict.
 
-    `desc` labels the progress bar (default "train <model kind>")."""
+    `desc` labels the progress bar (default "train <model kind>"). `after_step(model)` runs after every
+    optimizer step (e.g. re-applying pruning masks, so pruned weights stay exactly zero)."""
     check_train_config(cfg)  # again: a config may have been edited after it was made
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -260,6 +263,8 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         opt.step()
+        if after_step is not None:
+            after_step(model)
         train_time += time.perf_counter() - t0
     final = estimate_loss(model, corpus, cfg, eval_gen)
     history.append({"iter": cfg.max_iters, **final})

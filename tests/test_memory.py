@@ -55,10 +55,14 @@ def gpt_configs(draw, positions=("learned", "sinusoidal"), activations=("gelu",)
     pos = draw(st.sampled_from(positions))
     # rotary needs an even head_dim (head_dim 2 with RoPE takes PyTorch's math attention path)
     head_dim = 2 * draw(st.integers(1, 3)) if pos == "rotary" else draw(st.integers(1, 4))
+    # a head-pruned model: fewer heads of the same width, so n_head·head_dim < n_embd (head_dim explicit)
+    pruned_width = draw(st.sampled_from([0, 0, 1, 3]))
     return GPTConfig(
         vocab_size=draw(st.integers(1, 40)), block_size=draw(st.integers(1, 12)),
         n_layer=draw(st.integers(1, 3)), n_head=n_head, n_kv_head=n_kv_head,
-        n_embd=n_head * head_dim, bias=draw(st.booleans()), positions=pos, tie_weights=draw(st.booleans()),
+        head_dim=head_dim if pruned_width else None,
+        n_embd=n_head * head_dim + pruned_width, bias=draw(st.booleans()), positions=pos,
+        tie_weights=draw(st.booleans()),
         activation=draw(st.sampled_from(activations)), mlp_hidden=draw(st.one_of(st.none(), st.integers(1, 20))))
 
 

@@ -387,3 +387,21 @@ def test_swiglu_is_down_of_silu_gate_times_up():
     fresh = GPT(dataclasses.replace(cfg, n_layer=8))
     assert abs(fresh.blocks[0].mlp.w_down.weight.std() - 0.02 / 4) < 0.0015   # 0.02 / sqrt(2 · 8 layers)
     assert abs(fresh.blocks[0].mlp.w_up.weight.std() - 0.02) < 0.002
+
+
+def test_explicit_head_dim_makes_attention_narrower_than_the_residual_stream():
+    """A head-pruned model keeps head_dim and has fewer heads: attention width n_head·head_dim < n_embd."""
+    cfg = GPTConfig(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=3, n_kv_head=1, n_embd=32, head_dim=8,
+                    positions="rotary")
+    assert cfg.attn_width == 24
+    model = GPT(cfg).eval()
+    assert model.blocks[0].attn.proj.weight.shape == (32, 24)
+    assert model.blocks[0].attn.qkv.weight.shape == ((3 + 2) * 8, 32)
+    x = torch.randint(V, (2, BLOCK))
+    full, _ = model(x)
+    cache = KVCache(cfg, 2)
+    steps = [model(x[:, :1], cache=cache)[0]] + [model(x[:, t:t + 1], cache=cache)[0] for t in range(1, BLOCK)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-4)
+    assert GPTConfig(n_embd=30, n_head=4, head_dim=8).head_dim == 8   # n_embd need not divide by n_head then
+    with pytest.raises(ValueError, match="head_dim"):
+        GPTConfig(n_embd=32, n_head=4, head_dim=0)

@@ -415,3 +415,20 @@ def test_checkpoint_loader_uses_weights_only(tmp_path, small_gpt):
     # the payload is real: a loader without weights_only would have run it
     assert torch.load(path, weights_only=False)["extra"]["payload"] == "unpickled"
     assert marker.read_text() == "pwned"
+
+
+def test_after_step_runs_after_every_optimizer_step(corpus):
+    """The hook pruning relies on: called once per step, after the update (a weight zeroed there stays zero)."""
+    cfg = make_config("gpt", "tiny", max_iters=6, progress=False)
+    calls = []
+
+    def zero_first_row(model):
+        calls.append(1)
+        with torch.no_grad():
+            model.blocks[0].mlp.fc.weight[0].zero_()
+
+    model, _ = train(cfg, corpus=corpus, log=quiet, after_step=zero_first_row)
+    assert len(calls) == 6
+    assert torch.count_nonzero(model.blocks[0].mlp.fc.weight[0]) == 0
+    plain, _ = train(cfg, corpus=corpus, log=quiet)
+    assert torch.count_nonzero(plain.blocks[0].mlp.fc.weight[0]) > 0

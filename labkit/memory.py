@@ -329,6 +329,14 @@ def tensor_bytes(shape: tuple[int, ...] | list[int] | torch.Size, dtype: str | t
     return _nbytes(count, dtype_bytes(dtype))
 
 
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers, each tensor once (a tied weight is one tensor, counted once)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def params_that_fit(budget_bytes: float, bytes_per_param: float) -> int:
     """How many parameters fit in `budget_bytes` at `bytes_per_param` bytes each (rounded down)."""
     budget_bytes = _check_amount("budget_bytes", budget_bytes)

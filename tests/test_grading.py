@@ -35,6 +35,7 @@ RIGHT = {
     grading.check_causal_attention: my_attention,
     grading.check_kv_cache_bytes: lambda L, kv, hd, T, B, nbytes: 2 * L * kv * hd * T * B * nbytes,
     grading.check_adam_training_bytes: lambda n, nbytes: 4 * n * nbytes,
+    grading.check_model_bytes: lambda m: sum(t.nbytes for t in {id(t): t for t in [*m.parameters(), *m.buffers()]}.values()),
 }
 
 WRONG = {  # a typical mistake for each exercise, and the hint it must get
@@ -46,6 +47,7 @@ WRONG = {  # a typical mistake for each exercise, and the hint it must get
     grading.check_causal_attention: (lambda q, k, v: torch.softmax(q @ k.T / math.sqrt(q.size(-1)), -1) @ v, "no mask"),
     grading.check_kv_cache_bytes: (lambda L, kv, hd, T, B, nbytes: L * kv * hd * T * B * nbytes, "BOTH keys and values"),
     grading.check_adam_training_bytes: (lambda n, nbytes: 3 * n * nbytes, "three copies instead of four"),
+    grading.check_model_bytes: (lambda m: sum(p.nbytes for p in m.parameters()), "buffers are missing"),
 }
 
 
@@ -572,3 +574,29 @@ def test_written_answers_of_the_labs_never_reach_a_student_copy(tmp_path):
             assert cell.source == "YOUR ANSWER HERE", f"{path.name}: {grade_id} was not replaced"
             leaked = [line for line in key.splitlines() if len(line.strip()) > 20 and line in text]
             assert not leaked, f"{path.name}: the answer key of {grade_id} leaked: {leaked[0]!r}"
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda m: sum(t.nbytes for t in m.state_dict().values()), "counted twice"),
+    (lambda m: sum(p.nbytes for p in m.parameters()), "buffers are missing"),
+    (lambda m: sum(t.numel() for t in [*m.parameters(), *m.buffers()]), "number of elements"),
+    (lambda m: sum(4 * t.numel() for t in [*m.parameters(), *m.buffers()]), "charged 4 bytes"),
+    (lambda m: sum(t.nbytes for _, t in m.named_parameters(remove_duplicate=False))
+     + sum(b.nbytes for b in m.buffers()), "counted twice"),
+])
+def test_model_bytes_hints(wrong, hint):
+    """Lab 00's implement-then-measure exercise: each way of miscounting a model's bytes gets its own hint."""
+    result = grading.check_model_bytes(wrong, quiet=True)
+    assert not result and hint in result.message, result.message
+
+
+def test_model_bytes_reference_counts_a_tied_weight_once_and_the_buffers():
+    from labkit.memory import model_bytes
+    from labkit.model import GPT, GPTConfig
+    tied = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8, positions="sinusoidal"))
+    params = sum(p.numel() for p in tied.parameters())             # parameters() yields the tied weight once
+    buffers = sum(b.numel() for b in tied.buffers())
+    assert buffers > 0 and model_bytes(tied) == 4 * (params + buffers)
+    assert model_bytes(tied.to(torch.bfloat16)) == 2 * (params + buffers)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        model_bytes("baby-gpt")

@@ -107,6 +107,70 @@ def check_params_that_fit(fn: Callable[[int, float], int], quiet: bool = False) 
                      forbid=("labkit.memory.params_that_fit",), reference="labkit.memory.params_that_fit")
 
 
+def _module_examples() -> list[tuple[str, Any]]:
+    """Small modules whose byte counts test what a model's memory is made of (buffers, dtypes, tied weights)."""
+    import torch.nn as nn
+
+    from labkit.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    tied = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8, positions="sinusoidal",
+                         tie_weights=True))
+    untied = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8, tie_weights=False))
+    return [
+        ("nn.Linear(3, 4): a 4×3 weight and a bias of 4, float32", nn.Linear(3, 4)),
+        ("nn.Linear(3, 4, bias=False) in float16", nn.Linear(3, 4, bias=False).half()),
+        ("nn.Embedding(10, 8) then nn.LayerNorm(8)", nn.Sequential(nn.Embedding(10, 8), nn.LayerNorm(8))),
+        ("nn.BatchNorm1d(5): 2 parameters of 5, and buffers: running mean and variance (float32) and a step count "
+         "(int64)", nn.BatchNorm1d(5)),
+        ("one nn.Linear(4, 4) used twice in an nn.ModuleList (one tensor each, counted once)",
+         nn.ModuleList([shared, shared])),
+        ("a small GPT with a TIED output head (lm_head.weight is wte.weight) and sinusoidal positions (a buffer)", tied),
+        ("the same GPT untied with learned positions, in bfloat16", untied.to(torch.bfloat16)),
+    ]
+
+
+@checks_safely("model_bytes")
+def check_model_bytes(fn: Callable[[Any], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes (int) of a model's parameters and buffers, each tensor counted once."""
+    from labkit.memory import model_bytes
+
+    def params_only(m: Any) -> int:
+        return sum(p.numel() * p.element_size() for p in m.parameters())
+
+    def state_dict_bytes(m: Any) -> int:
+        return sum(t.numel() * t.element_size() for t in m.state_dict().values())
+
+    def elements(m: Any) -> int:
+        return sum(t.numel() for t in {id(t): t for t in [*m.parameters(), *m.buffers()]}.values())
+
+    cases = [Case(what, (m,), {}, model_bytes(m)) for what, m in _module_examples()]
+    mistakes = [
+        Mistake("a tied weight was counted twice: model.state_dict() lists it under both names (wte.weight and "
+                "lm_head.weight), but it is ONE tensor in memory — model.parameters() yields it once",
+                lambda got, m: state_dict_bytes(m) != model_bytes(m) and _int_eq(got, state_dict_bytes(m))),
+        Mistake("the buffers are missing: a model's memory also holds tensors that are not trained "
+                "(model.buffers(): running statistics, fixed position tables)",
+                lambda got, m: params_only(m) != model_bytes(m) and _int_eq(got, params_only(m))),
+        Mistake("that is the number of elements; multiply each tensor's by its bytes per element (t.element_size())",
+                lambda got, m: _int_eq(got, elements(m))),
+        Mistake("every element was charged 4 bytes: each tensor has its own dtype (float16, bfloat16 and int64 "
+                "take 2, 2 and 8 bytes) — use t.element_size() or your tensor_bytes",
+                lambda got, m: 4 * elements(m) != model_bytes(m) and _int_eq(got, 4 * elements(m))),
+    ]
+
+    def hidden(g: torch.Generator) -> Case:
+        from labkit.model import GPT
+        config = _random_config(g)
+        config.block_size, config.vocab_size = min(config.block_size, 32), min(config.vocab_size, 64)
+        torch.manual_seed(_randint(g, 0, 2**31))
+        model = GPT(config).to(_choice(g, [torch.float32, torch.bfloat16, torch.float16]))
+        return Case(f"GPT({config})", (model,), {}, model_bytes(model))
+
+    return run_check("model_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
+                     forbid=("labkit.memory.model_bytes",), reference="labkit.memory.model_bytes")
+
+
 # =============================================================================================
 # lab 01 (language models)
 

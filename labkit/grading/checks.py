@@ -672,3 +672,311 @@ def check_largest_batch_that_fits(fn: Callable[[Any, int, int], int], quiet: boo
 
     return run_check("largest_batch_that_fits", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.memory.largest_batch_that_fits",), reference="labkit.memory.largest_batch_that_fits")
+
+
+# =============================================================================================
+# lab 04 (pruning and sparse storage)
+
+
+def _magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The mask (bool, True = kept) that removes round(sparsity · numel) weights of smallest |w|.
+
+    Among equal |w| at the cut, the earlier positions (in weight.flatten() order) go first; the check
+    accepts any choice among such ties (see `_magnitude_call`).
+    """
+    n_remove = round(sparsity * weight.numel())
+    order = weight.detach().abs().flatten().argsort(stable=True)
+    keep = torch.ones(weight.numel(), dtype=torch.bool)
+    keep[order[:n_remove]] = False
+    return keep.view(weight.shape)
+
+
+def _is_magnitude_mask(mask: Any, weight: torch.Tensor, n_remove: int, signed: bool = False) -> bool:
+    """True when `mask` is a bool tensor shaped like weight that removes n_remove weights, none larger than a kept one.
+
+    With signed=True the order is by w itself rather than |w| (the mistake of forgetting abs).
+    """
+    if not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.shape == weight.shape):
+        return False
+    score = weight.detach().double() if signed else weight.detach().double().abs()
+    removed, kept = score[~mask], score[mask]
+    if removed.numel() != n_remove:
+        return False
+    return removed.numel() == 0 or kept.numel() == 0 or bool(removed.max() <= kept.min())
+
+
+def _magnitude_call(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """Call the learner's magnitude_mask; a right mask that breaks a tie differently is shown as the check's choice.
+
+    When several weights share the |w| at the cut, which of them are removed is the learner's choice:
+    any mask that removes exactly round(sparsity · numel) weights, none of larger |w| than a kept one, is
+    right, and is replaced here by the check's own tie order so the comparison is exact.
+    """
+    weight, sparsity = args[0].clone(), args[1]      # a copy: the learner's function may edit its input
+    got = fn(*args, **kwargs)
+    if _is_magnitude_mask(got, weight, round(sparsity * weight.numel())):
+        return _magnitude_mask(weight, sparsity)
+    return got
+
+
+def _removes(got: Any, weight: torch.Tensor) -> int | None:
+    """How many weights a bool mask shaped like weight removes; None for anything else."""
+    ok = isinstance(got, torch.Tensor) and got.dtype == torch.bool and got.shape == weight.shape
+    return int((~got).sum()) if ok else None
+
+
+def _threshold_counts(weight: torch.Tensor, sparsity: float) -> tuple[int, int]:
+    """(#|w| < t, #|w| <= t) for t the n_remove-th smallest |w|: what `>=` and `>` against t remove."""
+    n_remove = round(sparsity * weight.numel())
+    if n_remove == 0:
+        return 0, 0
+    a = weight.detach().double().abs().flatten()
+    t = a.sort().values[n_remove - 1]
+    return int((a < t).sum()), int((a <= t).sum())
+
+
+def _has_tie_at_cut(weight: torch.Tensor, sparsity: float) -> bool:
+    below, at_or_below = _threshold_counts(weight, sparsity)
+    return at_or_below - below > 1
+
+
+@checks_safely("magnitude_mask")
+def check_magnitude_mask(fn: Callable[[torch.Tensor, float], torch.Tensor], quiet: bool = False) -> CheckResult:
+    """Exercise: a bool mask shaped like weight (True = kept) removing the round(sparsity · numel) smallest |w|.
+
+    Ties: when several weights share the |w| at the cut, remove only as many of them as the count
+    needs; which ones is the learner's choice (any is accepted).
+    """
+    g = torch.Generator().manual_seed(4)
+
+    def distinct(*shape: int) -> torch.Tensor:
+        """Random weights with no two |w| equal (the main examples avoid ties on purpose)."""
+        while True:
+            w = torch.randn(*shape, generator=g)
+            if w.abs().unique().numel() == w.numel():
+                return w
+
+    half_zero = distinct(4, 6)
+    half_zero[torch.rand(4, 6, generator=g) < 0.5] = 0.0     # a weight pruned before: its zeros tie at |w| = 0
+    examples = [
+        ("weight [0.5, -2.0, 0.1, 3.0, -0.3], sparsity 0.4 (remove 2: the two smallest |w|, 0.1 and -0.3)",
+         torch.tensor([0.5, -2.0, 0.1, 3.0, -0.3]), 0.4),
+        ("a random 4×5 weight, sparsity 0.5 (remove 10)", distinct(4, 5), 0.5),
+        ("a random 3×4 weight, sparsity 0.3 (remove round(0.3 · 12) = round(3.6) = 4)", distinct(3, 4), 0.3),
+        ("a random 2×3 weight, sparsity 0.0 (remove nothing)", distinct(2, 3), 0.0),
+        ("a random 10×1 weight (one column), sparsity 0.83 (remove round(8.3) = 8)", distinct(10, 1), 0.83),
+        (f"a 4×6 weight already {int((half_zero == 0).sum())} zeros (pruned before), sparsity 0.75 (remove 18)",
+         half_zero, 0.75),
+        ("weight [0.5, -0.2, 0.2, 0.9, -0.2, 0.7, 0.1, -1.0], sparsity 0.25 (remove 2: 0.1 and ONE of the three "
+         "|w| = 0.2 — a tie at the cut)", torch.tensor([0.5, -0.2, 0.2, 0.9, -0.2, 0.7, 0.1, -1.0]), 0.25),
+    ]
+    cases = [Case(what, (w, s), {}, _magnitude_mask(w, s)) for what, w, s in examples]
+
+    def count(w: torch.Tensor, s: float) -> int:
+        return round(s * w.numel())
+
+    def removes_smallest(n_of: Callable[[torch.Tensor, float], int], signed: bool = False) -> Callable[..., bool]:
+        """A matcher: a valid-looking mask that removes n_of(w, s) weights (≠ the right count) of smallest score."""
+        return lambda got, w, s: (n_of(w, s) != count(w, s)
+                                  and _is_magnitude_mask(got, w, n_of(w, s), signed=signed))
+
+    def keeps_smallest(got: Any, w: torch.Tensor, s: float) -> bool:
+        if _removes(got, w) != count(w, s) or count(w, s) in (0, w.numel()):
+            return False
+        a = w.detach().double().abs()
+        return bool(a[got].max() <= a[~got].min())
+
+    def inverted(got: Any, w: torch.Tensor, s: float) -> bool:
+        """True = pruned instead of kept: ~got is the right mask."""
+        return _removes(got, w) is not None and 0 < count(w, s) < w.numel() and _is_magnitude_mask(~got, w, count(w, s))
+
+    def numbers_01(got: Any, w: torch.Tensor, s: float) -> bool:
+        return (isinstance(got, torch.Tensor) and got.dtype != torch.bool and got.shape == w.shape
+                and bool(((got == 0) | (got == 1)).all()))
+
+    def pruned_weights(got: Any, w: torch.Tensor, s: float) -> bool:
+        return (isinstance(got, torch.Tensor) and got.dtype != torch.bool and got.shape == w.shape
+                and not numbers_01(got, w, s))
+
+    def flattened(got: Any, w: torch.Tensor, s: float) -> bool:
+        return isinstance(got, torch.Tensor) and got.numel() == w.numel() and got.shape != w.shape
+
+    mistakes = [
+        Mistake("you returned 0/1 numbers, not True/False: the lab needs a bool mask (True = kept) — a comparison "
+                "such as `weight.abs() > ...` gives one, or call .bool() on yours", numbers_01),
+        Mistake("that looks like the pruned weight itself; return the mask (bool, True where the weight is kept), "
+                "the lab multiplies by it", pruned_weights),
+        Mistake("return the mask in the weight's shape (e.g. mask.view_as(weight)), not flattened", flattened),
+        Mistake("the mask is inverted: True must mean KEPT (the lab computes weight * mask); yours is True at the "
+                "weights to remove — flip it with ~", inverted),
+        Mistake("you kept the smallest |w| and removed the largest: magnitude pruning removes the SMALLEST |w| "
+                "(they change the layer's output least)", keeps_smallest),
+        Mistake("you ranked by the signed value w, so large NEGATIVE weights were removed: rank by magnitude, "
+                "weight.abs()", lambda got, w, s: bool((w < 0).any()) and not _is_magnitude_mask(got, w, count(w, s))
+                and _is_magnitude_mask(got, w, count(w, s), signed=True)),
+        Mistake("the weights tied at the threshold were ALL removed (|w| > t): when several share the |w| at the cut, "
+                "remove only as many as the count needs — any of them; e.g. sort |w| and remove the first "
+                "round(sparsity · numel) positions",
+                lambda got, w, s: _has_tie_at_cut(w, s) and _removes(got, w) == _threshold_counts(w, s)[1]),
+        Mistake("the weights tied at the threshold were ALL kept (|w| >= t): when several share the |w| at the cut, "
+                "remove only as many as the count needs — any of them; e.g. sort |w| and remove the first "
+                "round(sparsity · numel) positions",
+                lambda got, w, s: _has_tie_at_cut(w, s) and _removes(got, w) == _threshold_counts(w, s)[0]),
+        Mistake("you rounded the count down (int or //): remove round(sparsity · numel) weights, as "
+                "torch.nn.utils.prune does (round(3.6) = 4)",
+                removes_smallest(lambda w, s: math.floor(s * w.numel()))),
+        Mistake("you rounded the count up (ceil): remove round(sparsity · numel) weights",
+                removes_smallest(lambda w, s: math.ceil(s * w.numel()))),
+        Mistake("one weight too few was removed: with t the k-th smallest |w| (k = round(sparsity · numel)), "
+                "keep |w| > t, not |w| >= t", removes_smallest(lambda w, s: count(w, s) - 1)),
+        Mistake("one weight too many was removed: t must be the k-th smallest |w| (k = round(sparsity · numel)), "
+                "and the mask keeps |w| > t", removes_smallest(lambda w, s: count(w, s) + 1)),
+    ]
+    returns = Returns("tensor", dtypes=(torch.bool,),
+                      why="the lab prunes with weight * mask and counts the removed weights with (~mask).sum()")
+
+    def hidden(g: torch.Generator) -> Case:
+        rows, cols = _randint(g, 1, 12), _randint(g, 1, 12)
+        w = torch.randn(rows, cols, generator=g)
+        if _randint(g, 0, 2) == 0:
+            w[torch.rand(rows, cols, generator=g) < _uniform(g, 0.1, 0.6)] = 0.0     # ties at zero, as after pruning
+        n = rows * cols
+        n_remove = _randint(g, 0, n - 1)
+        s = round((n_remove + _uniform(g, -0.3, 0.3)) / n, 4)          # never a half-way count: round() is clear
+        s = min(max(s, 0.0), 0.9999)
+        return Case(f"a random {rows}×{cols} weight, sparsity {s}", (w, s), {}, _magnitude_mask(w, s))
+
+    return run_check("magnitude_mask", fn, cases, returns=returns, mistakes=mistakes, quiet=quiet, hidden=hidden,
+                     call=_magnitude_call, reference="labkit.prune.magnitude_mask",
+                     forbid=("labkit.prune.magnitude_mask", "labkit.prune.layer_masks",
+                             "torch.nn.utils.prune.l1_unstructured", "torch.nn.utils.prune.global_unstructured",
+                             "torch.nn.utils.prune.L1Unstructured"))
+
+
+def _csr_bytes(n_rows: int, nnz: int, value_bytes: int, index_bytes: int) -> int:
+    """CSR bytes by its closed form: a value and a column index per nonzero, plus n_rows + 1 row pointers."""
+    return nnz * (value_bytes + index_bytes) + (n_rows + 1) * index_bytes
+
+
+@checks_safely("csr_bytes")
+def check_csr_bytes(fn: Callable[[int, int, int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes (int) of a CSR matrix with n_rows rows and nnz nonzeros at value_bytes / index_bytes each."""
+    examples = [
+        ("a 4-row matrix with 6 nonzeros, float32 values and int32 indices", (4, 6, 4, 4)),
+        ("an empty 3-row matrix (no nonzeros: only the row pointers remain)", (3, 0, 4, 4)),
+        ("the baby GPT's mlp.fc weight (512 rows × 128) at 50% sparsity: 32,768 nonzeros", (512, 32_768, 4, 4)),
+        ("3 rows with 5 nonzeros, float32 values and int64 indices (what torch.sparse_csr_tensor uses)",
+         (3, 5, 4, 8)),
+        ("128 rows, 8,192 nonzeros, float16 values and int32 indices", (128, 8_192, 2, 4)),
+        ("a LLaMA-2-7B MLP matrix (11,008 rows × 4,096) at 50%: 22,544,384 nonzeros, bf16 values, int16 indices",
+         (11_008, 22_544_384, 2, 2)),
+    ]
+    cases = [Case(f"csr_bytes(n_rows={r:,}, nnz={z:,}, value_bytes={v}, index_bytes={i}): {what}", (r, z, v, i), {},
+                  _csr_bytes(r, z, v, i)) for what, (r, z, v, i) in examples]
+    mistakes = [
+        Mistake("n_rows row pointers, one too few: CSR stores n_rows + 1 (row r's nonzeros sit between row_ptr[r] "
+                "and row_ptr[r + 1], so the last row needs an end too)",
+                lambda got, r, z, v, i: _int_eq(got, z * (v + i) + r * i)),
+        Mistake("the row pointers are missing: besides a value and a column index per nonzero, CSR stores "
+                "n_rows + 1 row pointers of index_bytes each",
+                lambda got, r, z, v, i: _int_eq(got, z * (v + i))),
+        Mistake("that is COO (a row AND a column index per nonzero); CSR keeps one column index per nonzero and "
+                "replaces the row indices by n_rows + 1 row pointers",
+                lambda got, r, z, v, i: _int_eq(got, z * (v + 2 * i))),
+        Mistake("the row pointers are indices: index_bytes each, not value_bytes",
+                lambda got, r, z, v, i: v != i and _int_eq(got, z * (v + i) + (r + 1) * v)),
+        Mistake("that is bits: a byte is 8 bits (value_bytes and index_bytes are already in bytes)",
+                lambda got, r, z, v, i: _int_eq(got, 8 * _csr_bytes(r, z, v, i))),
+        Mistake("value_bytes and index_bytes are already bytes: don't divide by 8",
+                lambda got, r, z, v, i: _per_case_ratio(1 / 8, _csr_bytes)(got, r, z, v, i)
+                or _int_eq(got, _csr_bytes(r, z, v, i) // 8)),
+        Mistake("each nonzero costs its value AND its column index: nnz · (value_bytes + index_bytes)",
+                lambda got, r, z, v, i: z > 0 and (_int_eq(got, z * v + (r + 1) * i)
+                                                   or _int_eq(got, z * i + (r + 1) * i))),
+    ]
+
+    def hidden(g: torch.Generator) -> Case:
+        r, c = _randint(g, 1, 20_000), _randint(g, 1, 20_000)
+        z, v, i = _randint(g, 0, r * c), _choice(g, [1, 2, 4]), _choice(g, [1, 2, 4, 8])
+        return Case(f"csr_bytes(n_rows={r:,}, nnz={z:,}, value_bytes={v}, index_bytes={i})", (r, z, v, i), {},
+                    _csr_bytes(r, z, v, i))
+
+    return run_check("csr_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
+                     forbid=("labkit.sparse.csr_bytes", "labkit.sparse.format_bytes"),
+                     reference="labkit.sparse.csr_bytes")
+
+
+def _csr_break_even(n_rows: int, n_cols: int, value_bytes: int, index_bytes: int) -> float:
+    """The density (0–1) where CSR bytes equal dense bytes; 0.0 when the row pointers alone outweigh dense.
+
+    CSR at density d: d·R·C·(v + i) + (R + 1)·i; dense: R·C·v. Equal at
+    d = (R·C·v − (R + 1)·i) / (R·C·(v + i)), computed exactly (Fraction) and rounded once.
+    """
+    cells = n_rows * n_cols
+    d = Fraction(cells * value_bytes - (n_rows + 1) * index_bytes, cells * (value_bytes + index_bytes))
+    return float(max(d, Fraction(0)))
+
+
+@checks_safely("csr_break_even")
+def check_csr_break_even(fn: Callable[[int, int, int, int], float], quiet: bool = False) -> CheckResult:
+    """Exercise: the density (fraction of nonzeros, 0–1) below which CSR takes fewer bytes than dense.
+
+    When even an empty CSR matrix (its n_rows + 1 row pointers) takes more bytes than the dense one,
+    CSR never saves and the answer is 0.0 (never negative).
+    """
+    examples = [
+        ("4,096 × 4,096, float16 values, int32 indices", (4096, 4096, 2, 4)),
+        ("the baby GPT's mlp.fc weight: 512 rows × 128 columns, float32 values, int32 indices", (512, 128, 4, 4)),
+        ("its mlp.proj weight: 128 rows × 512 columns, float32, int32", (128, 512, 4, 4)),
+        ("a small 3 × 2 matrix, float32, int32: the row pointers matter a lot here", (3, 2, 4, 4)),
+        ("1,000 × 1,000, float32 values, int16 indices", (1000, 1000, 4, 2)),
+        ("a single column of 10 rows, int8 values, int32 indices: the 11 row pointers alone (44 bytes) outweigh "
+         "the dense 10 bytes, so CSR never saves (answer 0.0)", (10, 1, 1, 4)),
+    ]
+    cases = []
+    for what, (r, c, v, i) in examples:
+        d = _csr_break_even(r, c, v, i)
+        cases.append(Case(f"csr_break_even(n_rows={r:,}, n_cols={c:,}, value_bytes={v}, index_bytes={i}): {what}",
+                          (r, c, v, i), {}, d, f"{d:.6g}"))
+
+    def matches(wrong: Callable[[int, int, int, int], float]) -> Callable[..., bool]:
+        """A matcher: the learner's answer equals wrong(r, c, v, i), and that differs from the right answer."""
+        def m(got: Any, r: int, c: int, v: int, i: int) -> bool:
+            bad, right = wrong(r, c, v, i), _csr_break_even(r, c, v, i)
+            value, problem = as_number(got, integer=False)
+            return (problem is None and abs(bad - right) > 1e-9
+                    and math.isclose(value, bad, rel_tol=1e-6, abs_tol=1e-9))
+        return m
+
+    raw = lambda r, c, v, i: (r * c * v - (r + 1) * i) / (r * c * (v + i))
+    mistakes = [
+        Mistake("a negative density: when the row pointers alone take more bytes than the dense matrix, CSR never "
+                "saves bytes — return 0.0 (clamp with max(0.0, ...))", matches(raw)),
+        Mistake("v / (v + i) ignores the n_rows + 1 row pointers: they cost (n_rows + 1) · index_bytes even with "
+                "no nonzeros, which lowers the break-even density",
+                matches(lambda r, c, v, i: v / (v + i))),
+        Mistake("v / i compares a value with an index: each stored nonzero costs value_bytes + index_bytes, each "
+                "dense entry value_bytes", matches(lambda r, c, v, i: v / i)),
+        Mistake("that is the sparsity at break-even (the fraction REMOVED); return the density, the fraction kept "
+                "(1 − that)", matches(lambda r, c, v, i: 1 - _csr_break_even(r, c, v, i))),
+        Mistake("that is the sparsity of v / (v + i), and it ignores the row pointers: return the density "
+                "(fraction kept), counting n_rows + 1 row pointers", matches(lambda r, c, v, i: i / (v + i))),
+        Mistake("that is a percentage: return a fraction between 0 and 1",
+                matches(lambda r, c, v, i: 100 * _csr_break_even(r, c, v, i))),
+        Mistake("n_cols + 1 pointers is CSC (compressed columns); CSR has n_rows + 1 row pointers",
+                matches(lambda r, c, v, i: max(0.0, (r * c * v - (c + 1) * i) / (r * c * (v + i))))),
+        Mistake("n_rows pointers, one too few: CSR stores n_rows + 1 row pointers",
+                matches(lambda r, c, v, i: max(0.0, (r * c * v - r * i) / (r * c * (v + i))))),
+    ]
+    returns = Returns("float", why="the lab marks it on the memory-vs-quality plot as a density between 0 and 1")
+
+    def hidden(g: torch.Generator) -> Case:
+        r, c = _randint(g, 1, 5000), _randint(g, 1, 5000)
+        v, i = _choice(g, [1, 2, 4]), _choice(g, [1, 2, 4, 8])
+        d = _csr_break_even(r, c, v, i)
+        return Case(f"csr_break_even(n_rows={r:,}, n_cols={c:,}, value_bytes={v}, index_bytes={i})", (r, c, v, i),
+                    {}, d, f"{d:.6g}")
+
+    return run_check("csr_break_even", fn, cases, rtol=1e-6, atol=1e-9, returns=returns, mistakes=mistakes,
+                     quiet=quiet, hidden=hidden,
+                     forbid=("labkit.sparse.break_even_density",), reference="labkit.sparse.break_even_density")

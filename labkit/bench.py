@@ -5,6 +5,8 @@
     python -m labkit.bench train --nanogpt ~/nanoGPT   # ... and nanoGPT's train.py, same config, same data
     python -m labkit.bench ablation              # what each choice of the baby preset buys (4 trainings)
     python -m labkit.bench optimizer             # fused vs per-tensor AdamW, side by side
+    python -m labkit.bench sparse                # torch.sparse CSR vs dense matmul per density; 2:4 on a CPU
+    python -m labkit.bench sparse --shape 512x2048 --batch 16 --repeats 31
 
 Absolute timings on a shared 2-core machine are noisy; compare the ratios printed by one run. A
 ratio to nanoGPT is printed only when nanoGPT ran in the same run (--nanogpt), on this machine.
@@ -143,14 +145,75 @@ def bench_optimizer(steps: int = 100) -> dict:
             "fused_speedup_vs_foreach": round(best["fused"] / best["foreach"], 3)}
 
 
+def bench_sparse(shape: tuple[int, int] = (1024, 1024), batch: int = 64, repeats: int = 15, threads: int = 1,
+                 seed: int = 0, densities=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)) -> dict:
+    """Sparse vs dense matmul time ratios on this CPU (labkit.sparse.matmul_speed) and what 2:4 does here."""
+    from labkit import sparse
+
+    rows = sparse.matmul_speed(densities, shape=shape, batch=batch, repeats=repeats, threads=threads, seed=seed)
+    semi = sparse.semi_structured_speed(shape=shape, batch=batch, repeats=repeats, threads=threads, seed=seed)
+    return {"shape": list(shape), "batch": batch, "repeats": repeats, "threads": threads, "rows": rows,
+            "sparse_faster_below_density": sparse.sparse_faster_below(rows), "semi_structured_2_4": semi}
+
+
+def print_sparse(out: dict) -> None:
+    """The sparse benchmark as a table of medians and quartiles, and one sentence per finding."""
+    n_rows, n_cols = out["shape"]
+    print(f"w: {n_rows}x{n_cols} float32, x: {out['batch']} rows, {out['threads']} thread(s), {out['repeats']} "
+          "interleaved repeats; ratio = torch.sparse CSR time / dense time (median [quartiles] of per-repeat ratios)")
+    print(f"{'density':>8} {'dense ms':>9} {'CSR ms':>9} {'ratio':>7} {'quartiles':>15} {'nnz/numel':>9}")
+    for r in out["rows"]:
+        print(f"{r['density']:>8g} {r['dense_ms']:>9.3f} {r['sparse_ms']:>9.3f} {r['ratio']:>7.3f} "
+              f"[{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}] {r['flop_ratio']:>9.3f}")
+    below = out["sparse_faster_below_density"]
+    print("torch.sparse CSR was never faster than dense here" if below is None else
+          f"torch.sparse CSR was faster than dense (in 3 of 4 repeats or more) at every measured density up to "
+          f"{below:g}")
+    semi = out["semi_structured_2_4"]
+    print(f"2:4-masked dense / dense: {semi['ratio']:.3f} [{semi['ratio_q1']:.3f}, {semi['ratio_q3']:.3f}] "
+          f"(a dense kernel multiplies the zeros too); the 2:4 matrix as CSR / dense: {semi['csr_ratio']:.3f}")
+    print(f"torch.sparse.to_sparse_semi_structured here: {semi['to_sparse_semi_structured']}")
+
+
+def sparse_shape_type(text: str) -> tuple[int, int]:
+    """An argparse type for --shape: ROWSxCOLS, both >= 1, COLS a multiple of 4 (for 2:4)."""
+    import argparse
+
+    parts = text.lower().split("x")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        n_rows, n_cols = int(parts[0]), int(parts[1])
+        if n_rows >= 1 and n_cols >= 4 and n_cols % 4 == 0:
+            return n_rows, n_cols
+    raise argparse.ArgumentTypeError(f"must be ROWSxCOLS with ROWS >= 1 and COLS a multiple of 4, got {text!r}")
+
+
+def positive_int_type(text: str) -> int:
+    """An argparse type for a whole number >= 1."""
+    import argparse
+
+    if text.strip().isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+
+
+positive_int_type.__name__ = "int"
+
+
 def main(argv=None):
     p = OneLineErrorParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["train", "ablation", "optimizer"])
+    p.add_argument("what", choices=["train", "ablation", "optimizer", "sparse"])
     p.add_argument("--nanogpt", default=None, help="a nanoGPT checkout to run side by side (train only)")
     p.add_argument("--iters", type=setting_type("max_iters"), default=2000, help="training steps, >= 1")
     p.add_argument("--seed", type=setting_type("seed"), default=1337)
     p.add_argument("--threads", type=setting_type("threads"), default=None, help=">= 1; default: torch's")
+    p.add_argument("--shape", type=sparse_shape_type, default=None,
+                   help="sparse only: ROWSxCOLS (default 1024x1024)")
+    p.add_argument("--batch", type=positive_int_type, default=None, help="sparse only: rows of x (default 64)")
+    p.add_argument("--repeats", type=positive_int_type, default=None, help="sparse only: timings each (default 15)")
     args = p.parse_args(argv)
+    for option in ("shape", "batch", "repeats"):
+        if getattr(args, option) is not None and args.what != "sparse":
+            p.error(f"argument --{option}: only 'sparse' takes it, not {args.what!r}")
     if args.nanogpt is not None:  # before any training, not after it
         if args.what != "train":
             p.error(f"argument --nanogpt: only 'train' runs nanoGPT side by side, not {args.what!r}")
@@ -176,6 +239,10 @@ def main(argv=None):
             print("(pass --nanogpt DIR to run nanoGPT's train.py here too, same config and data, and compare)")
     elif args.what == "ablation":
         out = bench_ablation(args.iters, args.seed)
+    elif args.what == "sparse":
+        out = bench_sparse(args.shape or (1024, 1024), args.batch or 64, args.repeats or 15, args.threads or 1,
+                           args.seed)
+        print_sparse(out)
     else:
         out = bench_optimizer()
     print(json_line(out))

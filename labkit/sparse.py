@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -47,7 +47,7 @@ __all__ = [
     "FORMATS", "GAP_BITS", "INDEX_DTYPES", "COO", "CSR", "Bitmap", "RelativeIndex", "FORMAT_CLASSES",
     "dense_bytes", "coo_bytes", "csr_bytes", "bitmap_bytes", "relative_bytes", "format_bytes",
     "break_even_density", "expected_fillers_per_nonzero", "smallest_index_bytes", "relative_fillers",
-    "torch_sparse_bytes", "serialized_bytes",
+    "torch_sparse_bytes", "serialized_bytes", "matmul_speed", "sparse_faster_below", "semi_structured_speed",
 ]
 
 FORMATS = ("dense", "coo", "csr", "bitmap", "relative")
@@ -559,3 +559,154 @@ def serialized_bytes(arrays: dict[str, Tensor] | list[Tensor]) -> int:
     torch.save(arrays, buffer)
     with zipfile.ZipFile(buffer) as archive:
         return sum(info.file_size for info in archive.infolist() if re.fullmatch(r"[^/]+/data/\d+", info.filename))
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed: does storing fewer numbers make the matmul faster on this CPU? (Measured, never assumed.)
+# ---------------------------------------------------------------------------------------------
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(25th percentile, median, 75th percentile) of `values`."""
+    q = torch.tensor(values, dtype=torch.float64).quantile(torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+def _calls_per_timing(fn, target_s: float = 0.02) -> int:
+    """How many calls of `fn` make one timing last about `target_s` seconds (after a warm-up call)."""
+    import time
+
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return max(1, math.ceil(target_s / max(time.perf_counter() - t0, 1e-7)))
+
+
+def _time_ms(fn, calls: int) -> float:
+    """Milliseconds per call of `fn`, averaged over `calls` back-to-back calls."""
+    import time
+
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls * 1000
+
+
+def _timing_row(times: dict[str, list[float]], first: str, second: str) -> dict:
+    """Median and quartiles of both timings, and of the per-repeat ratio second / first (measured side by side)."""
+    row = {}
+    for name in (first, second):
+        q1, med, q3 = _quartiles(times[name])
+        row.update({f"{name}_ms": round(med, 4), f"{name}_ms_q1": round(q1, 4), f"{name}_ms_q3": round(q3, 4)})
+    q1, med, q3 = _quartiles([b / a for a, b in zip(times[first], times[second])])
+    row.update({"ratio": round(med, 4), "ratio_q1": round(q1, 4), "ratio_q3": round(q3, 4)})
+    return row
+
+
+def _interleaved_times(fns: dict[str, Callable[[], Tensor]], repeats: int, progress: bool,
+                       desc: str) -> dict[str, list[float]]:
+    """Time every function once per repeat, alternating their order, so a burst of background load hits all."""
+    from tqdm.auto import tqdm
+
+    calls = {name: _calls_per_timing(fn) for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(_time_ms(fns[name], calls[name]))
+    return times
+
+
+def _check_speed_args(shape, batch, repeats, threads) -> tuple[int, int]:
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+        raise ValueError(f"shape={shape!r} must be (n_rows, n_cols)")
+    n_rows, n_cols = _check_count(shape[0], "n_rows", 1), _check_count(shape[1], "n_cols", 1)
+    _check_count(batch, "batch", 1), _check_count(repeats, "repeats", 1), _check_count(threads, "threads", 1)
+    return n_rows, n_cols
+
+
+def matmul_speed(densities=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0), shape: tuple[int, int] = (1024, 1024),
+                 batch: int = 64, repeats: int = 15, threads: int = 1, seed: int = 0,
+                 progress: bool = False) -> list[dict]:
+    """torch.sparse CSR matmul vs dense matmul of the same pruned matrix, per density: times (ms) and their ratio.
+
+    For each density a random matrix w of `shape` is pruned to that density (random positions) and multiplied
+    with x.T (batch columns) as a dense tensor (`w @ x.T`, BLAS) and as `w.to_sparse_csr() @ x.T` (torch.sparse).
+    Repeats are interleaved (dense, sparse, then sparse, dense, ...) so background load hits both. Each row has
+    the median and quartiles of both times and of the per-repeat ratio sparse / dense (< 1: sparse is faster),
+    and `flop_ratio` = nnz / numel, the fraction of the dense multiply-adds the sparse kernel has to do.
+    """
+    n_rows, n_cols = _check_speed_args(shape, batch, repeats, threads)
+    densities = list(densities)
+    for d in densities:
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 < d <= 1:
+            raise ValueError(f"densities contains {d!r}; each density must be a number in (0, 1]")
+    gen = torch.Generator().manual_seed(seed)
+    xt = torch.randn(n_cols, batch, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows = []
+        for d in densities:
+            w = torch.randn(n_rows, n_cols, generator=gen) * (torch.rand(n_rows, n_cols, generator=gen) < d)
+            w_csr = w.to_sparse_csr()
+            fns = {"dense": lambda w=w: torch.mm(w, xt), "sparse": lambda w_csr=w_csr: torch.mm(w_csr, xt)}
+            torch.testing.assert_close(fns["sparse"](), fns["dense"](), rtol=1e-4, atol=1e-4)  # same product
+            times = _interleaved_times(fns, repeats, progress, f"density {d:g}")
+            nnz = int((w != 0).sum())
+            rows.append({"density": d, "nnz": nnz, "flop_ratio": round(nnz / w.numel(), 4),
+                         **_timing_row(times, "dense", "sparse")})
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def sparse_faster_below(rows: list[dict]) -> float | None:
+    """The largest measured density up to which sparse was clearly faster: in at least 3 of 4 repeats (ratio_q3 < 1)
+    there and at every lower density; None if it was not even at the lowest."""
+    best = None
+    for row in sorted(rows, key=lambda r: r["density"]):
+        if row["ratio_q3"] >= 1:
+            break
+        best = row["density"]
+    return best
+
+
+def semi_structured_speed(shape: tuple[int, int] = (1024, 1024), batch: int = 64, repeats: int = 15,
+                          threads: int = 1, seed: int = 0, progress: bool = False) -> dict:
+    """2:4 sparsity on a CPU: a 2:4-masked dense matrix vs the unpruned one (same dense kernel), times in ms.
+
+    Half the weights are zero, but a dense kernel multiplies the zeros too, so the ratio masked / dense is
+    about 1. Also runs the same 2:4 matrix as torch.sparse CSR, and tries torch's 2:4 format
+    (torch.sparse.to_sparse_semi_structured), recording what it does here (it needs CUDA kernels).
+    """
+    from labkit.prune import nm_mask
+
+    n_rows, n_cols = _check_speed_args(shape, batch, repeats, threads)
+    if n_cols % 4:
+        raise ValueError(f"shape={tuple(shape)}: n_cols must be a multiple of 4 for 2:4 sparsity")
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n_rows, n_cols, generator=gen)
+    w24 = w * nm_mask(w, 2, 4)
+    xt = torch.randn(n_cols, batch, generator=gen)
+    try:
+        from torch.sparse import to_sparse_semi_structured
+        to_sparse_semi_structured(w24)
+        torch_says = "converted (a 2:4 semi-structured tensor)"
+    except Exception as e:  # on CPU torch raises: only CUDA tensors are supported
+        torch_says = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        w24_csr = w24.to_sparse_csr()
+        fns = {"dense": lambda: torch.mm(w, xt), "masked_2_4": lambda: torch.mm(w24, xt),
+               "csr_2_4": lambda: torch.mm(w24_csr, xt)}
+        times = _interleaved_times(fns, repeats, progress, "2:4")
+    finally:
+        torch.set_num_threads(before)
+    out = {"shape": list(shape), "batch": batch, "density": float((w24 != 0).float().mean()),
+           **_timing_row(times, "dense", "masked_2_4")}
+    csr = _timing_row(times, "dense", "csr_2_4")
+    out.update({k: v for k, v in csr.items() if k.startswith("csr_2_4")})
+    out.update({"csr_ratio": csr["ratio"], "csr_ratio_q1": csr["ratio_q1"], "csr_ratio_q3": csr["ratio_q3"],
+                "to_sparse_semi_structured": torch_says})
+    return out

@@ -94,6 +94,33 @@ def test_roundtrip_is_bit_exact_and_bytes_are_exact(w, fmt, index_bytes, gap_bit
     assert arrays["values"].dtype == w.dtype
 
 
+@settings(max_examples=150, deadline=None)
+@given(w=matrices(), fmt=st.sampled_from(["coo", "csr"]))
+def test_one_byte_indices_work_exactly_when_every_index_fits(w, fmt):
+    n_rows, n_cols = w.shape
+    nnz = int((w != 0).sum())
+    largest = max(n_rows - 1, n_cols - 1, 0) if fmt == "coo" else max(n_cols - 1, nnz)
+    if largest <= 255:
+        s = build(fmt, w, index_bytes=1)
+        assert s.nbytes == serialized_bytes(s.arrays()) and torch.equal(bits(s.to_dense()), bits(zero_is_plus_zero(w)))
+        assert build(fmt, w, index_bytes="smallest").index_bytes == 1
+    else:
+        with pytest.raises(ValueError, match=f"index_bytes=1 is too small.*reaches {largest}"):
+            build(fmt, w, index_bytes=1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS[1:])
+def test_transposed_and_trainable_weights(fmt):
+    """A non-contiguous view and an nn.Linear weight (requires_grad) are stored like any matrix."""
+    layer = torch.nn.Linear(30, 20)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand(20, 30, generator=torch.Generator().manual_seed(12)) < 0.3)
+    for w in (layer.weight, layer.weight.T):
+        s = build(fmt, w)
+        assert not any(a.requires_grad for a in s.arrays().values())
+        assert torch.equal(s.to_dense(), w.detach()) and s.nbytes == serialized_bytes(s.arrays())
+
+
 @settings(max_examples=120, deadline=None)
 @given(w=matrices(), fmt=st.sampled_from(FORMATS[1:]), batch=st.integers(1, 4), seed=st.integers(0, 1000))
 def test_matmul_matches_dense(w, fmt, batch, seed):
@@ -215,13 +242,14 @@ def test_break_even_formulas():
 @pytest.mark.parametrize("fmt", ["coo", "csr", "bitmap"])
 @pytest.mark.parametrize("index_bytes", [2, 4, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_break_even_is_exact_for_coo_csr_bitmap(fmt, index_bytes, dtype):
-    n_rows, n_cols = 40, 64
+@pytest.mark.parametrize("n_rows, n_cols", [(40, 64), (7, 13)])
+def test_break_even_is_exact_for_coo_csr_bitmap(fmt, index_bytes, dtype, n_rows, n_cols):
     N = n_rows * n_cols
     vb = dtype.itemsize
     d = break_even_density(fmt, n_rows, n_cols, value_bytes=vb, index_bytes=index_bytes)
     dense = dense_bytes((n_rows, n_cols), vb)
-    for nnz, smaller in [(math.ceil(d * N) - 1, True), (math.floor(d * N) + 1, False)]:
+    at = round(d * N, 6)                     # the nnz where the bytes are equal (rounding off float error)
+    for nnz, smaller in [(math.ceil(at) - 1, True), (math.floor(at) + 1, False)]:
         w = torch.zeros(N, dtype=dtype)
         w[torch.randperm(N, generator=torch.Generator().manual_seed(nnz))[:nnz]] = 1.5
         w = w.view(n_rows, n_cols)

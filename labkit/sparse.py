@@ -89,7 +89,7 @@ def _check_matrix(w, name: str = "w") -> Tensor:
 
 
 def _check_gap_bits(gap_bits) -> int:
-    if isinstance(gap_bits, bool) or gap_bits not in GAP_BITS:
+    if isinstance(gap_bits, bool) or not isinstance(gap_bits, numbers.Integral) or gap_bits not in GAP_BITS:
         raise ValueError(f"gap_bits={gap_bits!r} is not allowed; the relative index stores gaps in one of "
                          f"{GAP_BITS} bits")
     return int(gap_bits)
@@ -111,9 +111,10 @@ def smallest_index_bytes(largest_index: int) -> int:
 
 def _resolve_index_bytes(index_bytes, largest_index: int, what: str) -> int:
     """`index_bytes` checked (1, 2, 4, 8 or "smallest") and wide enough for `largest_index` (described by `what`)."""
-    if index_bytes == "smallest":
+    if isinstance(index_bytes, str) and index_bytes == "smallest":
         return smallest_index_bytes(largest_index)
-    if isinstance(index_bytes, bool) or index_bytes not in INDEX_DTYPES:
+    allowed = isinstance(index_bytes, numbers.Integral) and not isinstance(index_bytes, bool)
+    if not allowed or index_bytes not in INDEX_DTYPES:
         raise ValueError(f"index_bytes={index_bytes!r} is not allowed; use one of {tuple(INDEX_DTYPES)} "
                          "(bytes per index) or 'smallest'")
     if largest_index > _index_limit(index_bytes):
@@ -321,7 +322,10 @@ class SparseMatrix:
         return out
 
     def matmul(self, x: Tensor) -> Tensor:
-        """x @ w.T from the stored entries only (nn.Linear without bias): (..., n_cols) -> (..., n_rows)."""
+        """x @ w.T from the stored entries only (nn.Linear without bias): (..., n_cols) -> (..., n_rows).
+
+        Zeros are skipped, so where x holds ±inf or NaN a pruned weight contributes 0 (dense gives NaN for 0·inf).
+        """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() == 0 or x.shape[-1] != self.shape[1]:

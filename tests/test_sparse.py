@@ -314,8 +314,12 @@ def test_bad_input_gives_clear_errors():
         COO.from_dense(w > 0)
     with pytest.raises(ValueError, match=r"gap_bits=5.*\(4, 8\)"):
         RelativeIndex.from_dense(w, gap_bits=5)
-    with pytest.raises(ValueError, match=r"index_bytes=3"):
-        COO.from_dense(w, index_bytes=3)
+    for bad in (3, 4.0, [4], "int32", True):
+        with pytest.raises(ValueError, match=r"index_bytes=.*use one of \(1, 2, 4, 8\)"):
+            COO.from_dense(w, index_bytes=bad)
+    for bad in (5, 4.0, "4", None):
+        with pytest.raises(ValueError, match=r"gap_bits=.*\(4, 8\)"):
+            RelativeIndex.from_dense(w, gap_bits=bad)
     with pytest.raises(ValueError, match=r"index_bytes=1 is too small.*300.*index_bytes=2"):
         COO.from_dense(torch.ones(2, 301), index_bytes=1)
     with pytest.raises(ValueError, match=r"index_bytes=1 is too small.*row pointer.*400"):

@@ -50,7 +50,7 @@ SCHEDULES = ("cubic", "linear")
 
 __all__ = [
     "METHODS", "SCOPES", "SCHEDULES", "prunable_layers", "magnitude_mask", "row_mask", "nm_mask", "random_mask",
-    "check_calibration", "calibration_batches", "input_norms", "wanda_scores", "layer_masks", "nm_layer_masks",
+    "check_calibration", "calibration_batches", "input_norms", "wanda_scores", "layer_masks", "one_shot_sweep", "nm_layer_masks",
     "apply_masks", "pruned_copy", "keep_masks", "sparsity", "head_importance", "channel_importance",
     "remove_heads", "remove_mlp_channels", "least_important_heads", "prune_heads", "prune_mlp_channels",
     "compare_forward_time", "fine_tune", "sparsity_schedule", "iterative_prune", "sensitivity_scan",
@@ -64,7 +64,7 @@ __all__ = [
 def _check_sparsity(value, name: str = "sparsity") -> float:
     """`value` as a float if it is a fraction in [0, 1), else ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1) (the fraction of weights removed), got {value!r}")
+        raise ValueError(f"{name} must be a number in [0, 1) (the fraction removed), got {value!r}")
     return float(value)
 
 
@@ -257,13 +257,15 @@ def wanda_scores(weight: Tensor, norms: Tensor) -> Tensor:
 
 
 def layer_masks(model: GPT, sparsity: float, method: str = "magnitude", scope: str = "layer",
-                calibration: Tensor | None = None, seed: int = 0) -> dict[str, Tensor]:
+                calibration: Tensor | None = None, seed: int = 0,
+                norms: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """A bool mask (True = kept) for every prunable layer removing `sparsity` of its weights.
 
     scope="layer": each matrix loses round(sparsity · numel) weights; Wanda compares within each output
     row instead (the paper's choice), so each row loses round(sparsity · in_features).
     scope="global": one ranking over all prunable weights together (torch's global_unstructured);
-    matrices then end at different sparsities. Wanda needs `calibration`; random uses `seed`.
+    matrices then end at different sparsities. Wanda needs `calibration` (or `norms`, the result of
+    input_norms(model, calibration), so a sweep runs the calibration text once); random uses `seed`.
     """
     _check_gpt(model)
     sparsity = _check_sparsity(sparsity)
@@ -276,7 +278,10 @@ def layer_masks(model: GPT, sparsity: float, method: str = "magnitude", scope: s
             return {name: random_mask(layer.weight.shape, sparsity, g) for name, layer in layers.items()}
         scores = {name: torch.rand(layer.weight.shape, generator=g) for name, layer in layers.items()}
     elif method == "wanda":
-        norms = input_norms(model, calibration)
+        if norms is None:
+            norms = input_norms(model, calibration)
+        elif not isinstance(norms, dict) or set(norms) != set(layers):
+            raise ValueError("norms must be input_norms(model, calibration): one tensor per prunable layer")
         scores = {name: wanda_scores(layer.weight, norms[name]) for name, layer in layers.items()}
         if scope == "layer":  # per output row: every output keeps the same number of its inputs
             return {name: _remove_smallest_per_row(s, round(sparsity * s.size(1))) for name, s in scores.items()}
@@ -299,6 +304,39 @@ def _remove_smallest_per_row(scores: Tensor, n_remove: int) -> Tensor:
     if n_remove > 0:
         mask.scatter_(1, torch.topk(scores, k=n_remove, dim=1, largest=False).indices, False)
     return mask
+
+
+def one_shot_sweep(model: GPT, eval_set, sparsities, methods=METHODS, scopes=SCOPES,
+                   calibration: Tensor | None = None, seed: int = 0,
+                   measure: Callable[[GPT], dict] | None = None, progress: bool = True) -> list[dict]:
+    """Prune a copy of `model` once for every (method, scope, sparsity) and score it on `eval_set`.
+
+    Rows: method, scope, sparsity (asked), measured_sparsity (zeros / prunable weights), loss and loss_se
+    (nats/char, labkit.evaluate.score), perplexity (e^loss). `measure(pruned_model)` may add columns
+    (e.g. the bytes of each storage format). Wanda's input norms are computed once, on the dense model.
+    """
+    from tqdm.auto import tqdm
+
+    from labkit.evaluate import score
+
+    _check_gpt(model)
+    sparsities = [_check_sparsity(s, "sparsities") for s in sparsities]
+    methods = [_check_choice(m, "methods", METHODS) for m in methods]
+    scopes = [_check_choice(s, "scopes", SCOPES) for s in scopes]
+    if not (sparsities and methods and scopes):
+        raise ValueError("sparsities, methods and scopes must each name at least one value")
+    norms = input_norms(model, calibration) if "wanda" in methods else None
+    rows = []
+    jobs = [(m, sc, s) for m in methods for sc in scopes for s in sparsities]
+    for method, scope, s in tqdm(jobs, desc="one-shot pruning", disable=not progress, mininterval=1.0):
+        pruned = pruned_copy(model, layer_masks(model, s, method, scope, seed=seed, norms=norms))
+        result = score(pruned, eval_set)
+        row = {"method": method, "scope": scope, "sparsity": s, "measured_sparsity": sparsity(pruned)["all"],
+               "loss": result.loss, "loss_se": result.standard_error, "perplexity": math.exp(result.loss)}
+        if measure is not None:
+            row.update(measure(pruned))
+        rows.append(row)
+    return rows
 
 
 def nm_layer_masks(model: GPT, n: int = 2, m: int = 4, method: str = "magnitude",

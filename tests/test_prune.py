@@ -345,3 +345,41 @@ def test_keep_masks_is_an_after_step_hook_that_re_zeroes():
     assert prune.sparsity(model)["all"] == pytest.approx(0.3, abs=1e-3)
     with pytest.raises(TypeError, match="masks must be a dict"):
         prune.keep_masks([masks])
+
+
+# ----------------------------------------------------------------------------- one-shot sweep
+
+def test_one_shot_sweep_scores_every_method_scope_and_sparsity(corpus):
+    from labkit.evaluate import evaluation_set, score
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                          activation="relu2", tie_weights=False)).eval()
+    eval_set = evaluation_set(corpus.val, window=16, every=16)
+    cal = prune.calibration_batches(corpus, 4, 16)
+    rows = prune.one_shot_sweep(model, eval_set, [0.0, 0.5], calibration=cal, progress=False,
+                                measure=lambda m: {"zeros": sum(int((l.weight == 0).sum())
+                                                                for l in prune.prunable_layers(m).values())})
+    assert [(r["method"], r["scope"], r["sparsity"]) for r in rows] == [
+        (m, sc, s) for m in prune.METHODS for sc in prune.SCOPES for s in (0.0, 0.5)]
+    dense = score(model, eval_set)
+    for r in rows:
+        assert r["measured_sparsity"] == pytest.approx(r["sparsity"], abs=1e-3)
+        assert r["perplexity"] == pytest.approx(torch.tensor(r["loss"]).exp().item())
+        assert r["zeros"] == round(r["measured_sparsity"] * 12 * 16 * 16)  # qkv 48·16 + proj 16·16 + MLP 2·64·16
+        if r["sparsity"] == 0:
+            assert r["loss"] == dense.loss and r["loss_se"] == dense.standard_error
+    wanda = next(r for r in rows if (r["method"], r["scope"], r["sparsity"]) == ("wanda", "layer", 0.5))
+    masks = prune.layer_masks(model, 0.5, "wanda", calibration=cal)
+    assert wanda["loss"] == score(prune.pruned_copy(model, masks), eval_set).loss
+    with pytest.raises(ValueError, match=r"methods='obd'; allowed"):
+        prune.one_shot_sweep(model, eval_set, [0.5], methods=["obd"])
+
+
+def test_precomputed_norms_give_the_same_wanda_masks():
+    model = small_gpt()
+    cal = calib(model)
+    a = prune.layer_masks(model, 0.5, "wanda", calibration=cal)
+    b = prune.layer_masks(model, 0.5, "wanda", norms=prune.input_norms(model, cal))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    with pytest.raises(ValueError, match="norms must be input_norms"):
+        prune.layer_masks(model, 0.5, "wanda", norms={"blocks.0.attn.qkv": torch.ones(32)})

@@ -174,3 +174,41 @@ def _bytes_axis(ax, axis: str, values: list[float]) -> None:
     getattr(ax, f"set_{axis}ticks")(ticks, [human_bytes(t).replace(".00", "") for t in ticks])
     getattr(ax, f"set_{axis}lim")(2.0 ** lo / 1.3, 2.0 ** hi * 1.3)
     getattr(ax, f"{axis}axis").set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def pareto_front(xs, ys, y_tolerance: float = 0.0) -> list[int]:
+    """Indices of the points no other point beats (smaller x and smaller y are better), sorted by x.
+
+    Point q beats point p when q.x <= p.x and either q.y < p.y - y_tolerance (better by more than the
+    noise) or q.y == p.y and q.x < p.x (the same quality for fewer bytes, e.g. one model in two storage
+    formats). So with y_tolerance = 0 this is the usual front, and with the noise as y_tolerance a point
+    whose y is within the noise of a cheaper point's stays on the front: the data cannot rank them.
+    Of exact duplicates only the first index is kept. Ties in x are listed by y, then by index.
+    """
+    xs, ys = list(xs), list(ys)
+    if len(xs) != len(ys):
+        raise ValueError(f"xs and ys must have the same length, got {len(xs)} and {len(ys)}")
+    for name, values in (("xs", xs), ("ys", ys)):
+        for i, v in enumerate(values):
+            if not _finite_number(v):
+                raise ValueError(f"{name}[{i}]={v!r}: every coordinate must be a finite number")
+    if not (_finite_number(y_tolerance) and y_tolerance >= 0):
+        raise ValueError(f"y_tolerance={y_tolerance!r} must be a finite number >= 0 (in the units of ys)")
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys)]
+
+    def beats(q: tuple[float, float], p: tuple[float, float]) -> bool:
+        return q[0] <= p[0] and (q[1] < p[1] - y_tolerance or (q[1] == p[1] and q[0] < p[0]))
+
+    front = [i for i, p in enumerate(pts)
+             if not any(beats(q, p) for q in pts) and pts.index(p) == i]      # pts.index: first of duplicates
+    return sorted(front, key=lambda i: (pts[i][0], pts[i][1], i))
+
+
+def _finite_number(v) -> bool:
+    """True for a finite int or float (numpy scalars too); False for bools, strings, NaN and infinities."""
+    if isinstance(v, (bool, str, bytes)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

@@ -377,3 +377,12 @@ def test_labkit_references_agree_with_the_checks():
     for r, c, v, i in examples_of(grading.check_csr_break_even, my_csr_break_even):
         assert sparse.break_even_density("csr", r, c, v, i) == pytest.approx(my_csr_break_even(r, c, v, i),
                                                                              rel=1e-9, abs=1e-12)
+
+
+def test_magnitude_per_row_pruning_gets_its_hint():
+    def per_row(w, s):
+        if w.dim() == 1:
+            return my_magnitude_mask(w, s)
+        return torch.stack([my_magnitude_mask(row, s) for row in w])
+    result = grading.check_magnitude_mask(per_row, quiet=True)
+    assert result.status == grading.FAIL and "each row separately" in result.message, result.message

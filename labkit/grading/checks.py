@@ -775,10 +775,15 @@ def check_magnitude_mask(fn: Callable[[torch.Tensor, float], torch.Tensor], quie
     def count(w: torch.Tensor, s: float) -> int:
         return round(s * w.numel())
 
-    def removes_smallest(n_of: Callable[[torch.Tensor, float], int], signed: bool = False) -> Callable[..., bool]:
-        """A matcher: a valid-looking mask that removes n_of(w, s) weights (≠ the right count) of smallest score."""
-        return lambda got, w, s: (n_of(w, s) != count(w, s)
-                                  and _is_magnitude_mask(got, w, n_of(w, s), signed=signed))
+    def removes_smallest(n_of: Callable[[torch.Tensor, float], int]) -> Callable[..., bool]:
+        """A matcher: a mask removing the n_of(w, s) smallest |w|, when that is not the right count."""
+        return lambda got, w, s: n_of(w, s) != count(w, s) and _is_magnitude_mask(got, w, n_of(w, s))
+
+    def per_row(got: Any, w: torch.Tensor, s: float) -> bool:
+        """The same fraction removed from each row separately (Wanda's comparison group), not from the whole matrix."""
+        return (w.dim() == 2 and w.shape[0] > 1 and _removes(got, w) is not None
+                and not _is_magnitude_mask(got, w, count(w, s))
+                and all(_is_magnitude_mask(got[r], w[r], round(s * w.shape[1])) for r in range(w.shape[0])))
 
     def keeps_smallest(got: Any, w: torch.Tensor, s: float) -> bool:
         if _removes(got, w) != count(w, s) or count(w, s) in (0, w.numel()):
@@ -811,6 +816,8 @@ def check_magnitude_mask(fn: Callable[[torch.Tensor, float], torch.Tensor], quie
                 "weights to remove — flip it with ~", inverted),
         Mistake("you kept the smallest |w| and removed the largest: magnitude pruning removes the SMALLEST |w| "
                 "(they change the layer's output least)", keeps_smallest),
+        Mistake("you pruned each row separately (the same fraction per row): this exercise removes the smallest |w| "
+                "of the WHOLE matrix — flatten it first (weight.abs().flatten())", per_row),
         Mistake("you ranked by the signed value w, so large NEGATIVE weights were removed: rank by magnitude, "
                 "weight.abs()", lambda got, w, s: bool((w < 0).any()) and not _is_magnitude_mask(got, w, count(w, s))
                 and _is_magnitude_mask(got, w, count(w, s), signed=True)),

@@ -102,6 +102,11 @@ def sweep_table(sweep: Any) -> SweepTable:
     return SweepTable(rows=rows, methods=list(dict.fromkeys(m for m, _, _ in rows)), dense=zero[0])
 
 
+def _percent(sparsity: float) -> str:
+    """'50%', '12.5%': a sparsity as the percentage of weights removed."""
+    return f"{100 * sparsity:.3g}%"
+
+
 def _band(loss: float, se: float) -> tuple[float, float]:
     """Perplexity at loss ∓ BAND_SE·se: the ± 2·SE band on the perplexity axis."""
     return math.exp(loss - BAND_SE * se), math.exp(loss + BAND_SE * se)
@@ -178,7 +183,7 @@ def pruning_state(sweep: Any, method: str, sparsity: float, storage: str, scope:
         verdict = (f"{storage} takes {human_bytes(chosen_bytes - same_weights_dense)} MORE than storing the same "
                    f"pruned weights dense: at this sparsity its indices cost more than the zeros it drops")
     state["text"] = (
-        f"{method} pruning ({scope}) at {sparsity:.0%} sparsity: perplexity {state['perplexity']:.3f} "
+        f"{method} pruning ({scope}) at {_percent(sparsity)} sparsity: perplexity {state['perplexity']:.3f} "
         f"(± 2·SE: {low:.3f}–{high:.3f}) vs the dense model's {state['dense_model']['perplexity']:.3f}. "
         f"Stored as {storage}: {human_bytes(chosen_bytes)}, {state['ratio_vs_dense']:.2f}× the dense model's "
         f"{human_bytes(dense_model_bytes)}; {verdict}. "
@@ -230,7 +235,7 @@ def pruning_figure(state: dict) -> Figure:
     left.axhline(state["dense_model"]["perplexity"], color="k", lw=1, ls=":",
                  label=f"dense model ({state['dense_model']['perplexity']:.2f})")
     left.plot([100 * state["sparsity"]], [state["perplexity"]], "o", ms=11, mfc="none", mec="#C44E52", mew=2,
-              label=f"chosen: {state['method']} at {state['sparsity']:.0%}")
+              label=f"chosen: {state['method']} at {_percent(state['sparsity'])}")
     _perplexity_axis(left, ppl_values)
     left.set_xlabel("sparsity (% of the prunable weights removed)")
     left.set_ylabel("validation perplexity (log scale)")
@@ -250,7 +255,7 @@ def pruning_figure(state: dict) -> Figure:
     right.plot([dense["bytes"]], [dense["perplexity"]], "*", ms=14, color="k", zorder=4,
                label=f"dense model ({human_bytes(dense['bytes'])})")
     right.plot([state["bytes"]], [state["perplexity"]], "o", ms=12, mfc="none", mec="#C44E52", mew=2, zorder=5,
-               label=f"chosen: {state['storage']} at {state['sparsity']:.0%}")
+               label=f"chosen: {state['storage']} at {_percent(state['sparsity'])}")
     _bytes_axis(right, "x", [p["bytes"] for p in points] + [dense["bytes"]])
     _perplexity_axis(right, [p["perplexity"] for p in points] + [dense["perplexity"]])
     right.set_xlabel("memory of the pruned weights (bytes, log scale)")
@@ -277,7 +282,7 @@ def pruning_panel(sweep: Any, method: str | None = None, sparsity: float | None 
     style = {"description_width": "70px"}
 
     def slider_options(values: list[float]) -> list[tuple[str, float]]:
-        return [(f"{100 * s:.0f}%", s) for s in values]
+        return [(_percent(s), s) for s in values]
 
     controls: dict[str, Any] = {"method": W.Dropdown(options=table.methods, value=method, description="method",
                                                      style=style)}

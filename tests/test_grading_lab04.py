@@ -1,15 +1,16 @@
 """Lab 04 self-checks: a right answer passes, each typical wrong one fails with its hint, nothing raises.
 
 (That a stub reads 'not yet solved' is tested for every check at once in test_grading.py.)"""
+import functools
 import math
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from labkit import grading
+from labkit import grading, prune, sparse
 from labkit.autograde import grade
+from labkit.grading.checks import _is_magnitude_mask
 
 
 # ---- the learner's answers, written here by hand ----------------------------------------------
@@ -147,20 +148,13 @@ def test_magnitude_mask_may_not_delegate():
     assert result.status == grading.FAIL and "torch.nn.utils.prune" in result.message
 
 
-def test_magnitude_mask_may_not_call_labkit_prune(monkeypatch):
-    # labkit.prune is written in parallel with this check: if it is not importable yet, stand in for it
-    try:
-        import labkit.prune as prune
-    except Exception:
-        import types
-        prune = types.ModuleType("labkit.prune")
-        monkeypatch.setitem(sys.modules, "labkit.prune", prune)
-    if not hasattr(prune, "magnitude_mask"):
-        monkeypatch.setattr(prune, "magnitude_mask", my_magnitude_mask, raising=False)
+def test_magnitude_mask_may_not_call_labkit_prune():
     result = grading.check_magnitude_mask(lambda w, s: prune.magnitude_mask(w, s), quiet=True)
     assert result.status == grading.FAIL and "labkit.prune.magnitude_mask" in result.message
     result = grading.check_magnitude_mask(prune.magnitude_mask, quiet=True)   # handing it in
     assert result.status == grading.FAIL and "labkit.prune.magnitude_mask" in result.message
+    result = grading.check_magnitude_mask(lambda w, s: prune.layer_masks(w, s), quiet=True)
+    assert result.status == grading.FAIL and "labkit.prune.layer_masks" in result.message
 
 
 def test_magnitude_hidden_examples_pass_a_right_answer_and_catch_a_wrong_one(monkeypatch):
@@ -227,17 +221,11 @@ def test_csr_bytes_accepts_numpy_and_tensor_integers():
     assert type(fn(4, 6, 4, 4)) is int and fn(4, 6, 4, 4) == 68
 
 
-def test_csr_bytes_may_not_delegate(monkeypatch):
-    try:
-        import labkit.sparse as sparse
-    except Exception:
-        import types
-        sparse = types.ModuleType("labkit.sparse")
-        monkeypatch.setitem(sys.modules, "labkit.sparse", sparse)
-    if not hasattr(sparse, "csr_bytes"):
-        monkeypatch.setattr(sparse, "csr_bytes", my_csr_bytes, raising=False)
+def test_csr_bytes_may_not_delegate():
     result = grading.check_csr_bytes(lambda r, z, v, i: sparse.csr_bytes(r, z, v, i), quiet=True)
     assert result.status == grading.FAIL and "labkit.sparse.csr_bytes" in result.message
+    result = grading.check_csr_bytes(lambda r, z, v, i: sparse.format_bytes("csr", (r, 1 + z // r), z), quiet=True)
+    assert result.status == grading.FAIL and "labkit.sparse.format_bytes" in result.message
 
 
 # ---- csr_break_even ---------------------------------------------------------------------------
@@ -287,20 +275,10 @@ def test_csr_break_even_accepts_numpy_scalars_and_hands_on_a_float():
     assert type(fn(512, 128, 4, 4)) is float
 
 
-def test_csr_break_even_may_not_delegate(monkeypatch):
-    import functools
-    try:
-        import labkit.sparse as sparse
-    except Exception:
-        import types
-        sparse = types.ModuleType("labkit.sparse")
-        monkeypatch.setitem(sys.modules, "labkit.sparse", sparse)
-    if not hasattr(sparse, "break_even_density"):
-        monkeypatch.setattr(sparse, "break_even_density", lambda fmt, r, c, v=4, i=4: my_csr_break_even(r, c, v, i),
-                            raising=False)
+def test_csr_break_even_may_not_delegate():
     result = grading.check_csr_break_even(lambda r, c, v, i: sparse.break_even_density("csr", r, c, v, i), quiet=True)
     assert result.status == grading.FAIL and "labkit.sparse.break_even_density" in result.message
-    handed_in = functools.partial(sparse.break_even_density, "csr")
+    handed_in = functools.partial(sparse.break_even_density, "csr")     # what the lab's fallback hands on
     result = grading.check_csr_break_even(handed_in, quiet=True)
     assert result.status == grading.FAIL and "labkit.sparse.break_even_density" in result.message
 
@@ -368,8 +346,6 @@ def examples_of(check, right):
 
 
 def test_labkit_references_agree_with_the_checks():
-    from labkit import prune, sparse
-    from labkit.grading.checks import _is_magnitude_mask
     for w, s in examples_of(grading.check_magnitude_mask, my_magnitude_mask):
         assert _is_magnitude_mask(prune.magnitude_mask(w, s), w, round(s * w.numel())), (w, s)
     for args in examples_of(grading.check_csr_bytes, my_csr_bytes):

@@ -202,7 +202,7 @@ def _perplexity_axis(ax, values: list[float]) -> None:
     """Log perplexity axis with plain number labels (1, 2, 5, 10, 20 ...): no mathtext, which is slow to lay out."""
     lo, hi = min(values), max(values)
     ax.set_yscale("log")
-    nice = [m * 10 ** e for e in range(0, 6) for m in (1, 1.5, 2, 3, 5, 7)]
+    nice = [m * 10 ** e for e in range(6) for m in (1, 1.5, 2, 3, 5, 7)]
     ticks = [t for t in nice if lo / 1.15 <= t <= hi * 1.15]
     if len(ticks) > 7:
         ticks = ticks[::math.ceil(len(ticks) / 7)]

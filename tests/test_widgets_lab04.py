@@ -280,3 +280,16 @@ def test_sweep_table_is_reused_and_every_control_combination_draws():
     for method, storage in itertools.product(("magnitude", "random"), ("dense", "coo")):
         s = widgets.pruning_state(table, method, 0.3, storage)
         assert s["storage"] == storage and s["method"] == method
+
+
+def test_a_control_change_is_one_redraw_with_plain_tick_labels():
+    panel = widgets.pruning_panel(make_sweep())
+    changes = []
+    panel.output.observe(lambda change: changes.append(change), "outputs")
+    panel.controls["scope"].value = "global"
+    panel.controls["method"].value = "random"              # also resets the scope menu: still one redraw
+    assert len(changes) == 2 and panel.state["scope"] == "layer"
+    assert panel.controls["sparsity"].continuous_update is False
+    for ax in panel.figure.axes:
+        labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
+        assert labels and "$" not in "".join(labels)       # plain text, not mathtext (slow to lay out)

@@ -4,7 +4,8 @@ A sweep is a pandas DataFrame with one row per pruned model, measured in the lab
 - method ("magnitude", "wanda", "random"...), scope ("layer" or "global"), sparsity (fraction removed, 0 ≤ s < 1);
 - loss (mean nats/char on the lab's evaluation set), loss_se (its standard error, nats/char) and
   perplexity (exp(loss));
-- one `<fmt>_bytes` column per labkit.sparse.FORMATS entry: the bytes of the pruned weights stored in `fmt`.
+- one `<fmt>_bytes` column per labkit.sparse.FORMATS entry: the bytes with the pruned matrices stored in `fmt`
+  (of those matrices alone, or of the whole model with the rest dense: the panel shows whichever it is given).
 The dense model is the row with sparsity 0 (pruning nothing gives the same model with any method).
 
 The panel draws perplexity with its ± 2·SE band, exp(loss ± 2·loss_se), and a memory-vs-quality front that
@@ -258,7 +259,7 @@ def pruning_figure(state: dict) -> Figure:
                label=f"chosen: {state['storage']} at {_percent(state['sparsity'])}")
     _bytes_axis(right, "x", [p["bytes"] for p in points] + [dense["bytes"]])
     _perplexity_axis(right, [p["perplexity"] for p in points] + [dense["perplexity"]])
-    right.set_xlabel("memory of the pruned weights (bytes, log scale)")
+    right.set_xlabel("memory, pruned matrices in each format (bytes, log scale)")
     right.set_ylabel("validation perplexity (log scale)")
     right.set_title(f"{state['method']} ({state['scope']}): memory vs quality, lower-left is better", fontsize=10)
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)   # beside: no data hidden

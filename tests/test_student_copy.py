@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import torch
 import pytest
 
 from labkit import grading
@@ -53,3 +54,21 @@ def test_student_copy_runs_top_to_bottom(tmp_path, name):
     assert shown.count("not yet solved") >= removed[name] - written    # written answers have no self-check
     assert re.search(r"the cells below use the reference implementation (`[\w.]+` )?instead", shown)  # fell back, said so
     assert "this lab ran in" in shown             # it reached the last cell
+
+
+def test_labkit_release_copies_fail_nbgrader_validate_on_a_wrong_answer(monkeypatch):
+    """A copy from `labkit.grading release` keeps, in each graded cell, the line that makes `nbgrader validate`
+    run the check (its hidden tests are gone): under validate a wrong answer raises, a right one passes, and a
+    learner running the cell sees nothing happen."""
+    nb = nbformat.read(NOTEBOOKS / "00_start_here.ipynb", as_version=4)
+    graded = [c.source for c in grading.student_copy(nb, "00").cells
+              if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")]
+    assert graded and all("check_when_validating(" in s and "BEGIN HIDDEN" not in s for s in graded)
+    cell = next(s for s in graded if "'tensor_bytes'" in s)
+    wrong = {"tensor_bytes": lambda shape, dtype: 0}
+    exec(cell, dict(wrong))                                        # a learner's run: nothing happens
+    monkeypatch.setenv("NBGRADER_EXECUTION", "validate")
+    with pytest.raises(AssertionError, match="tensor_bytes"):
+        exec(cell, dict(wrong))
+    exec(cell, {"tensor_bytes": lambda shape, dtype: (torch.tensor(0, dtype=dtype).element_size()
+                                                      * torch.Size(shape).numel())})

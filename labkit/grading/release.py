@@ -95,6 +95,10 @@ def student_copy(nb, name: str = "notebook"):
         if cell.cell_type in ("code", "markdown") and _whole_cell_solution(cell):   # e.g. a written answer
             cell.source = STUDENT_STUB.format(indent="") if cell.cell_type == "code" else WRITTEN_ANSWER_STUB
         if cell.cell_type == "code":
+            if cell.get("metadata", {}).get("nbgrader", {}).get("grade"):
+                # the visible line that makes `nbgrader validate` run the check (hidden tests are gone here)
+                from labkit.course import add_validate_hook
+                cell.source = add_validate_hook(cell.source)
             cell.source = strip_solutions(cell.source)
             cell.outputs = []
             cell.execution_count = None

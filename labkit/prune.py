@@ -50,7 +50,8 @@ SCHEDULES = ("cubic", "linear")
 
 __all__ = [
     "METHODS", "SCOPES", "SCHEDULES", "prunable_layers", "magnitude_mask", "row_mask", "nm_mask", "random_mask",
-    "check_calibration", "calibration_batches", "input_norms", "wanda_scores", "layer_masks", "one_shot_sweep", "nm_layer_masks",
+    "check_calibration", "calibration_batches", "input_norms", "wanda_scores", "layer_masks", "one_shot_sweep",
+    "nm_layer_masks",
     "apply_masks", "pruned_copy", "keep_masks", "sparsity", "head_importance", "channel_importance",
     "remove_heads", "remove_mlp_channels", "least_important_heads", "prune_heads", "prune_mlp_channels",
     "compare_forward_time", "fine_tune", "sparsity_schedule", "iterative_prune", "sensitivity_scan",

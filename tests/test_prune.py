@@ -318,7 +318,7 @@ def test_fine_tune_keeps_pruned_weights_exactly_zero_through_adamw_with_weight_d
     masks = prune.layer_masks(model, 0.6)
     start = {n: l.weight.detach().clone() for n, l in prune.prunable_layers(model).items()}
     tuned, result = prune.fine_tune(model, masks, steps=6, lr=1e-2, corpus=corpus, progress=False,
-                                    batch_size=4, eval_iters=1, log=lambda *a: None)
+                                    batch_size=4, eval_iters=1, weight_decay=0.1, log=lambda *a: None)
     assert tuned is model and result["iters"] == 6
     for name, layer in prune.prunable_layers(tuned).items():
         w = layer.weight.detach()
@@ -383,3 +383,47 @@ def test_precomputed_norms_give_the_same_wanda_masks():
     assert all(torch.equal(a[n], b[n]) for n in a)
     with pytest.raises(ValueError, match="norms must be input_norms"):
         prune.layer_masks(model, 0.5, "wanda", norms={"blocks.0.attn.qkv": torch.ones(32)})
+
+
+def test_fine_tune_refuses_bad_steps_and_masks_of_another_model(corpus):
+    model = tiny_gpt_for(corpus)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        prune.fine_tune(model, {}, steps=0, corpus=corpus)
+    with pytest.raises(ValueError, match=r"masks\['blocks.0.mlp.fc'\] has shape \(64, 32\)"):
+        prune.fine_tune(model, {"blocks.0.mlp.fc": torch.ones(64, 32, dtype=torch.bool)}, steps=1, corpus=corpus)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        prune.fine_tune(model, {}, steps=1, lr=-1.0, corpus=corpus)
+
+
+NEEDS_A_GPT = {
+    "input_norms": lambda m: prune.input_norms(m, torch.zeros(1, 4, dtype=torch.long)),
+    "apply_masks": lambda m: prune.apply_masks(m, {}),
+    "pruned_copy": lambda m: prune.pruned_copy(m, {}),
+    "keep_masks": lambda m: prune.keep_masks({})(m),
+    "sparsity": lambda m: prune.sparsity(m),
+    "head_importance": lambda m: prune.head_importance(m, torch.zeros(1, 4, dtype=torch.long)),
+    "channel_importance": lambda m: prune.channel_importance(m, torch.zeros(1, 4, dtype=torch.long)),
+    "prune_heads": lambda m: prune.prune_heads(m, 1, torch.zeros(1, 4, dtype=torch.long)),
+    "prune_mlp_channels": lambda m: prune.prune_mlp_channels(m, 0.5, torch.zeros(1, 4, dtype=torch.long)),
+    "remove_heads": lambda m: prune.remove_heads(m, [[0]]),
+    "fine_tune": lambda m: prune.fine_tune(m, {}, steps=1),
+    "iterative_prune": lambda m: prune.iterative_prune(m, 0.5, 2, 1),
+    "sensitivity_scan": lambda m: prune.sensitivity_scan(m, None, [0.5]),
+    "one_shot_sweep": lambda m: prune.one_shot_sweep(m, None, [0.5]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_A_GPT))
+def test_every_function_that_needs_a_gpt_says_so(name):
+    with pytest.raises(TypeError, match="model must be a labkit.model.GPT.*got LSTMLM"):
+        NEEDS_A_GPT[name](LSTMLM(LSTMConfig()))
+
+
+@given(sparsity=st.floats(0, 0.999), method=st.sampled_from(prune.METHODS), seed=st.integers(0, 100))
+@settings(max_examples=25, deadline=None)
+def test_global_masks_remove_exactly_round_sparsity_times_all_prunable_weights(sparsity, method, seed):
+    model = small_gpt()
+    cal = calib(model, n=2)
+    masks = prune.layer_masks(model, sparsity, method, "global", calibration=cal, seed=seed)
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(sparsity * total)

@@ -24,6 +24,12 @@ def small_gpt(seed: int = 0, **overrides) -> GPT:
     return GPT(GPTConfig(**{**fields, **overrides})).eval()
 
 
+def same_weights(a: GPT, b: GPT) -> bool:
+    """Whether two models hold the same tensors under the same names."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def calib(model: GPT, n: int = 6, seed: int = 1) -> torch.Tensor:
     return torch.randint(model.config.vocab_size, (n, model.block_size), generator=torch.Generator().manual_seed(seed))
 
@@ -85,7 +91,7 @@ def zero_heads(model: GPT, heads: list[list[int]]) -> None:
     """Silence query heads: zero their columns of attn.proj (their output then adds nothing)."""
     hd = model.config.head_dim
     with torch.no_grad():
-        for block, removed in zip(model.blocks, heads):
+        for block, removed in zip(model.blocks, heads, strict=True):
             for h in removed:
                 block.attn.proj.weight[:, h * hd:(h + 1) * hd] = 0
 
@@ -109,7 +115,7 @@ def test_removing_silent_heads_leaves_the_logits_unchanged_and_shrinks_the_model
     torch.testing.assert_close(smaller(x)[0], model(x)[0], rtol=1e-5, atol=1e-6)
     # the explicit form gives the same model
     explicit = prune.remove_heads(model, silent)
-    assert all(torch.equal(a, b) for a, b in zip(explicit.state_dict().values(), smaller.state_dict().values()))
+    assert same_weights(explicit, smaller)
 
 
 def test_mha_head_removal_takes_keys_and_values_with_it():
@@ -162,7 +168,7 @@ def test_zero_heads_removed_gives_a_copy_with_the_same_weights():
     model = small_gpt()
     same = prune.prune_heads(model, 0, calib(model))
     assert same is not model and same.config == model.config
-    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), model.state_dict().values()))
+    assert same_weights(same, model)
 
 
 # ----------------------------------------------------------------------------- structured: MLP channels
@@ -174,11 +180,11 @@ def test_removing_silent_channels_leaves_the_logits_unchanged(activation, bias):
     hidden = model.config.mlp_hidden
     silent = [list(range(0, hidden, 4)), list(range(1, hidden, 4))]  # a quarter of each layer
     with torch.no_grad():
-        for block, removed in zip(model.blocks, silent):
+        for block, removed in zip(model.blocks, silent, strict=True):
             (block.mlp.w_down if activation == "swiglu" else block.mlp.proj).weight[:, removed] = 0
     importance = prune.channel_importance(model, calib(model))
     assert [imp.shape for imp in importance] == [(hidden,), (hidden,)]
-    for imp, removed in zip(importance, silent):
+    for imp, removed in zip(importance, silent, strict=True):
         assert (imp[removed] == 0).all() and (imp > 0).sum() == hidden - len(removed)
     smaller = prune.prune_mlp_channels(model, 0.25, calib(model))
     assert smaller.config.mlp_hidden == hidden - len(silent[0])
@@ -186,7 +192,7 @@ def test_removing_silent_channels_leaves_the_logits_unchanged(activation, bias):
     x = calib(model, n=3, seed=5)
     torch.testing.assert_close(smaller(x)[0], model(x)[0], rtol=1e-5, atol=1e-6)
     explicit = prune.remove_mlp_channels(model, silent)
-    assert all(torch.equal(a, b) for a, b in zip(explicit.state_dict().values(), smaller.state_dict().values()))
+    assert same_weights(explicit, smaller)
 
 
 def test_channel_importance_is_activation_norm_times_column_norm():

@@ -218,11 +218,15 @@ def build_for_corpus(cfg: TrainConfig, corpus: data_mod.Corpus) -> LanguageModel
 
 def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod.Corpus | None = None,
           log=print, desc: str | None = None,
-          after_step: Callable[[LanguageModel], None] | None = None) -> tuple[LanguageModel, dict]:
+          after_step: Callable[[LanguageModel], None] | None = None,
+          loss_fn: Callable[[LanguageModel, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+          ) -> tuple[LanguageModel, dict]:
     """Train `model` (built from cfg if None) on the corpus; returns the model and a result dict.
 
     `desc` labels the progress bar (default "train <model kind>"). `after_step(model)` runs after every
-    optimizer step (e.g. re-applying pruning masks, so pruned weights stay exactly zero)."""
+    optimizer step (e.g. re-applying pruning masks, so pruned weights stay exactly zero). `loss_fn(model, x, y,
+    it)` replaces the model's own cross-entropy as the training loss of step `it` (e.g. distillation from a
+    teacher); evaluation still reports cross-entropy on the labels."""
     check_train_config(cfg)  # again: a config may have been edited after it was made
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -257,7 +261,7 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
         for group in opt.param_groups:
             group["lr"] = lr_at(it, cfg)
         x, y = data_mod.get_batch(corpus.train, cfg.batch_size, cfg.block_size, batch_gen)
-        _, loss = model(x, y)
+        loss = model(x, y)[1] if loss_fn is None else loss_fn(model, x, y, it)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

@@ -432,3 +432,22 @@ def test_after_step_runs_after_every_optimizer_step(corpus):
     assert torch.count_nonzero(model.blocks[0].mlp.fc.weight[0]) == 0
     plain, _ = train(cfg, corpus=corpus, log=quiet)
     assert torch.count_nonzero(plain.blocks[0].mlp.fc.weight[0]) > 0
+
+
+def test_loss_fn_replaces_the_training_loss_and_sees_every_step(corpus):
+    """The hook distillation relies on: called once per step with the batch and the step number; the model's own
+    cross-entropy is what loss_fn = None trains, so a loss_fn returning it trains the same weights."""
+    cfg = make_config("gpt", "tiny", max_iters=5, progress=False)
+    steps = []
+
+    def own_loss(model, x, y, it):
+        steps.append(it)
+        assert x.shape == y.shape == (cfg.batch_size, cfg.block_size)
+        return model(x, y)[1]
+
+    m1, r1 = train(cfg, corpus=corpus, log=quiet, loss_fn=own_loss)
+    m2, r2 = train(cfg, corpus=corpus, log=quiet)
+    assert steps == list(range(5)) and r1["val_loss"] == r2["val_loss"]
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    ascent, _ = train(cfg, corpus=corpus, log=quiet, loss_fn=lambda model, x, y, it: -model(x, y)[1])
+    assert not torch.equal(ascent.blocks[0].mlp.fc.weight, m2.blocks[0].mlp.fc.weight)   # its loss is what trains

@@ -45,7 +45,7 @@ from torch import Tensor
 from labkit.model import GPT, GPTConfig
 
 METHODS = ("magnitude", "wanda", "random")
-SCOPES = ("layer", "global")
+SCOPES = ("layer", "row", "global")
 SCHEDULES = ("cubic", "linear")
 
 __all__ = [
@@ -122,7 +122,7 @@ def check_calibration(model: GPT, calibration) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Unstructured masks
+# 1. Masks from the weights alone: magnitude (per matrix or per row), random, N:M
 
 
 def prunable_layers(model: GPT) -> dict[str, nn.Linear]:
@@ -191,7 +191,8 @@ def nm_mask(weight: Tensor, n: int = 2, m: int = 4, scores: Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------
-# Calibration: what the layers' inputs look like on real text (Wanda and the structured scores need it)
+# 2. Calibration: what the layers' inputs look like on real text (Wanda and the structured scores),
+#    masks for a whole model, applying them
 
 
 def calibration_batches(tokens, n_sequences: int, seq_len: int, seed: int = 0) -> Tensor:
@@ -264,6 +265,8 @@ def layer_masks(model: GPT, sparsity: float, method: str = "magnitude", scope: s
 
     scope="layer": each matrix loses round(sparsity · numel) weights; Wanda compares within each output
     row instead (the paper's choice), so each row loses round(sparsity · in_features).
+    scope="row": every method compares within each output row (so magnitude "row" vs Wanda "layer"
+    separates what the input norms add from what the per-row comparison adds).
     scope="global": one ranking over all prunable weights together (torch's global_unstructured);
     matrices then end at different sparsities. Wanda needs `calibration` (or `norms`, the result of
     input_norms(model, calibration), so a sweep runs the calibration text once); random uses `seed`.
@@ -284,12 +287,14 @@ def layer_masks(model: GPT, sparsity: float, method: str = "magnitude", scope: s
         elif not isinstance(norms, dict) or set(norms) != set(layers):
             raise ValueError("norms must be input_norms(model, calibration): one tensor per prunable layer")
         scores = {name: wanda_scores(layer.weight, norms[name]) for name, layer in layers.items()}
-        if scope == "layer":  # per output row: every output keeps the same number of its inputs
-            return {name: _remove_smallest_per_row(s, round(sparsity * s.size(1))) for name, s in scores.items()}
+        if scope == "layer":
+            scope = "row"  # per output row: every output keeps the same number of its inputs
     else:
         scores = {name: layer.weight.detach().abs() for name, layer in layers.items()}
         if scope == "layer":
             return {name: _remove_smallest(s, round(sparsity * s.numel())) for name, s in scores.items()}
+    if scope == "row":
+        return {name: _remove_smallest_per_row(s, round(sparsity * s.size(1))) for name, s in scores.items()}
     # global: rank every score of every layer together, as torch's global_unstructured does
     flat = torch.cat([s.reshape(-1) for s in scores.values()])
     keep = _remove_smallest(flat, round(sparsity * flat.numel()))
@@ -307,7 +312,7 @@ def _remove_smallest_per_row(scores: Tensor, n_remove: int) -> Tensor:
     return mask
 
 
-def one_shot_sweep(model: GPT, eval_set, sparsities, methods=METHODS, scopes=SCOPES,
+def one_shot_sweep(model: GPT, eval_set, sparsities, methods=METHODS, scopes=("layer", "global"),
                    calibration: Tensor | None = None, seed: int = 0,
                    measure: Callable[[GPT], dict] | None = None, progress: bool = True) -> list[dict]:
     """Prune a copy of `model` once for every (method, scope, sparsity) and score it on `eval_set`.

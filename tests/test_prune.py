@@ -154,9 +154,11 @@ def test_random_masks_remove_the_exact_count_and_depend_on_the_seed(scope):
     assert not all(torch.equal(a[n], c[n]) for n in a)
     if scope == "layer":
         assert all(int((~m).sum()) == round(0.4 * m.numel()) for m in a.values())
-    total = sum(m.numel() for m in a.values())
-    assert sum(int((~m).sum()) for m in a.values()) == (round(0.4 * total) if scope == "global" else
-                                                      sum(round(0.4 * m.numel()) for m in a.values()))
+    if scope == "row":
+        assert all(((~m).sum(dim=1) == round(0.4 * m.size(1))).all() for m in a.values())
+    if scope == "global":
+        total = sum(m.numel() for m in a.values())
+        assert sum(int((~m).sum()) for m in a.values()) == round(0.4 * total)
 
 
 # ----------------------------------------------------------------------------- calibration and Wanda
@@ -264,8 +266,8 @@ def test_unknown_method_or_scope_is_refused():
     model = small_gpt()
     with pytest.raises(ValueError, match=r"method='l2'; allowed: \('magnitude', 'wanda', 'random'\)"):
         prune.layer_masks(model, 0.5, method="l2")
-    with pytest.raises(ValueError, match=r"scope='row'; allowed: \('layer', 'global'\)"):
-        prune.layer_masks(model, 0.5, scope="row")
+    with pytest.raises(ValueError, match=r"scope='matrix'; allowed: \('layer', 'row', 'global'\)"):
+        prune.layer_masks(model, 0.5, scope="matrix")
 
 
 def test_weights_that_have_no_order_are_refused():
@@ -360,7 +362,7 @@ def test_one_shot_sweep_scores_every_method_scope_and_sparsity(corpus):
                                 measure=lambda m: {"zeros": sum(int((l.weight == 0).sum())
                                                                 for l in prune.prunable_layers(m).values())})
     assert [(r["method"], r["scope"], r["sparsity"]) for r in rows] == [
-        (m, sc, s) for m in prune.METHODS for sc in prune.SCOPES for s in (0.0, 0.5)]
+        (m, sc, s) for m in prune.METHODS for sc in ("layer", "global") for s in (0.0, 0.5)]
     dense = score(model, eval_set)
     for r in rows:
         assert r["measured_sparsity"] == pytest.approx(r["sparsity"], abs=1e-3)
@@ -427,3 +429,17 @@ def test_global_masks_remove_exactly_round_sparsity_times_all_prunable_weights(s
     masks = prune.layer_masks(model, sparsity, method, "global", calibration=cal, seed=seed)
     total = sum(m.numel() for m in masks.values())
     assert sum(int((~m).sum()) for m in masks.values()) == round(sparsity * total)
+
+
+def test_row_scope_compares_within_each_output_row_for_every_method():
+    model = small_gpt()
+    cal = calib(model)
+    wanda_layer = prune.layer_masks(model, 0.5, "wanda", "layer", calibration=cal)
+    wanda_row = prune.layer_masks(model, 0.5, "wanda", "row", calibration=cal)
+    assert all(torch.equal(wanda_layer[n], wanda_row[n]) for n in wanda_layer)  # Wanda's "layer" is per row
+    magnitude_row = prune.layer_masks(model, 0.5, "magnitude", "row")
+    for name, layer in prune.prunable_layers(model).items():
+        w, mask = layer.weight.detach().abs(), magnitude_row[name]
+        for row in range(w.size(0)):
+            assert int((~mask[row]).sum()) == round(0.5 * w.size(1))
+            assert torch.equal(mask[row], prune.magnitude_mask(layer.weight[row], 0.5))

@@ -99,6 +99,17 @@ def _check_weight(weight, name: str = "weight", dims: int | None = None) -> Tens
     return weight
 
 
+def _check_eval_set(eval_set, model: GPT):
+    from labkit.evaluate import EvalSet
+
+    if not isinstance(eval_set, EvalSet):
+        raise TypeError(f"eval_set must be a labkit.evaluate.EvalSet (e.g. evaluation_set(corpus.val, window=64, "
+                        f"every=16)), got {type(eval_set).__name__}")
+    if eval_set.window > model.block_size:
+        raise ValueError(f"eval_set.window={eval_set.window} is longer than the model's block_size={model.block_size}")
+    return eval_set
+
+
 def check_calibration(model: GPT, calibration) -> Tensor:
     """`calibration` if it is a (n_sequences, seq_len) integer tensor of token ids the model can read."""
     if calibration is None:
@@ -326,6 +337,7 @@ def one_shot_sweep(model: GPT, eval_set, sparsities, methods=METHODS, scopes=("l
     from labkit.evaluate import score
 
     _check_gpt(model)
+    _check_eval_set(eval_set, model)
     sparsities = [_check_sparsity(s, "sparsities") for s in sparsities]
     methods = [_check_choice(m, "methods", METHODS) for m in methods]
     scopes = [_check_choice(s, "scopes", SCOPES) for s in scopes]
@@ -642,6 +654,11 @@ def compare_forward_time(a: nn.Module, b: nn.Module, x: Tensor, repeats: int = 2
     Returns each model's median and quartiles and b's median / a's median. Interleaving means a burst
     of outside load hits both alike; the order alternates so neither always runs second (warm caches).
     """
+    for name, value in (("a", a), ("b", b)):
+        if not isinstance(value, nn.Module):
+            raise TypeError(f"{name} must be a torch.nn.Module (a model), got {type(value).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor (the input both models read), got {type(x).__name__}")
     repeats, threads = _check_int(repeats, "repeats"), _check_int(threads, "threads")
     warmup = _check_int(warmup, "warmup", minimum=0)
     before = torch.get_num_threads()
@@ -733,6 +750,8 @@ def iterative_prune(model: GPT, target: float, rounds: int, steps_per_round: int
     _check_choice(method, "method", METHODS)
     _check_choice(scope, "scope", SCOPES)
     targets = sparsity_schedule(target, rounds, schedule)
+    if eval_set is not None:
+        _check_eval_set(eval_set, model)
     if method == "wanda":
         calibration = check_calibration(model, calibration)
     pruned = copy.deepcopy(model)
@@ -766,6 +785,7 @@ def sensitivity_scan(model: GPT, eval_set, sparsities, method: str = "magnitude"
     from labkit.evaluate import score
 
     _check_gpt(model)
+    _check_eval_set(eval_set, model)
     _check_choice(method, "method", METHODS)
     sparsities = [_check_sparsity(s, "sparsities") for s in sparsities]
     if not sparsities:

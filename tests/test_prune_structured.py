@@ -285,3 +285,17 @@ def test_sensitivity_scan_prunes_one_layer_at_a_time_and_restores_it(corpus):
         prune.sensitivity_scan(model, eval_set, [0.5], layers=["lm_head"])
     with pytest.raises(ValueError, match=r"sparsities must be a number in \[0, 1\)"):
         prune.sensitivity_scan(model, eval_set, [0.5, 1.0])
+
+
+def test_scans_refuse_something_that_is_not_an_evaluation_set():
+    model = small_gpt()
+    for call in (lambda: prune.sensitivity_scan(model, [1, 2, 3], [0.5]),
+                 lambda: prune.one_shot_sweep(model, "val", [0.5]),
+                 lambda: prune.iterative_prune(model, 0.5, 2, 1, eval_set=object())):
+        with pytest.raises(TypeError, match="eval_set must be a labkit.evaluate.EvalSet"):
+            call()
+    too_long = evaluation_set(torch.arange(200) % 30, window=32, every=1)
+    with pytest.raises(ValueError, match="eval_set.window=32 is longer than the model's block_size=16"):
+        prune.sensitivity_scan(model, too_long, [0.5])
+    with pytest.raises(TypeError, match="b must be a torch.nn.Module"):
+        prune.compare_forward_time(model, None, calib(model))

@@ -329,12 +329,14 @@ def one_shot_sweep(model: GPT, eval_set, sparsities, methods=METHODS, scopes=("l
     """Prune a copy of `model` once for every (method, scope, sparsity) and score it on `eval_set`.
 
     Rows: method, scope, sparsity (asked), measured_sparsity (zeros / prunable weights), loss and loss_se
-    (nats/char, labkit.evaluate.score), perplexity (e^loss). `measure(pruned_model)` may add columns
-    (e.g. the bytes of each storage format). Wanda's input norms are computed once, on the dense model.
+    (nats/char, labkit.evaluate.score), perplexity (e^loss), and increase / increase_se: loss minus the
+    dense model's on the same windows, with the (much smaller) standard error of that paired difference.
+    `measure(pruned_model)` may add columns (e.g. the bytes of each storage format). Wanda's input norms
+    are computed once, on the dense model.
     """
     from tqdm.auto import tqdm
 
-    from labkit.evaluate import score
+    from labkit.evaluate import paired_difference, score
 
     _check_gpt(model)
     _check_eval_set(eval_set, model)
@@ -344,13 +346,16 @@ def one_shot_sweep(model: GPT, eval_set, sparsities, methods=METHODS, scopes=("l
     if not (sparsities and methods and scopes):
         raise ValueError("sparsities, methods and scopes must each name at least one value")
     norms = input_norms(model, calibration) if "wanda" in methods else None
+    dense = score(model, eval_set)
     rows = []
     jobs = [(m, sc, s) for m in methods for sc in scopes for s in sparsities]
     for method, scope, s in tqdm(jobs, desc="one-shot pruning", disable=not progress, mininterval=1.0):
         pruned = pruned_copy(model, layer_masks(model, s, method, scope, seed=seed, norms=norms))
         result = score(pruned, eval_set)
+        increase = paired_difference(result, dense)
         row = {"method": method, "scope": scope, "sparsity": s, "measured_sparsity": sparsity(pruned)["all"],
-               "loss": result.loss, "loss_se": result.standard_error, "perplexity": math.exp(result.loss)}
+               "loss": result.loss, "loss_se": result.standard_error, "perplexity": math.exp(result.loss),
+               "increase": increase["difference"], "increase_se": increase["standard_error"]}
         if measure is not None:
             row.update(measure(pruned))
         rows.append(row)
@@ -774,15 +779,17 @@ def iterative_prune(model: GPT, target: float, rounds: int, steps_per_round: int
 @torch.no_grad()
 def sensitivity_scan(model: GPT, eval_set, sparsities, method: str = "magnitude", calibration: Tensor | None = None,
                      layers: list[str] | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Prune ONE layer at a time to each sparsity and score the model: rows {layer, sparsity, loss, loss_se}.
+    """Prune ONE layer at a time to each sparsity and score the model: rows {layer, sparsity, loss, loss_se,
+    increase, increase_se}.
 
-    Losses are mean nats/char on `eval_set` (labkit.evaluate.score). The other layers stay dense, so a
-    layer's row says how much that layer alone can lose. Wanda's input norms come from the dense model
-    (exact here: the layers before the pruned one are unchanged).
+    Losses are mean nats/char on `eval_set` (labkit.evaluate.score); increase is the loss minus the dense
+    model's on the same windows, increase_se the standard error of that paired difference (rank layers
+    by it, not by loss_se). The other layers stay dense, so a layer's row says how much that layer alone
+    can lose. Wanda's input norms come from the dense model (exact: the layers before it are unchanged).
     """
     from tqdm.auto import tqdm
 
-    from labkit.evaluate import score
+    from labkit.evaluate import paired_difference, score
 
     _check_gpt(model)
     _check_eval_set(eval_set, model)
@@ -800,6 +807,7 @@ def sensitivity_scan(model: GPT, eval_set, sparsities, method: str = "magnitude"
     work = copy.deepcopy(model)
     work_layers = prunable_layers(work)
     g = torch.Generator().manual_seed(_check_int(seed, "seed", minimum=0))
+    dense = score(model, eval_set)
     rows = []
     jobs = [(name, s) for name in layers for s in sparsities]
     for name, s in tqdm(jobs, desc=f"sensitivity ({method})", disable=not progress, mininterval=1.0):
@@ -814,5 +822,7 @@ def sensitivity_scan(model: GPT, eval_set, sparsities, method: str = "magnitude"
         weight.masked_fill_(~mask, 0.0)
         result = score(work, eval_set)
         weight.copy_(original)
-        rows.append({"layer": name, "sparsity": s, "loss": result.loss, "loss_se": result.standard_error})
+        increase = paired_difference(result, dense)
+        rows.append({"layer": name, "sparsity": s, "loss": result.loss, "loss_se": result.standard_error,
+                     "increase": increase["difference"], "increase_se": increase["standard_error"]})
     return rows

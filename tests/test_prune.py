@@ -368,8 +368,9 @@ def test_one_shot_sweep_scores_every_method_scope_and_sparsity(corpus):
         assert r["measured_sparsity"] == pytest.approx(r["sparsity"], abs=1e-3)
         assert r["perplexity"] == pytest.approx(torch.tensor(r["loss"]).exp().item())
         assert r["zeros"] == round(r["measured_sparsity"] * 12 * 16 * 16)  # qkv 48·16 + proj 16·16 + MLP 2·64·16
+        assert r["increase"] == pytest.approx(r["loss"] - dense.loss) and r["increase_se"] >= 0
         if r["sparsity"] == 0:
-            assert r["loss"] == dense.loss and r["loss_se"] == dense.standard_error
+            assert r["loss"] == dense.loss and r["loss_se"] == dense.standard_error and r["increase"] == 0
     wanda = next(r for r in rows if (r["method"], r["scope"], r["sparsity"]) == ("wanda", "layer", 0.5))
     masks = prune.layer_masks(model, 0.5, "wanda", calibration=cal)
     assert wanda["loss"] == score(prune.pruned_copy(model, masks), eval_set).loss

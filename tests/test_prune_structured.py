@@ -281,6 +281,9 @@ def test_sensitivity_scan_prunes_one_layer_at_a_time_and_restores_it(corpus):
     one_layer = prune.pruned_copy(model, {"blocks.1.mlp.fc": prune.magnitude_mask(model.blocks[1].mlp.fc.weight, 0.9)})
     assert rows[5]["loss"] == score(one_layer, eval_set).loss
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert rows[5]["increase"] == pytest.approx(rows[5]["loss"] - dense)
+    assert rows[0]["increase"] == 0 and rows[0]["increase_se"] == 0
+    assert 0 < rows[5]["increase_se"] < rows[5]["loss_se"]  # paired: the windows' own difficulty cancels
     with pytest.raises(ValueError, match=r"layers \['lm_head'\] are not prunable layers"):
         prune.sensitivity_scan(model, eval_set, [0.5], layers=["lm_head"])
     with pytest.raises(ValueError, match=r"sparsities must be a number in \[0, 1\)"):

@@ -17,6 +17,11 @@ Three ideas, from the cheapest to the one that really shrinks the model:
 3. **Structured**: whole attention heads or MLP hidden channels go, and `prune_heads` /
    `prune_mlp_channels` return a genuinely smaller GPT (fewer heads, a narrower MLP).
 
+Then recovery and measurement: `fine_tune` trains on with the masks re-applied after every optimizer
+step, `iterative_prune` reaches a sparsity in rounds (Zhu & Gupta's cubic schedule), `one_shot_sweep`
+scores every method at every sparsity, `sensitivity_scan` prunes one layer at a time, and
+`compare_forward_time` times a smaller model against the original, interleaved, on one thread.
+
 Only the matrices inside the Transformer blocks are pruned, not the embeddings or the output head
 (Wanda and SparseGPT make the same choice). Masks from torch.nn.utils.prune are the reference the
 tests compare with: magnitude_mask = l1_unstructured, scope="global" = global_unstructured,
@@ -50,11 +55,11 @@ SCHEDULES = ("cubic", "linear")
 
 __all__ = [
     "METHODS", "SCOPES", "SCHEDULES", "prunable_layers", "magnitude_mask", "row_mask", "nm_mask", "random_mask",
-    "check_calibration", "calibration_batches", "input_norms", "wanda_scores", "layer_masks", "one_shot_sweep",
-    "nm_layer_masks",
-    "apply_masks", "pruned_copy", "keep_masks", "sparsity", "head_importance", "channel_importance",
-    "remove_heads", "remove_mlp_channels", "least_important_heads", "prune_heads", "prune_mlp_channels",
-    "compare_forward_time", "fine_tune", "sparsity_schedule", "iterative_prune", "sensitivity_scan",
+    "check_calibration", "calibration_batches", "input_norms", "wanda_scores", "layer_masks", "nm_layer_masks",
+    "one_shot_sweep", "apply_masks", "pruned_copy", "keep_masks", "sparsity", "head_importance",
+    "channel_importance", "remove_heads", "remove_mlp_channels", "least_important_heads", "prune_heads",
+    "prune_mlp_channels", "compare_forward_time", "fine_tune", "sparsity_schedule", "iterative_prune",
+    "sensitivity_scan",
 ]
 
 

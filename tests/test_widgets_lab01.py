@@ -25,7 +25,7 @@ def names(points):
 
 
 def test_pareto_front_keeps_only_undominated_points():
-    front = widgets.pareto_front(POINTS)
+    front = widgets.pareto_points(POINTS)
     assert names(front) == ["bigram", "conv-64", "lstm-128", "baby-gpt"]
     # gpt-16 costs more than the bigram and is worse; the trigram costs more than the LSTM and is worse
     xs = [p["param_bytes"] for p in front]
@@ -88,14 +88,14 @@ def test_front_with_a_tolerance_keeps_models_tied_within_the_noise():
            {"name": "big-tied", "family": "A", "param_bytes": 200, "val_loss": 2.003},
            {"name": "big-worse", "family": "B", "param_bytes": 300, "val_loss": 2.050},
            {"name": "bigger-better", "family": "B", "param_bytes": 400, "val_loss": 1.900}]
-    assert names(widgets.pareto_front(pts)) == ["small", "bigger-better"]
-    assert names(widgets.pareto_front(pts, tolerance=0.005)) == ["small", "big-tied", "bigger-better"]
+    assert names(widgets.pareto_points(pts)) == ["small", "bigger-better"]
+    assert names(widgets.pareto_points(pts, tolerance=0.005)) == ["small", "big-tied", "bigger-better"]
     s = widgets.lm_memory_loss_state(pts, budget_bytes=250, tolerance=0.005)
     assert s["best"]["name"] == "small" and names(s["tied"]) == ["big-tied"]
     assert "tied with it (within ±0.005 nats/char, the noise): big-tied" in s["text"]
     assert widgets.lm_memory_loss_state(pts, budget_bytes=250)["tied"] == []
     with pytest.raises(ValueError, match="tolerance"):
-        widgets.pareto_front(pts, tolerance=-1)
+        widgets.pareto_points(pts, tolerance=-1)
 
 
 def test_figure_draws_error_bars_noise_band_and_reference_lines():

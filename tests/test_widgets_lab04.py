@@ -114,13 +114,14 @@ def test_pareto_front_grows_with_tolerance_and_ignores_order(pts, a, b, rnd):
     assert [shuffled[i] for i in pareto_front([p[0] for p in shuffled], [p[1] for p in shuffled], large)] == front
 
 
-def test_both_forms_of_widgets_pareto_front():
+def test_one_pareto_rule_for_indices_and_for_lab_01s_point_dicts():
     assert widgets.pareto_front([1, 2, 3], [3, 1, 2]) == [0, 1]                 # lab 04: indices
     pts = [{"name": "a", "family": "A", "param_bytes": 1, "val_loss": 2.0},
-           {"name": "b", "family": "A", "param_bytes": 2, "val_loss": 3.0}]
-    assert [p["name"] for p in widgets.pareto_front(pts)] == ["a"]             # lab 01: the point dicts
-    with pytest.raises(TypeError, match="tolerance"):
-        widgets.pareto_front([1], [1], tolerance=0.1)
+           {"name": "b", "family": "A", "param_bytes": 2, "val_loss": 3.0},
+           {"name": "c", "family": "B", "param_bytes": 3, "val_loss": 2.0}]     # same loss, more bytes: beaten
+    assert [p["name"] for p in widgets.pareto_points(pts)] == ["a"]            # lab 01: the point dicts
+    xs, ys = [p["param_bytes"] for p in pts], [p["val_loss"] for p in pts]
+    assert widgets.pareto_points(pts, tolerance=1.5) == [pts[i] for i in widgets.pareto_front(xs, ys, 1.5)]
 
 
 # ---- pruning_state --------------------------------------------------------------------------

@@ -9,32 +9,16 @@ Each panel is two layers:
   notebook viewer without widget state still shows the plot (`core.Panel._repr_mimebundle_`).
 Tests drive a panel by setting a slider's `.value` and reading `panel.state` / the Output.
 """
-from labkit.widgets.core import (GiB, PANEL_DPI, Panel, figure_png, human_bytes, human_count, quietly,  # noqa: F401
-                                 render_into, wire_panel)
+from labkit.widgets.core import (GiB, PANEL_DPI, Panel, figure_png, human_bytes, human_count, pareto_front,  # noqa: F401
+                                 quietly, render_into, wire_panel)
 from labkit.widgets.calculator import (ACTIVATION_FORMULAS, CALCULATOR_DTYPES, CALCULATOR_OPTIMIZERS, CALCULATOR_PRESET_SETTINGS,  # noqa: F401
                                        CALCULATOR_PRESETS, CATEGORIES, CATEGORY_COLORS, matching_preset,
                                        memory_calculator_figure, memory_calculator_panel, memory_calculator_state,
                                        preset_config)
 from labkit.widgets.lm import (LM_FAMILY_STYLES, LM_OTHER_STYLES, lm_memory_loss_figure,  # noqa: F401
-                               lm_memory_loss_panel, lm_memory_loss_state)
-from labkit.widgets import core as _core, lm as _lm
+                               lm_memory_loss_panel, lm_memory_loss_state, pareto_points)
 from labkit.widgets.kv_cache import (KV_TRADEOFF_CONTEXTS, KV_TRADEOFF_PRESETS, kv_cache_tradeoff_figure,  # noqa: F401
                                      kv_cache_tradeoff_panel, kv_cache_tradeoff_state)
 from labkit.widgets.pruning import (FORMAT_STYLES, METHOD_COLORS, SWEEP_COLUMNS, SweepTable,  # noqa: F401
                                     check_pruning_sweep, pruning_figure, pruning_panel, pruning_state, sweep_table)
 
-
-def pareto_front(xs_or_points, ys=None, y_tolerance: float = 0.0, **lab01):
-    """The Pareto front, in the two forms the labs call it (smaller x and smaller y are better).
-
-    - `pareto_front(xs, ys, y_tolerance=0.0) -> list[int]`: indices of the points on the front, sorted by x
-      (`core.pareto_front`; lab 04's memory-vs-quality plot);
-    - `pareto_front(points, x="param_bytes", y="val_loss", tolerance=0.0) -> list[dict]`: the point dicts on
-      the front (`lm.pareto_front`; lab 01's models).
-    """
-    if ys is None:
-        return _lm.pareto_front(xs_or_points, **lab01)
-    if lab01:
-        raise TypeError(f"pareto_front(xs, ys, y_tolerance) takes no {sorted(lab01)}; "
-                        "those belong to the lab 01 form pareto_front(points, x=..., y=..., tolerance=...)")
-    return _core.pareto_front(xs_or_points, ys, y_tolerance)

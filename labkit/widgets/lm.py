@@ -12,7 +12,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from labkit.widgets.core import Panel, _bytes_axis, human_bytes, render_into
+from labkit.widgets.core import Panel, _bytes_axis, human_bytes, pareto_front, render_into
 
 LM_FAMILY_STYLES = {"n-gram": ("#937860", "s"), "n-gram (dense)": ("#937860", "s"),
                     "n-gram (sparse)": ("#C9A66B", "s"), "LSTM": ("#DD8452", "^"), "conv": ("#55A868", "D"),
@@ -20,8 +20,8 @@ LM_FAMILY_STYLES = {"n-gram": ("#937860", "s"), "n-gram (dense)": ("#937860", "s
 LM_OTHER_STYLES = (("#8172B3", "*"), ("#DA8BC3", "P"), ("#8C8C8C", "X"))  # red is kept for the budget
 
 
-def pareto_front(points: list[dict], x: str = "param_bytes", y: str = "val_loss", tolerance: float = 0.0) -> list[dict]:
-    """The points that no point of smaller-or-equal x beats on y by more than `tolerance`, sorted by x.
+def pareto_points(points: list[dict], x: str = "param_bytes", y: str = "val_loss", tolerance: float = 0.0) -> list[dict]:
+    """The point dicts on the Pareto front (`core.pareto_front` on their x and y), sorted by x.
 
     With tolerance 0 this is the usual front (smaller is better on both axes). With the noise as
     tolerance, a model whose loss is within the noise of a smaller model's stays on the front: the
@@ -29,14 +29,8 @@ def pareto_front(points: list[dict], x: str = "param_bytes", y: str = "val_loss"
     """
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a finite number >= 0 (nats/char), got {tolerance}")
-    ordered = sorted(points, key=lambda p: (p[x], p[y]))
-    front = []
-    for i, p in enumerate(ordered):
-        beaten = any(q[x] <= p[x] and q[y] < p[y] - tolerance and (q[x] < p[x] or q[y] < p[y])
-                     for j, q in enumerate(ordered) if j != i)
-        if not beaten and not any(q[x] == p[x] and q[y] == p[y] for q in front):  # exact duplicates once
-            front.append(p)
-    return front
+    front = pareto_front([p[x] for p in points], [p[y] for p in points], y_tolerance=tolerance)
+    return [points[i] for i in front]
 
 
 def _check_points(points: list[dict]) -> None:
@@ -78,7 +72,7 @@ def lm_memory_loss_state(points: list[dict], families: list[str] | tuple[str, ..
             text += (f"; tied with it (within ±{tolerance:.3f} nats/char, the noise): "
                      + ", ".join(p["name"] for p in sorted(tied, key=lambda p: p["val_loss"])))
     return {"families": families, "all_families": known, "shown": shown, "affordable": affordable,
-            "front": pareto_front(shown, tolerance=tolerance), "strict_front": pareto_front(shown),
+            "front": pareto_points(shown, tolerance=tolerance), "strict_front": pareto_points(shown),
             "best": best, "tied": tied, "tolerance": tolerance, "budget_bytes": budget_bytes,
             "references": list(references or []), "text": text}
 

@@ -414,6 +414,8 @@ def teacher_cache(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Cor
     check the sha256. A damaged cache is rebuilt (on_corrupt="rebuild") or refused (on_corrupt="error",
     a CacheCorrupt, which is a ValueError); it is never used. Full logits (top_k=None) or the top k
     per position (values + token ids, renormalised over the k when used), in fp32 or fp16.
+    The cache holds exactly what LiveTeacher(teacher, top_k, value_dtype) computes for each step's batch
+    (same batch shape, so the same arithmetic; bit for bit at the same torch thread setting).
     """
     if on_corrupt not in ("rebuild", "error"):
         raise ValueError(f"on_corrupt={on_corrupt!r}; allowed: 'rebuild', 'error'")
@@ -545,6 +547,45 @@ def compare_students(cfg: TrainConfig, teacher: LanguageModel, seeds: tuple[int,
                          "train_chars": len(train_corpus.train), "train_fraction": train_fraction,
                          "temperature": temperature if kind == "distilled" else None,
                          "alpha": alpha if kind == "distilled" else None, "eval_set": eval_set.name, **extra})
+    return rows
+
+
+def distillation_sweep(cfg: TrainConfig, teacher: LanguageModel, temperatures=(1.0, 2.0, 4.0),
+                       alphas=(0.0, 0.5, 0.9), seeds: tuple[int, ...] = (0,), top_k: int | None = None,
+                       value_dtype: str = "fp16", eval_set=None, corpus: data_mod.Corpus | None = None,
+                       log=None) -> list[dict]:
+    """Distilled students for every (T, alpha, seed), the teacher cached ONCE per seed and read by every run.
+
+    This is where a cache pays: the teacher's logits do not depend on T or alpha, so len(T)·len(alpha)
+    students share one teacher pass. alpha = 0 (labels only) is trained once per seed, not once per T.
+    Rows: seed, temperature (None for alpha = 0), alpha, val_loss, standard_error (nats/char on eval_set),
+    ms_per_iter, params.
+    """
+    from labkit.evaluate import evaluation_set, score
+
+    temperatures = [check_temperature(t) for t in temperatures]
+    alphas = [check_alpha(a) for a in alphas]
+    corpus = corpus or data_mod.load_corpus(cfg.corpus)
+    check_same_vocabulary(teacher, corpus=corpus)
+    if eval_set is None:
+        eval_set = evaluation_set(corpus.val, window=cfg.block_size, every=4)
+    quiet = log or (lambda s: None)
+    rows = []
+    for seed in seeds:
+        run = dataclasses.replace(cfg, seed=int(seed))
+        cache = teacher_cache(teacher, run, corpus, top_k, value_dtype, progress=run.progress)
+        settings = [(None, 0.0)] if 0.0 in alphas else []
+        settings += [(t, a) for a in alphas if a > 0 for t in temperatures]
+        for t, a in settings:
+            if a == 0.0:
+                student, result = train(run, corpus=corpus, log=quiet, desc=f"labels only, seed {seed}")
+            else:
+                student, result = distill(run, teacher, t, a, cache, corpus=corpus, log=quiet,
+                                          desc=f"T={t:g} α={a:g}, seed {seed}")
+            res = score(student, eval_set)
+            rows.append({"seed": int(seed), "temperature": t, "alpha": a, "val_loss": res.loss,
+                         "standard_error": res.standard_error, "ms_per_iter": result["ms_per_iter"],
+                         "params": student.num_params(), "eval_set": eval_set.name})
     return rows
 
 

@@ -231,6 +231,20 @@ def test_compare_students_same_init_same_batches_only_the_loss_differs(teacher, 
     assert abs(rows[0]["val_loss"] - rows[1]["val_loss"]) > 1e-3
 
 
+def test_sweep_reads_one_cache_per_seed_and_trains_labels_only_once(teacher, corpus, monkeypatch):
+    from labkit.evaluate import evaluation_set
+    built = []
+    real = D._write_cache
+    monkeypatch.setattr(D, "_write_cache", lambda *a, **k: built.append(a[1].seed) or real(*a, **k))
+    ev = evaluation_set(corpus.val, window=16, every=8, n_chars=20_000)
+    rows = D.distillation_sweep(student_cfg(max_iters=3), teacher, temperatures=(1.0, 4.0), alphas=(0.0, 0.5),
+                                seeds=(0, 1), top_k=4, eval_set=ev, corpus=corpus)
+    assert built == [0, 1]
+    assert [(r["seed"], r["temperature"], r["alpha"]) for r in rows] == [
+        (0, None, 0.0), (0, 1.0, 0.5), (0, 4.0, 0.5), (1, None, 0.0), (1, 1.0, 0.5), (1, 4.0, 0.5)]
+    assert len({round(r["val_loss"], 9) for r in rows}) == 6
+
+
 # ----------------------------------------------------------------------------- what soft targets carry
 
 def test_soft_targets_and_dark_knowledge(teacher, corpus):

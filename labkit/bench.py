@@ -7,6 +7,8 @@
     python -m labkit.bench optimizer             # fused vs per-tensor AdamW, side by side
     python -m labkit.bench sparse                # torch.sparse CSR vs dense matmul per density; 2:4 on a CPU
     python -m labkit.bench sparse --shape 512x2048 --batch 16 --repeats 31
+    python -m labkit.bench quantize              # the zoo GPT per quantization scheme: bytes, perplexity; GPTQ vs
+                                                 # RTN; torch.ao dynamic int8's bytes, perplexity and latency ratio
 
 Absolute timings on a shared 2-core machine are noisy; compare the ratios printed by one run. A
 ratio to nanoGPT is printed only when nanoGPT ran in the same run (--nanogpt), on this machine.
@@ -175,6 +177,102 @@ def print_sparse(out: dict) -> None:
     print(f"torch.sparse.to_sparse_semi_structured here: {semi['to_sparse_semi_structured']}")
 
 
+QUANTIZE_SCHEMES = ("int8-channel-sym", "int8-channel", "fp8-channel", "int4-channel", "int4-g128", "int4-g32",
+                    "nf4-g64", "kmeans4", "int3-g32", "int3-g32-clip", "int2-g32", "int2-g32-clip")
+GPTQ_SCHEMES = ("int4-g128", "int4-g32", "int3-g32", "int2-g32")
+
+
+def bench_quantize(model=None, corpus=None, schemes=QUANTIZE_SCHEMES, gptq_schemes=GPTQ_SCHEMES,
+                   calibration_sequences: int = 128, repeats: int = 20, threads: int = 1, seed: int = 0,
+                   progress: bool = True, eval_set=None) -> dict:
+    """Every scheme on one model (default: the zoo's baby GPT) and lab 05's yardstick: bytes and perplexity.
+
+    Perplexities are paired with float32's on the same windows (difference ± standard error, nats/char). GPTQ
+    uses `calibration_sequences` windows of 64 characters of the training split (seed `seed`). torch.ao's dynamic
+    int8 is timed against float32 on one batch, interleaved, `threads` thread(s): only the ratio is meaningful.
+    """
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    from labkit import gptq, prune, zoo
+    from labkit import quantize as Q
+    from labkit.evaluate import paired_difference
+
+    if model is None:
+        model = zoo.load("baby-gpt", progress=progress)[0]
+    corpus = corpus if corpus is not None else data_mod.load_corpus()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        eval_set = eval_set if eval_set is not None else Q.default_eval_set(corpus)
+        base = Q.validation_perplexity(model, eval_set)
+
+        def row(scheme: str, quantized, info: dict) -> dict:
+            ppl = Q.validation_perplexity(quantized, eval_set)
+            diff = paired_difference(ppl["result"], base["result"])
+            return {"scheme": info["scheme"], "bits_per_weight": round(info["bits_per_weight"], 4),
+                    "quantized_bytes": info["quantized_bytes"], "total_bytes": info["total_bytes"],
+                    "perplexity": round(ppl["perplexity"], 4), "ppl_ratio": round(ppl["perplexity"] / base["perplexity"], 5),
+                    "loss_minus_float": round(diff["difference"], 5), "se": round(diff["standard_error"], 5)}
+
+        float32_bytes = Q.quantize_model(model, "int8-channel")[1]["float32_bytes"]
+        rows = [row(s, *Q.quantize_model(model, s)) for s in tqdm(schemes, desc="RTN", disable=not progress)]
+        calibration = prune.calibration_batches(corpus, calibration_sequences, min(64, model.block_size), seed=seed)
+        held_out = prune.calibration_batches(corpus, 32, min(64, model.block_size), seed=seed + 1)
+        gptq_rows = []
+        for s in tqdm(gptq_schemes, desc="GPTQ", disable=not progress):
+            rtn_model, rtn = Q.quantize_model(model, s)
+            gptq_model, info = Q.quantize_model(model, f"{s}-gptq", calibration=calibration)
+            r = row(s, gptq_model, info)
+            gain = paired_difference(Q.validation_perplexity(rtn_model, eval_set)["result"],
+                                     Q.validation_perplexity(gptq_model, eval_set)["result"])
+            e_rtn = gptq.output_errors(model, rtn["quantized"], held_out)
+            e_gptq = gptq.output_errors(model, info["quantized"], held_out)
+            r.update({"rtn_minus_gptq": round(gain["difference"], 5), "gain_se": round(gain["standard_error"], 5),
+                      "layers_gptq_better": [n for n in e_rtn if e_gptq[n] < e_rtn[n]], "n_layers": len(e_rtn)})
+            gptq_rows.append(r)
+        dynamic = Q.torch_dynamic_int8(model)
+        x = torch.randint(0, model.config.vocab_size, (16, min(64, model.block_size)),
+                          generator=torch.Generator().manual_seed(seed))
+        timing = prune.compare_forward_time(model, dynamic, x, repeats=repeats, threads=threads)
+        dyn_ppl = Q.validation_perplexity(dynamic, eval_set)
+        with tempfile.TemporaryDirectory() as folder:
+            saved = Q.save_quantized(*Q.quantize_model(model, "int4-g32"), f"{folder}/int4-g32.pt")
+    finally:
+        torch.set_num_threads(before)
+    return {"eval_set": eval_set.name, "float32": {"perplexity": round(base["perplexity"], 4),
+                                                   "saved_state_bytes": Q.saved_state_bytes(model),
+                                                   "float32_bytes": float32_bytes},
+            "rtn": rows, "gptq": gptq_rows, "saved_int4_g32": saved,
+            "torch_dynamic_int8": {"saved_state_bytes": Q.saved_state_bytes(dynamic),
+                                   "perplexity": round(dyn_ppl["perplexity"], 4),
+                                   "ppl_ratio": round(dyn_ppl["perplexity"] / base["perplexity"], 5),
+                                   "time_ratio_vs_float32": round(timing["b_over_a"], 3),
+                                   "float32_ms": timing["a"], "int8_ms": timing["b"], "repeats": repeats,
+                                   "threads": threads}}
+
+
+def print_quantize(out: dict) -> None:
+    """The quantization benchmark as tables: RTN schemes, GPTQ vs RTN, torch.ao's dynamic int8."""
+    f = out["float32"]
+    print(f"yardstick: {out['eval_set']}\nfloat32: perplexity {f['perplexity']:.4f}, {f['float32_bytes']:,} bytes")
+    print(f"{'scheme':<18} {'bits/w':>7} {'total bytes':>12} {'perplexity':>10} {'ratio':>8} {'Δ nats ± SE':>20}")
+    for r in out["rtn"] + out["gptq"]:
+        print(f"{r['scheme']:<18} {r['bits_per_weight']:>7.3f} {r['total_bytes']:>12,} {r['perplexity']:>10.4f} "
+              f"{r['ppl_ratio']:>8.4f} {r['loss_minus_float']:>+10.5f} ± {r['se']:.5f}")
+    for r in out["gptq"]:
+        print(f"{r['scheme']}: RTN − GPTQ = {r['rtn_minus_gptq']:+.5f} ± {r['gain_se']:.5f} nats/char; output error "
+              f"lower with GPTQ in {len(r['layers_gptq_better'])} of {r['n_layers']} layers")
+    s = out["saved_int4_g32"]
+    print(f"int4-g32 saved: file {s['file_bytes']:,} bytes = computed {s['tensor_bytes']:,} + container overhead "
+          f"{s['overhead_bytes']:,} ({s['n_tensors']} tensors)")
+    d = out["torch_dynamic_int8"]
+    print(f"torch.ao dynamic int8: saved state {d['saved_state_bytes']:,} bytes (float32 {f['saved_state_bytes']:,}), "
+          f"perplexity {d['perplexity']:.4f} (ratio {d['ppl_ratio']:.4f}), forward time / float32 "
+          f"{d['time_ratio_vs_float32']:.3f} (medians of {d['repeats']} interleaved repeats, {d['threads']} thread)")
+
+
 def sparse_shape_type(text: str) -> tuple[int, int]:
     """An argparse type for --shape: ROWSxCOLS, both >= 1, COLS a multiple of 4 (for 2:4)."""
     import argparse
@@ -201,7 +299,7 @@ positive_int_type.__name__ = "int"
 
 def main(argv=None):
     p = OneLineErrorParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["train", "ablation", "optimizer", "sparse"])
+    p.add_argument("what", choices=["train", "ablation", "optimizer", "sparse", "quantize"])
     p.add_argument("--nanogpt", default=None, help="a nanoGPT checkout to run side by side (train only)")
     p.add_argument("--iters", type=setting_type("max_iters"), default=2000, help="training steps, >= 1")
     p.add_argument("--seed", type=setting_type("seed"), default=1337)
@@ -243,6 +341,9 @@ def main(argv=None):
         out = bench_sparse(args.shape or (1024, 1024), args.batch or 64, args.repeats or 15, args.threads or 1,
                            args.seed)
         print_sparse(out)
+    elif args.what == "quantize":
+        out = bench_quantize(threads=args.threads or 1)
+        print_quantize(out)
     else:
         out = bench_optimizer()
     print(json_line(out))

@@ -50,6 +50,7 @@ from labkit.train import TrainConfig, train
 CACHE_FORMAT = 1
 VALUE_DTYPES = {"fp32": np.float32, "fp16": np.float16}   # how a cached logit is stored
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+TAILS = ("drop", "uniform")   # what a top-k target does with the teacher's probability outside its k
 STUDENT_KINDS = ("labels only", "distilled")
 
 
@@ -89,6 +90,13 @@ def check_value_dtype(value_dtype) -> str:
     return value_dtype
 
 
+def check_tail(tail) -> str:
+    if tail not in TAILS:
+        raise ValueError(f"tail={tail!r}; allowed: 'drop' (renormalise over the top k) or 'uniform' (keep the rest "
+                         "of the mass, spread evenly over the other tokens)")
+    return tail
+
+
 def vocab_size_of(model: LanguageModel) -> int:
     """The number of tokens `model` predicts over (the size of its output layer)."""
     if not isinstance(model, LanguageModel):
@@ -119,53 +127,86 @@ def top_k_logits(logits: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
     return torch.topk(logits, top_k, dim=-1, sorted=True)
 
 
-def dense_logits(values: Tensor, indices: Tensor | None, vocab_size: int) -> Tensor:
-    """Float32 logits (..., vocab_size) from stored ones: top-k values put back at their ids, −inf elsewhere.
+def tail_logits(logits: Tensor, indices: Tensor) -> Tensor:
+    """One logit (...,) per position that, given to each of the V − k tokens outside the top k, keeps their total mass.
 
-    softmax(dense / T) is then the teacher's distribution at temperature T RENORMALISED over its top k:
-    the probability the teacher puts outside its top k is dropped (those tokens get target probability 0,
-    which KL(teacher || student) skips) and the k kept probabilities are scaled up to sum to 1.
+    r = log( mean over the other tokens of exp(logit) ): (V − k)·exp(r) = sum of exp over them, so at T = 1 the
+    teacher's probability outside its top k is kept exactly (only its split among those tokens becomes even).
+    At T > 1 the even split slightly over-states the tail (the mean of exp(l/T) is at most exp(r/T)).
+    """
+    V, k = logits.size(-1), indices.size(-1)
+    if k == V:
+        return torch.full(logits.shape[:-1], float("-inf"))
+    rest = logits.float().scatter(-1, indices, float("-inf"))       # the top k removed
+    return torch.logsumexp(rest, dim=-1) - math.log(V - k)
+
+
+def dense_logits(values: Tensor, indices: Tensor | None, vocab_size: int, tail: Tensor | None = None) -> Tensor:
+    """Float32 logits (..., vocab_size) from stored ones: top-k values put back at their ids, the rest filled in.
+
+    tail None ("drop"): the other tokens get −inf, so softmax(dense / T) is the teacher's distribution at
+    temperature T RENORMALISED over its top k: the probability it puts outside its top k is dropped (those
+    tokens get target probability 0, which KL(teacher || student) skips) and the k kept probabilities are
+    scaled up to sum to 1. tail (...,) ("uniform"): the other tokens all get that logit (see tail_logits).
     """
     values = values.float()
     if indices is None:
         return values
-    out = torch.full((*values.shape[:-1], vocab_size), float("-inf"))
+    if tail is None:
+        out = torch.full((*values.shape[:-1], vocab_size), float("-inf"))
+    else:
+        out = tail.float()[..., None].expand(*values.shape[:-1], vocab_size).clone()
     return out.scatter_(-1, indices.long(), values)
 
 
 class LiveTeacher:
     """Teacher targets computed on the fly: one forward pass of the teacher (eval mode, no grad) per step.
 
-    With `value_dtype="fp16"` and/or `top_k`, the logits are rounded / cut exactly as a cache of that kind
-    would store them, so a cache can be checked against this, value for value.
+    With `value_dtype="fp16"` and/or `top_k` (and `tail`), the logits are rounded / cut exactly as a cache of
+    that kind would store them, so a cache can be checked against this, value for value.
     """
 
-    def __init__(self, teacher: LanguageModel, top_k: int | None = None, value_dtype: str = "fp32"):
+    def __init__(self, teacher: LanguageModel, top_k: int | None = None, value_dtype: str = "fp32",
+                 tail: str = "drop"):
         self.teacher = teacher
         self.vocab_size = vocab_size_of(teacher)
         self.top_k = check_top_k(top_k, self.vocab_size)
         self.value_dtype = check_value_dtype(value_dtype)
+        self.tail = check_tail(tail)
 
     @torch.no_grad()
-    def stored(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """What a cache stores for batch x: values (B, T, V or k) in value_dtype, and ids (B, T, k) or None."""
+    def stored(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """What a cache stores for batch x: values (B, T, V or k) in value_dtype, ids (B, T, k) or None, and
+        the tail logit (B, T) in value_dtype (top-k with tail="uniform") or None."""
         was_training = self.teacher.training
         self.teacher.eval()  # no dropout: the teacher's targets are a fixed function of x
         logits, _ = self.teacher(x)
         self.teacher.train(was_training)
-        indices = None
-        if self.top_k is not None:
-            logits, indices = top_k_logits(logits, self.top_k)
-        return logits.to(TORCH_DTYPES[self.value_dtype]), indices
+        dtype = TORCH_DTYPES[self.value_dtype]
+        if self.top_k is None:
+            return logits.to(dtype), None, None
+        values, indices = top_k_logits(logits, self.top_k)
+        tail = tail_logits(logits, indices).to(dtype) if self.tail == "uniform" else None
+        return values.to(dtype), indices, tail
 
     def logits(self, x: Tensor, it: int) -> Tensor:
-        """Teacher logits (B, T, V) float32 for batch x of step `it` (−inf outside the top k)."""
-        values, indices = self.stored(x)
-        return dense_logits(values, indices, self.vocab_size)
+        """Teacher logits (B, T, V) float32 for batch x of step `it` (outside the top k: −inf, or the tail logit)."""
+        return _dense(self.stored(x), self.vocab_size)
 
     def describe(self) -> str:
-        what = "full logits" if self.top_k is None else f"top-{self.top_k} logits"
-        return f"live teacher ({what}, {self.value_dtype})"
+        return f"live teacher ({_describe_format(self.top_k, self.value_dtype, self.tail)})"
+
+
+def _dense(stored: tuple[Tensor, Tensor | None, Tensor | None], vocab_size: int) -> Tensor:
+    values, indices, tail = stored
+    return dense_logits(values, indices, vocab_size, tail)
+
+
+def _describe_format(top_k: int | None, value_dtype: str, tail: str) -> str:
+    if top_k is None:
+        return f"full logits, {value_dtype}"
+    rest = "renormalised over the k" if tail == "drop" else "the rest of the mass spread evenly"
+    return f"top-{top_k} logits, {value_dtype}, {rest}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,20 +259,22 @@ def index_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def target_bytes_per_token(vocab_size: int, top_k: int | None = None, value_dtype: str = "fp16") -> int:
-    """Bytes (formula) one position's teacher targets take: V values, or k values + k token ids."""
+def target_bytes_per_token(vocab_size: int, top_k: int | None = None, value_dtype: str = "fp16",
+                           tail: str = "drop") -> int:
+    """Bytes (formula) one position's teacher targets take: V values, or k values + k token ids (+ 1 tail value)."""
     top_k = check_top_k(top_k, vocab_size)
     value_bytes = np.dtype(VALUE_DTYPES[check_value_dtype(value_dtype)]).itemsize
     if top_k is None:
         return vocab_size * value_bytes
-    return top_k * (value_bytes + index_dtype(vocab_size).itemsize)
+    tail_bytes = value_bytes if check_tail(tail) == "uniform" else 0
+    return top_k * (value_bytes + index_dtype(vocab_size).itemsize) + tail_bytes
 
 
 def cache_bytes(n_steps: int, batch_size: int, block_size: int, vocab_size: int, top_k: int | None = None,
-                value_dtype: str = "fp16") -> dict[str, int]:
+                value_dtype: str = "fp16", tail: str = "drop") -> dict[str, int]:
     """Bytes (formula) of a cache for n_steps batches: targets, the 8-byte batch fingerprints, and the total."""
     tokens = n_steps * batch_size * block_size
-    targets = tokens * target_bytes_per_token(vocab_size, top_k, value_dtype)
+    targets = tokens * target_bytes_per_token(vocab_size, top_k, value_dtype, tail)
     fingerprints = 8 * n_steps
     return {"tokens": tokens, "targets": targets, "fingerprints": fingerprints, "total": targets + fingerprints}
 
@@ -249,7 +292,8 @@ class TeacherCache:
     """A teacher's targets for every batch of one training run, read from one memory-mapped file.
 
     The arrays are views into the file (nothing is loaded until a step reads its slice):
-    fingerprints (steps,) int64, values (steps, B, T, V or k) fp32/fp16, indices (steps, B, T, k) or None.
+    fingerprints (steps,) int64, values (steps, B, T, V or k) fp32/fp16, indices (steps, B, T, k) or None,
+    tail (steps, B, T) fp32/fp16 or None (top-k with tail="uniform").
     """
 
     path: Path
@@ -257,6 +301,7 @@ class TeacherCache:
     fingerprints: np.ndarray
     values: np.ndarray
     indices: np.ndarray | None
+    tail: np.ndarray | None
 
     @property
     def top_k(self) -> int | None:
@@ -277,8 +322,8 @@ class TeacherCache:
 
     @property
     def target_nbytes(self) -> int:
-        """Measured bytes of the stored targets (values + indices arrays), without the fingerprints."""
-        return self.values.nbytes + (self.indices.nbytes if self.indices is not None else 0)
+        """Measured bytes of the stored targets (values, indices, tail arrays), without the fingerprints."""
+        return sum(a.nbytes for a in (self.values, self.indices, self.tail) if a is not None)
 
     def logits(self, x: Tensor, it: int) -> Tensor:
         """Teacher logits (B, T, V) float32 for batch x of step `it`; ValueError if x is not the batch cached."""
@@ -289,20 +334,20 @@ class TeacherCache:
             raise ValueError(f"the batch of step {it} is not the one this teacher cache was built for: train with the "
                              f"cache's settings (seed={self.record['seed']}, batch_size={self.record['batch_size']}, "
                              f"block_size={self.record['block_size']}, the same corpus), or build a cache for yours")
-        values = torch.from_numpy(np.array(self.values[it]))
-        indices = torch.from_numpy(np.array(self.indices[it])) if self.indices is not None else None
-        return dense_logits(values, indices, self.vocab_size)
+        stored = [torch.from_numpy(np.array(a[it])) if a is not None else None
+                  for a in (self.values, self.indices, self.tail)]
+        return _dense(tuple(stored), self.vocab_size)
 
     def describe(self) -> str:
-        what = "full logits" if self.top_k is None else f"top-{self.top_k} logits"
-        return f"cached teacher ({what}, {self.record['value_dtype']}, {self.file_bytes:,} bytes)"
+        what = _describe_format(self.top_k, self.record["value_dtype"], self.record["tail"])
+        return f"cached teacher ({what}, {self.file_bytes:,} bytes)"
 
 
-def _cache_key(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Corpus, top_k, value_dtype) -> dict:
+def _cache_key(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Corpus, top_k, value_dtype, tail) -> dict:
     return {"format": CACHE_FORMAT, "teacher": _model_fingerprint(teacher), "corpus": _corpus_fingerprint(corpus),
             "seed": cfg.seed, "batch_size": cfg.batch_size, "block_size": cfg.block_size,
             "n_steps": cfg.max_iters, "vocab_size": vocab_size_of(teacher), "top_k": top_k,
-            "value_dtype": value_dtype}
+            "value_dtype": value_dtype, "tail": tail if top_k is not None else "drop"}
 
 
 def _cache_paths(key: dict) -> tuple[Path, Path]:
@@ -318,6 +363,8 @@ def _layout(key: dict) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
               ("values", np.dtype(VALUE_DTYPES[key["value_dtype"]]), (steps, B, T, width))]
     if key["top_k"] is not None:
         arrays.append(("indices", index_dtype(key["vocab_size"]), (steps, B, T, key["top_k"])))
+        if key["tail"] == "uniform":
+            arrays.append(("tail", np.dtype(VALUE_DTYPES[key["value_dtype"]]), (steps, B, T)))
     return arrays
 
 
@@ -361,7 +408,8 @@ def _load_cache(key: dict) -> TeacherCache:
         raise CacheCorrupt(f"teacher cache file {bin_path} is damaged: its sha256 is {actual[:16]}…, its record "
                            f"says {expected[:16]}…")
     arrays = _open_arrays(bin_path, key, "r")
-    return TeacherCache(bin_path, record, arrays["fingerprints"], arrays["values"], arrays.get("indices"))
+    return TeacherCache(bin_path, record, arrays["fingerprints"], arrays["values"], arrays.get("indices"),
+                        arrays.get("tail"))
 
 
 def _write_cache(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Corpus, key: dict,
@@ -370,7 +418,7 @@ def _write_cache(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Corp
     from tqdm.auto import tqdm
 
     bin_path, record_path = _cache_paths(key)
-    live = LiveTeacher(teacher, key["top_k"], key["value_dtype"])
+    live = LiveTeacher(teacher, key["top_k"], key["value_dtype"], key["tail"])
     fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{bin_path.name}.", suffix=".tmp")
     try:
         if hasattr(os, "fchmod"):
@@ -383,11 +431,13 @@ def _write_cache(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Corp
         # the batch shape of training, one step at a time: the same arithmetic as on the fly, so the same floats
         for it, (x, _) in enumerate(tqdm(batches, total=cfg.max_iters, desc="cache teacher logits",
                                          disable=not progress, mininterval=1.0)):
-            values, indices = live.stored(x)
+            values, indices, tail = live.stored(x)
             arrays["fingerprints"][it] = batch_fingerprint(x)
             arrays["values"][it] = values.numpy()
             if indices is not None:
                 arrays["indices"][it] = indices.numpy().astype(arrays["indices"].dtype)
+            if tail is not None:
+                arrays["tail"][it] = tail.numpy()
         seconds = time.perf_counter() - t0
         for a in arrays.values():
             a.flush()
@@ -405,16 +455,17 @@ def _write_cache(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Corp
 
 
 def teacher_cache(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Corpus | None = None,
-                  top_k: int | None = None, value_dtype: str = "fp16", on_corrupt: str = "rebuild",
-                  progress: bool = True) -> TeacherCache:
+                  top_k: int | None = None, value_dtype: str = "fp16", tail: str = "drop",
+                  on_corrupt: str = "rebuild", progress: bool = True) -> TeacherCache:
     """The teacher's targets for every batch train(cfg, corpus=corpus) will draw, cached once (memory-mapped).
 
     Built on first use (one teacher forward pass per step) into labkit's data cache, written under a
     temporary name and renamed, with its sha256 in a JSON record beside it; later calls only read it and
     check the sha256. A damaged cache is rebuilt (on_corrupt="rebuild") or refused (on_corrupt="error",
     a CacheCorrupt, which is a ValueError); it is never used. Full logits (top_k=None) or the top k
-    per position (values + token ids, renormalised over the k when used), in fp32 or fp16.
-    The cache holds exactly what LiveTeacher(teacher, top_k, value_dtype) computes for each step's batch
+    per position (values + token ids; tail="drop": renormalised over the k when used, tail="uniform": plus
+    one tail logit per position that keeps the rest of the mass, spread evenly), in fp32 or fp16.
+    The cache holds exactly what LiveTeacher(teacher, top_k, value_dtype, tail) computes for each step's batch
     (same batch shape, so the same arithmetic; bit for bit at the same torch thread setting).
     """
     if on_corrupt not in ("rebuild", "error"):
@@ -423,8 +474,9 @@ def teacher_cache(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Cor
     vocab_size = check_same_vocabulary(teacher, corpus=corpus)
     top_k = check_top_k(top_k, vocab_size)
     check_value_dtype(value_dtype)
+    check_tail(tail)
     _check_block_size(teacher, cfg)
-    key = _cache_key(teacher, cfg, corpus, top_k, value_dtype)
+    key = _cache_key(teacher, cfg, corpus, top_k, value_dtype, tail)
     try:
         return _load_cache(key)  # a valid cache is only read (the cache folder may be read-only)
     except FileNotFoundError:
@@ -505,8 +557,8 @@ def corpus_fraction(corpus: data_mod.Corpus, fraction: float) -> data_mod.Corpus
 
 def compare_students(cfg: TrainConfig, teacher: LanguageModel, seeds: tuple[int, ...] = (0, 1, 2),
                      temperature: float = 2.0, alpha: float = 0.5, train_fraction: float = 1.0,
-                     eval_set=None, top_k: int | None = None, cached: bool = False, value_dtype: str = "fp16",
-                     corpus: data_mod.Corpus | None = None, log=None) -> list[dict]:
+                     eval_set=None, top_k: int | None = None, tail: str = "drop", cached: bool = False,
+                     value_dtype: str = "fp16", corpus: data_mod.Corpus | None = None, log=None) -> list[dict]:
     """Train a labels-only and a distilled student of cfg's shape for each seed; one row per student.
 
     Same steps, same batches, same initial weights per seed (both start from torch.manual_seed(seed)):
@@ -534,8 +586,8 @@ def compare_students(cfg: TrainConfig, teacher: LanguageModel, seeds: tuple[int,
                 student, result = train(run, corpus=train_corpus, log=quiet, desc=f"labels only, seed {seed}")
                 extra = {}
             else:
-                targets = (teacher_cache(teacher, run, train_corpus, top_k, value_dtype, progress=run.progress)
-                           if cached else LiveTeacher(teacher, top_k))
+                targets = (teacher_cache(teacher, run, train_corpus, top_k, value_dtype, tail, progress=run.progress)
+                           if cached else LiveTeacher(teacher, top_k, tail=tail))
                 student, result = distill(run, teacher, temperature, alpha, targets, corpus=train_corpus, log=quiet,
                                           desc=f"distilled, seed {seed}")
                 extra = {"targets": result["targets"]}
@@ -552,7 +604,7 @@ def compare_students(cfg: TrainConfig, teacher: LanguageModel, seeds: tuple[int,
 
 def distillation_sweep(cfg: TrainConfig, teacher: LanguageModel, temperatures=(1.0, 2.0, 4.0),
                        alphas=(0.0, 0.5, 0.9), seeds: tuple[int, ...] = (0,), top_k: int | None = None,
-                       value_dtype: str = "fp16", eval_set=None, corpus: data_mod.Corpus | None = None,
+                       value_dtype: str = "fp16", tail: str = "drop", eval_set=None, corpus: data_mod.Corpus | None = None,
                        log=None) -> list[dict]:
     """Distilled students for every (T, alpha, seed), the teacher cached ONCE per seed and read by every run.
 
@@ -573,7 +625,7 @@ def distillation_sweep(cfg: TrainConfig, teacher: LanguageModel, temperatures=(1
     rows = []
     for seed in seeds:
         run = dataclasses.replace(cfg, seed=int(seed))
-        cache = teacher_cache(teacher, run, corpus, top_k, value_dtype, progress=run.progress)
+        cache = teacher_cache(teacher, run, corpus, top_k, value_dtype, tail, progress=run.progress)
         settings = [(None, 0.0)] if 0.0 in alphas else []
         settings += [(t, a) for a in alphas if a > 0 for t in temperatures]
         for t, a in settings:
@@ -708,30 +760,40 @@ def top_k_mass(logits: Tensor, top_k: int, temperatures=(1.0, 2.0, 4.0)) -> list
     return rows
 
 
+def _median_ms(fn: Callable[[], object], repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(times))
+
+
 def cache_options_table(teacher: LanguageModel, cfg: TrainConfig, corpus: data_mod.Corpus | None = None,
-                        options=((None, "fp32"), (None, "fp16"), (16, "fp16"), (8, "fp16"), (4, "fp16")),
+                        options=((None, "fp32"), (None, "fp16"), (16, "fp16"), (8, "fp16"), (8, "fp16", "uniform"),
+                                 (4, "fp16")),
                         progress: bool = False) -> list[dict]:
     """Bytes of each way of caching the teacher for cfg's run: formula next to the measured file, and timings.
 
-    Rows: top_k, value_dtype, bytes_per_token (formula), formula_bytes, file_bytes and target_nbytes
-    (measured), build_s (seconds to build it, from its record: 0 work if it was cached already),
-    read_ms (median ms to turn one step of the cache into dense logits).
+    `options` are (top_k, value_dtype) or (top_k, value_dtype, tail). Rows: top_k, value_dtype, tail,
+    bytes_per_token (formula), formula_bytes and formula_target_bytes, file_bytes and target_nbytes
+    (measured: the file's size, the arrays' nbytes), build_s (seconds its build took, from its record),
+    read_ms (median ms to turn one step of it into dense logits) and live_ms (median ms of the teacher's
+    forward pass on the same batch: what the cache saves each step).
     """
     corpus = corpus or data_mod.load_corpus(cfg.corpus)
     vocab_size = check_same_vocabulary(teacher, corpus=corpus)
+    x = next(training_batches(dataclasses.replace(cfg, max_iters=1), corpus))[0]
+    live_ms = _median_ms(lambda: LiveTeacher(teacher).logits(x, 0))
     rows = []
-    for top_k, value_dtype in options:
-        cache = teacher_cache(teacher, cfg, corpus, top_k, value_dtype, progress=progress)
-        formula = cache_bytes(cfg.max_iters, cfg.batch_size, cfg.block_size, vocab_size, top_k, value_dtype)
-        x = next(training_batches(dataclasses.replace(cfg, max_iters=1), corpus))[0]
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            cache.logits(x, 0)
-            times.append(1000 * (time.perf_counter() - t0))
-        rows.append({"top_k": top_k, "value_dtype": value_dtype,
-                     "bytes_per_token": target_bytes_per_token(vocab_size, top_k, value_dtype),
+    for option in options:
+        top_k, value_dtype, tail = (*option, "drop")[:3]
+        cache = teacher_cache(teacher, cfg, corpus, top_k, value_dtype, tail, progress=progress)
+        formula = cache_bytes(cfg.max_iters, cfg.batch_size, cfg.block_size, vocab_size, top_k, value_dtype, tail)
+        rows.append({"top_k": top_k, "value_dtype": value_dtype, "tail": tail if top_k is not None else None,
+                     "bytes_per_token": target_bytes_per_token(vocab_size, top_k, value_dtype, tail),
                      "formula_bytes": formula["total"], "file_bytes": cache.file_bytes,
-                     "target_nbytes": cache.target_nbytes, "formula_target_bytes": formula["targets"],
-                     "build_s": cache.record["build_seconds"], "read_ms": float(np.median(times))})
+                     "formula_target_bytes": formula["targets"], "target_nbytes": cache.target_nbytes,
+                     "build_s": cache.record["build_seconds"], "read_ms": _median_ms(lambda c=cache: c.logits(x, 0)),
+                     "live_ms": live_ms})
     return rows

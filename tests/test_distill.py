@@ -102,6 +102,27 @@ def test_top_k_targets_are_the_teacher_s_distribution_renormalised_over_the_k():
     torch.testing.assert_close(D.dense_logits(values, ids, 30), logits)       # k = V is the full distribution
 
 
+def test_uniform_tail_keeps_the_teacher_s_mass_outside_the_top_k():
+    """tail="uniform": at T = 1 the top-k probabilities are exactly the teacher's (no renormalisation) and the rest
+    keeps its total mass, split evenly; at T > 1 the even split holds at least the true tail mass (Jensen)."""
+    g = torch.Generator().manual_seed(3)
+    logits = 3 * torch.randn(4, 7, 30, generator=g, dtype=torch.float64)
+    k = 5
+    values, ids = D.top_k_logits(logits, k)
+    dense = D.dense_logits(values, ids, 30, D.tail_logits(logits, ids))
+    kept = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, ids, True)
+    p, q = torch.softmax(logits, -1), torch.softmax(dense.double(), -1)
+    torch.testing.assert_close(q[kept], p[kept], rtol=1e-6, atol=0)
+    rest_q = q.masked_fill(kept, 0)
+    torch.testing.assert_close(rest_q.sum(-1), p.masked_fill(kept, 0).sum(-1), rtol=1e-6, atol=0)
+    assert torch.allclose(rest_q.amax(-1), rest_q.sum(-1) / (30 - k))             # spread evenly
+    for T in (2.0, 4.0):
+        true_tail = torch.softmax(logits / T, -1).masked_fill(kept, 0).sum(-1)
+        assert torch.all(torch.softmax(dense.double() / T, -1).masked_fill(kept, 0).sum(-1) >= true_tail - 1e-6)
+    full = D.top_k_logits(logits, 30)
+    assert torch.all(D.tail_logits(logits, full.indices) == float("-inf"))      # k = V: no tail
+
+
 def test_top_k_loss_matches_kl_over_the_renormalised_k(teacher, corpus):
     """KL with −inf outside the top k equals the sum over the k kept tokens only (no nan, finite gradient)."""
     x, y = next(D.training_batches(student_cfg(), corpus))
@@ -127,20 +148,23 @@ def test_top_k_mass_grows_with_k_and_falls_with_T(teacher, corpus):
 
 # ----------------------------------------------------------------------------- the cache
 
-@pytest.mark.parametrize("top_k,value_dtype", [(None, "fp32"), (None, "fp16"), (5, "fp16"), (5, "fp32")])
-def test_cache_reproduces_live_targets_exactly_and_bytes_match_the_formula(teacher, corpus, top_k, value_dtype):
+@pytest.mark.parametrize("top_k,value_dtype,tail", [(None, "fp32", "drop"), (None, "fp16", "drop"), (5, "fp16", "drop"),
+                                                    (5, "fp32", "drop"), (5, "fp16", "uniform")])
+def test_cache_reproduces_live_targets_exactly_and_bytes_match_the_formula(teacher, corpus, top_k, value_dtype, tail):
     cfg = student_cfg(max_iters=5)
-    cache = D.teacher_cache(teacher, cfg, corpus, top_k=top_k, value_dtype=value_dtype, progress=False)
-    live = D.LiveTeacher(teacher, top_k=top_k, value_dtype=value_dtype)
+    cache = D.teacher_cache(teacher, cfg, corpus, top_k=top_k, value_dtype=value_dtype, tail=tail, progress=False)
+    live = D.LiveTeacher(teacher, top_k=top_k, value_dtype=value_dtype, tail=tail)
     for it, (x, _) in enumerate(D.training_batches(cfg, corpus)):
         assert torch.equal(cache.logits(x, it), live.logits(x, it))
     if (top_k, value_dtype) == (None, "fp32"):   # full fp32: exactly what the teacher computes in training
         x, _ = next(D.training_batches(cfg, corpus))
         assert torch.equal(cache.logits(x, 0), teacher(x)[0].detach())
-    formula = D.cache_bytes(5, cfg.batch_size, cfg.block_size, corpus.vocab_size, top_k, value_dtype)
+    formula = D.cache_bytes(5, cfg.batch_size, cfg.block_size, corpus.vocab_size, top_k, value_dtype, tail)
     assert cache.file_bytes == formula["total"] and cache.target_nbytes == formula["targets"]
     V, vb = corpus.vocab_size, {"fp32": 4, "fp16": 2}[value_dtype]
-    assert D.target_bytes_per_token(V, top_k, value_dtype) == (V * vb if top_k is None else top_k * (vb + 1))
+    expected = V * vb if top_k is None else top_k * (vb + 1) + (vb if tail == "uniform" else 0)
+    assert D.target_bytes_per_token(V, top_k, value_dtype, tail) == expected
+    assert formula["targets"] == 5 * cfg.batch_size * cfg.block_size * expected
 
 
 def test_training_from_the_cache_equals_training_live(teacher, corpus):
@@ -263,9 +287,9 @@ def test_soft_targets_and_dark_knowledge(teacher, corpus):
 
 def test_cache_options_table_formula_equals_measured(teacher, corpus):
     rows = D.cache_options_table(teacher, student_cfg(max_iters=2), corpus,
-                                 options=((None, "fp32"), (None, "fp16"), (4, "fp16")))
+                                 options=((None, "fp32"), (None, "fp16"), (4, "fp16"), (4, "fp16", "uniform")))
     V = corpus.vocab_size
-    assert [r["bytes_per_token"] for r in rows] == [4 * V, 2 * V, 4 * 3]
+    assert [r["bytes_per_token"] for r in rows] == [4 * V, 2 * V, 4 * 3, 4 * 3 + 2]
     assert all(r["formula_bytes"] == r["file_bytes"] and r["formula_target_bytes"] == r["target_nbytes"]
                for r in rows)
 
@@ -307,6 +331,10 @@ def test_different_vocabularies_are_refused(teacher, corpus):
 def test_other_bad_input(teacher, corpus):
     with pytest.raises(ValueError, match="value_dtype"):
         D.teacher_cache(teacher, student_cfg(), corpus, value_dtype="int8", progress=False)
+    with pytest.raises(ValueError, match="tail"):
+        D.teacher_cache(teacher, student_cfg(), corpus, top_k=4, tail="spread", progress=False)
+    with pytest.raises(ValueError, match="tail"):
+        D.LiveTeacher(teacher, top_k=4, tail=None)
     with pytest.raises(ValueError, match="on_corrupt"):
         D.teacher_cache(teacher, student_cfg(), corpus, on_corrupt="ignore", progress=False)
     with pytest.raises(ValueError, match="longer than the teacher's context"):

@@ -182,9 +182,14 @@ def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
 
 
 def _stored_scale(scale: Tensor, dtype: torch.dtype) -> Tensor:
-    """`scale` rounded to its storage dtype (and back to float32); zero or too-small scales become the dtype's tiny."""
-    tiny = torch.finfo(dtype).tiny
-    return scale.clamp(min=tiny).to(dtype).clamp(min=tiny).float()
+    """`scale` rounded to its storage dtype (back as float32); a scale of 0 (an all-zero group) becomes the dtype's
+    smallest positive value, so every code still decodes (to exactly 0 there)."""
+    stored = scale.to(dtype)
+    if torch.isinf(stored).any():
+        raise ValueError(f"a scale of {scale.max().item():.3g} is beyond the range of scale_dtype {dtype} "
+                         f"(max {torch.finfo(dtype).max:.3g}); allowed: a wider scale_dtype ('fp32' or 'bf16')")
+    smallest = torch.finfo(dtype).tiny * torch.finfo(dtype).eps    # the smallest positive (subnormal) value
+    return torch.where(stored > 0, stored.float(), torch.tensor(smallest, dtype=torch.float32))
 
 
 def _scale_and_zero(lo: Tensor, hi: Tensor, bits: int, symmetric: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

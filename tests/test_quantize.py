@@ -117,6 +117,24 @@ def test_finer_groups_and_more_bits_give_smaller_error():
     assert by_bits == sorted(by_bits, reverse=True)
 
 
+@pytest.mark.parametrize("bits", Q.BITS)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_round_to_nearest_error_is_at_most_half_a_step(bits, symmetric):
+    w = weights(8, 64, seed=bits)
+    q = Q.quantize(w, bits, symmetric, "group", 16, scale_dtype="fp32")
+    step = q.scale.float().repeat_interleave(16, dim=1)
+    assert ((q.dequantize() - w).abs() <= step / 2 * (1 + 1e-5)).all()
+
+
+def test_tiny_weights_keep_fine_fp16_scales_and_huge_ones_need_a_wider_dtype():
+    w = weights(8, 64) * 1e-3                              # scales ~1e-6: fp16 subnormals, not clamped up
+    fp16, fp32 = Q.quantize(w, 8, scale_dtype="fp16"), Q.quantize(w, 8, scale_dtype="fp32")
+    assert Q.weight_mse(w, fp16) < 1.5 * Q.weight_mse(w, fp32)
+    with pytest.raises(ValueError, match="beyond the range of scale_dtype torch.float16; allowed: a wider"):
+        Q.quantize(weights() * 1e8, 8, scale_dtype="fp16")
+    assert torch.isfinite(Q.quantize(weights() * 1e8, 8, scale_dtype="fp32").dequantize()).all()
+
+
 def test_scales_are_stored_in_their_dtype_and_used_rounded():
     w = weights()
     q = Q.quantize(w, 4, False, "group", 16, scale_dtype="fp16")

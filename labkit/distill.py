@@ -14,7 +14,8 @@ labkit.losses.distillation_loss:
 
 so alpha is the weight of the SOFT (teacher) term: alpha = 0 is ordinary training on the labels, alpha = 1
 learns from the teacher alone. The paper writes the same mix as a weighted average of the two objectives
-and found a much lower weight on the hard (label) term worked best. T > 1 softens both distributions so
+and found a much lower weight on the hard (label) term worked best; its soft term is the cross-entropy
+with the soft targets, which differs from this KL by the teacher's entropy, a constant: same gradient. T > 1 softens both distributions so
 the small probabilities the teacher gives to wrong characters (its "dark knowledge") carry weight; the
 soft term's gradient shrinks like 1/T², and the T² factor puts it back.
 
@@ -22,8 +23,9 @@ There is ONE training loop, labkit.train.train: distillation is only a different
 (`loss_fn`), so the student sees exactly the batches, schedule and evaluation a labels-only student sees.
 Because train's batches are a deterministic function of the corpus, cfg.seed, batch_size and block_size,
 the teacher's logits for a whole run can be computed once and cached (full logits in fp32 or fp16, or
-only the top k per position) in labkit's data cache with a sha256 beside them; every step checks that
-the batch it trains on is the one the cache was built for.
+only the top k per position: renormalised over the k, or with the rest of the mass kept as one "tail"
+logit) in labkit's data cache with a sha256 beside them; every step checks that the batch it trains on
+is the one the cache was built for. One cache serves every T and alpha (the logits do not depend on them).
 """
 from __future__ import annotations
 
@@ -539,6 +541,11 @@ def distill(cfg: TrainConfig, teacher: LanguageModel, temperature: float = 2.0, 
         raise TypeError(f"targets must be None, a LiveTeacher or a TeacherCache, got {type(targets).__name__}")
     if targets.vocab_size != vocab_size:
         raise ValueError(f"targets give logits over {targets.vocab_size} tokens, the student predicts {vocab_size}")
+    if isinstance(targets, LiveTeacher) and targets.teacher is not teacher:
+        raise ValueError("targets is a LiveTeacher of another model than `teacher`: pass LiveTeacher(teacher, ...)")
+    if isinstance(targets, TeacherCache) and targets.record["teacher"] != _model_fingerprint(teacher):
+        raise ValueError(f"the teacher cache {targets.path.name} was built from another teacher (other weights or "
+                         "config): build one with teacher_cache(teacher, cfg, ...)")
     # model None: train builds it for the corpus (whose vocabulary was just checked), from the same seed and in
     # the same order as a labels-only run, so the two students start from identical weights
     student, result = train(cfg, model=model, corpus=corpus, log=log,

@@ -222,6 +222,10 @@ def test_cache_of_another_teacher_is_another_file(teacher, corpus):
     a = D.teacher_cache(teacher, cfg, corpus, progress=False)
     b = D.teacher_cache(other, cfg, corpus, progress=False)
     assert a.path != b.path
+    with pytest.raises(ValueError, match="another teacher"):
+        D.distill(cfg, teacher, targets=b, corpus=corpus, log=quiet)
+    with pytest.raises(ValueError, match="another model"):
+        D.distill(cfg, teacher, targets=D.LiveTeacher(other), corpus=corpus, log=quiet)
 
 
 # ----------------------------------------------------------------------------- students

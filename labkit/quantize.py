@@ -4,7 +4,8 @@
     q.dequantize()                  # float32 again, every weight rounded to one of 2**4 levels of its group
     q.nbytes                        # exact bytes of q.arrays(): packed 4-bit codes + fp16 scales + 4-bit zero points
     model_q, info = quantize_model(model, "int4-g32")     # every Linear of the blocks; info["total_bytes"], ...
-    validation_perplexity(model_q, corpus)                # the lab's yardstick
+    validation_perplexity(model_q)                        # the lab's yardstick: loss, SE, perplexity
+    save_quantized(model_q, info, "q.pt")                 # the packed arrays on disk; load_quantized reads them
 
 **Affine (uniform) quantization.** A weight w becomes an integer code q with w ≈ scale · (q − zero_point):
 
@@ -74,38 +75,13 @@ CLIP_RATIOS = tuple(round(1.0 - 0.025 * i, 3) for i in range(21))
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max      # 448.0, the largest finite float8 e4m3 value
 
 __all__ = [
-    "BITS",
-    "CLIP_RATIOS",
-    "FP8_MAX",
-    "GRANULARITIES",
-    "NF4_PAPER_TABLE",
-    "SCALE_DTYPES",
-    "SCHEMES",
-    "CodebookTensor",
-    "Float8Tensor",
-    "QuantizedTensor",
-    "Scheme",
-    "code_range",
-    "default_eval_set",
-    "dequantize",
-    "fake_quantize",
-    "float8_quantize",
-    "get_scheme",
-    "kmeans_quantize",
-    "load_quantized",
-    "nf4_codebook",
-    "nf4_quantize",
-    "pack_codes",
-    "packed_bytes",
-    "quantizable_layers",
-    "quantize",
-    "quantize_model",
-    "quantize_tensor",
-    "quantized_bytes",
-    "save_quantized",
-    "unpack_codes",
-    "validation_perplexity",
-    "weight_mse",
+    "BITS", "CLIP_RATIOS", "FP8_MAX", "GRANULARITIES", "NF4_PAPER_TABLE", "SCALE_DTYPES", "SCHEMES", "CodebookTensor",
+    "FakeQuantLinear", "Float8Tensor", "QuantizedTensor", "Scheme", "code_range", "default_eval_set", "dequantize",
+    "fake_quant_ste", "fake_quantize", "float8_quantize", "get_scheme", "inject_outlier", "int8_matmul",
+    "kmeans_quantize", "layer_inputs", "load_quantized", "mixed_precision_matmul", "nf4_codebook", "nf4_quantize",
+    "outlier_features", "pack_codes", "packed_bytes", "qat_fine_tune", "qat_model", "quantizable_layers", "quantize",
+    "quantize_model", "quantize_tensor", "quantized_bytes", "save_quantized", "saved_state_bytes", "smooth",
+    "strip_fake_quant", "torch_dynamic_int8", "unpack_codes", "validation_perplexity", "weight_mse",
 ]
 
 

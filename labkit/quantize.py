@@ -726,6 +726,11 @@ def save_quantized(model: GPT, info: dict, path: Path | str) -> dict:
 
     _check_gpt(model)
     quantized = info["quantized"]
+    layers = quantizable_layers(model, include_head="lm_head" in quantized)
+    for name, q in quantized.items():   # the file must reproduce this model, so its weights must be the stored ones
+        if name not in layers or not torch.equal(layers[name].weight.detach(), q.dequantize()):
+            raise ValueError(f"info['quantized'][{name!r}] is not what model holds there: pass the model and info "
+                             "that the same quantize_model call returned")
     names = {f"{name}.weight" for name in quantized}
     state = {"format": "labkit.quantize/1", "scheme": info["scheme"], "model_config": model_config_dict(model),
              "float": _float_state(model, names), "quantized": {name: q.to_state() for name, q in quantized.items()}}

@@ -328,6 +328,8 @@ def test_saved_file_is_the_computed_bytes_plus_a_fixed_overhead_and_loads_back_i
     assert set(quantized) == set(info["quantized"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Q.load_quantized(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"info\['quantized'\]\['blocks.0.attn.qkv'\] is not what model holds"):
+        Q.save_quantized(model, info, tmp_path / "wrong.pt")          # the float model with the quantized info
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a file written by labkit.quantize.save_quantized"):
         Q.load_quantized(tmp_path / "other.pt")

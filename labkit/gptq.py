@@ -13,7 +13,8 @@ Rows of W are independent, and for one row the "Optimal Brain Surgeon" step says
 the best change to the columns not yet rounded is −err_i · H⁻¹[i, i+1:] / H⁻¹[i, i] (computed on the inverse
 Hessian with columns < i removed). GPTQ rounds the columns in order 0, 1, 2, ... for all rows at once, and gets
 every one of those inverse-Hessian rows from ONE Cholesky factor: with H⁻¹ = Uᵀ U (U upper triangular), row i of U
-is exactly H⁻¹ restricted to columns ≥ i, divided by √ of its first entry. So for column i:
+is row i of the inverse Hessian left after columns 0 .. i−1 are eliminated, divided by the square root of its
+diagonal entry. So for column i:
 
     q_i = round(w_i)                          (the usual RTN grid: the group's scale and zero point)
     e_i = (w_i − q_i) / U[i, i]

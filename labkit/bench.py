@@ -206,25 +206,20 @@ def bench_quantize(model=None, corpus=None, schemes=QUANTIZE_SCHEMES, gptq_schem
     torch.set_num_threads(threads)
     try:
         eval_set = eval_set if eval_set is not None else Q.default_eval_set(corpus)
-        base = Q.validation_perplexity(model, eval_set)
-
-        def row(scheme: str, quantized, info: dict) -> dict:
-            ppl = Q.validation_perplexity(quantized, eval_set)
-            diff = paired_difference(ppl["result"], base["result"])
-            return {"scheme": info["scheme"], "bits_per_weight": round(info["bits_per_weight"], 4),
-                    "quantized_bytes": info["quantized_bytes"], "total_bytes": info["total_bytes"],
-                    "perplexity": round(ppl["perplexity"], 4), "ppl_ratio": round(ppl["perplexity"] / base["perplexity"], 5),
-                    "loss_minus_float": round(diff["difference"], 5), "se": round(diff["standard_error"], 5)}
-
-        float32_bytes = Q.quantize_model(model, "int8-channel")[1]["float32_bytes"]
-        rows = [row(s, *Q.quantize_model(model, s)) for s in tqdm(schemes, desc="RTN", disable=not progress)]
+        rows = Q.quantization_sweep(model, eval_set, schemes, progress=progress)   # float32 first, then RTN
+        base = {"perplexity": rows[0]["perplexity"], "result": Q.validation_perplexity(model, eval_set)["result"]}
         calibration = prune.calibration_batches(corpus, calibration_sequences, min(64, model.block_size), seed=seed)
         held_out = prune.calibration_batches(corpus, 32, min(64, model.block_size), seed=seed + 1)
         gptq_rows = []
         for s in tqdm(gptq_schemes, desc="GPTQ", disable=not progress):
             rtn_model, rtn = Q.quantize_model(model, s)
             gptq_model, info = Q.quantize_model(model, f"{s}-gptq", calibration=calibration)
-            r = row(s, gptq_model, info)
+            ppl = Q.validation_perplexity(gptq_model, eval_set)
+            diff = paired_difference(ppl["result"], base["result"])
+            r = {"scheme": info["scheme"], "bits_per_weight": info["bits_per_weight"],
+                 "quantized_bytes": info["quantized_bytes"], "total_bytes": info["total_bytes"],
+                 "perplexity": ppl["perplexity"], "loss_minus_float": diff["difference"],
+                 "diff_se": diff["standard_error"]}
             gain = paired_difference(Q.validation_perplexity(rtn_model, eval_set)["result"],
                                      Q.validation_perplexity(gptq_model, eval_set)["result"])
             e_rtn = gptq.output_errors(model, rtn["quantized"], held_out)
@@ -241,10 +236,10 @@ def bench_quantize(model=None, corpus=None, schemes=QUANTIZE_SCHEMES, gptq_schem
             saved = Q.save_quantized(*Q.quantize_model(model, "int4-g32"), f"{folder}/int4-g32.pt")
     finally:
         torch.set_num_threads(before)
-    return {"eval_set": eval_set.name, "float32": {"perplexity": round(base["perplexity"], 4),
+    return {"eval_set": eval_set.name, "float32": {"perplexity": base["perplexity"],
                                                    "saved_state_bytes": Q.saved_state_bytes(model),
-                                                   "float32_bytes": float32_bytes},
-            "rtn": rows, "gptq": gptq_rows, "saved_int4_g32": saved,
+                                                   "float32_bytes": rows[0]["total_bytes"]},
+            "rtn": rows[1:], "gptq": gptq_rows, "saved_int4_g32": saved,
             "torch_dynamic_int8": {"saved_state_bytes": Q.saved_state_bytes(dynamic),
                                    "perplexity": round(dyn_ppl["perplexity"], 4),
                                    "ppl_ratio": round(dyn_ppl["perplexity"] / base["perplexity"], 5),
@@ -260,7 +255,7 @@ def print_quantize(out: dict) -> None:
     print(f"{'scheme':<18} {'bits/w':>7} {'total bytes':>12} {'perplexity':>10} {'ratio':>8} {'Δ nats ± SE':>20}")
     for r in out["rtn"] + out["gptq"]:
         print(f"{r['scheme']:<18} {r['bits_per_weight']:>7.3f} {r['total_bytes']:>12,} {r['perplexity']:>10.4f} "
-              f"{r['ppl_ratio']:>8.4f} {r['loss_minus_float']:>+10.5f} ± {r['se']:.5f}")
+              f"{r['perplexity'] / f['perplexity']:>8.4f} {r['loss_minus_float']:>+10.5f} ± {r['diff_se']:.5f}")
     for r in out["gptq"]:
         print(f"{r['scheme']}: RTN − GPTQ = {r['rtn_minus_gptq']:+.5f} ± {r['gain_se']:.5f} nats/char; output error "
               f"lower with GPTQ in {len(r['layers_gptq_better'])} of {r['n_layers']} layers")

@@ -79,9 +79,10 @@ __all__ = [
     "FakeQuantLinear", "Float8Tensor", "QuantizedTensor", "Scheme", "code_range", "default_eval_set", "dequantize",
     "fake_quant_ste", "fake_quantize", "float8_quantize", "get_scheme", "inject_outlier", "int8_matmul",
     "kmeans_quantize", "layer_inputs", "load_quantized", "mixed_precision_matmul", "nf4_codebook", "nf4_quantize",
-    "outlier_features", "pack_codes", "packed_bytes", "qat_fine_tune", "qat_model", "quantizable_layers", "quantize",
-    "quantize_model", "quantize_tensor", "quantized_bytes", "save_quantized", "saved_state_bytes", "smooth",
-    "strip_fake_quant", "torch_dynamic_int8", "unpack_codes", "validation_perplexity", "weight_mse",
+    "outlier_features", "pack_codes", "packed_bytes", "qat_fine_tune", "qat_model", "quantizable_layers",
+    "quantization_sweep", "quantize", "quantize_model", "quantize_tensor", "quantized_bytes", "save_quantized",
+    "saved_state_bytes", "smooth", "strip_fake_quant", "torch_dynamic_int8", "unpack_codes", "validation_perplexity",
+    "weight_mse",
 ]
 
 
@@ -709,6 +710,40 @@ def validation_perplexity(model, eval_set=None, corpus=None) -> dict:
     result = score(model, eval_set)
     return {"loss": result.loss, "loss_se": result.standard_error, "perplexity": math.exp(result.loss),
             "eval_set": eval_set.name, "result": result}
+
+
+def quantization_sweep(model: GPT, eval_set, schemes=SCHEMES, calibration: Tensor | None = None,
+                       include_head: bool = False, progress: bool = False) -> list[dict]:
+    """One row per scheme (float32 first): bytes and perplexity on `eval_set`, paired with float32 on its windows.
+
+    Columns: scheme, format, bits, granularity, group_size, method, bits_per_weight (of the quantized matrices),
+    quantized_bytes, total_bytes (the whole model as stored), loss, loss_se, perplexity, loss_minus_float and
+    its standard error diff_se (nats/char, same windows). "-gptq" schemes need `calibration`.
+    """
+    from labkit.evaluate import paired_difference
+
+    base = validation_perplexity(model, eval_set)
+    n_float = sum(t.numel() * t.element_size() for t in _float_state(model, set()).values())
+    rows = [{"scheme": "float32", "format": "float", "bits": 32, "granularity": None, "group_size": None,
+             "method": None, "bits_per_weight": 32.0, "quantized_bytes": 0, "total_bytes": n_float,
+             "loss": base["loss"], "loss_se": base["loss_se"], "perplexity": base["perplexity"],
+             "loss_minus_float": 0.0, "diff_se": 0.0}]
+    names = list(schemes)
+    if progress:
+        from tqdm.auto import tqdm
+        names = tqdm(names, desc="schemes", mininterval=1.0)
+    for name in names:
+        s = get_scheme(name)
+        quantized, info = quantize_model(model, s, include_head,
+                                         calibration=calibration if s.method == "gptq" else None)
+        ppl = validation_perplexity(quantized, eval_set)
+        diff = paired_difference(ppl["result"], base["result"])
+        rows.append({"scheme": s.name, "format": s.format, "bits": s.bits, "granularity": s.granularity,
+                     "group_size": s.group_size, "method": s.method, "bits_per_weight": info["bits_per_weight"],
+                     "quantized_bytes": info["quantized_bytes"], "total_bytes": info["total_bytes"],
+                     "loss": ppl["loss"], "loss_se": ppl["loss_se"], "perplexity": ppl["perplexity"],
+                     "loss_minus_float": diff["difference"], "diff_se": diff["standard_error"]})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -341,3 +341,18 @@ def test_overhead_does_not_grow_with_the_data(tmp_path):
                 enumerate((small, big))]
     assert accounts[1]["tensor_bytes"] > 2 * accounts[0]["tensor_bytes"]
     assert abs(accounts[1]["overhead_bytes"] - accounts[0]["overhead_bytes"]) < 256
+
+
+def test_quantization_sweep_rows_are_each_schemes_model_on_the_same_windows():
+    from labkit.evaluate import evaluation_set, score
+
+    model = small_gpt()
+    eval_set = evaluation_set(torch.randint(0, 17, (6000,), generator=torch.Generator().manual_seed(0)), window=16)
+    rows = Q.quantization_sweep(model, eval_set, ("int8-channel", "int2-g16", "nf4-g16"))
+    assert [r["scheme"] for r in rows] == ["float32", "int8-channel", "int2-g16", "nf4-g16"]
+    assert rows[0]["total_bytes"] == 4 * sum(p.numel() for p in model.parameters())
+    for r in rows[1:]:
+        quantized, info = Q.quantize_model(model, r["scheme"])
+        assert r["total_bytes"] == info["total_bytes"] and r["loss"] == score(quantized, eval_set).loss
+        assert r["loss_minus_float"] == pytest.approx(r["loss"] - rows[0]["loss"]) and r["diff_se"] > 0
+    assert rows[1]["total_bytes"] > rows[3]["total_bytes"] > rows[2]["total_bytes"]

@@ -961,24 +961,29 @@ def strip_fake_quant(model: GPT) -> GPT:
 
 
 def qat_fine_tune(model: GPT, scheme: str | Scheme, steps: int, lr: float = 3e-4, seed: int = 0, corpus=None,
-                  progress: bool = True, log=print, **settings) -> tuple[GPT, dict]:
+                  progress: bool = True, log=print, fake_quant: bool = True, **settings) -> tuple[GPT, dict]:
     """Train a fake-quant copy of `model` for `steps` AdamW steps (labkit.train.train, the baby preset's batches).
 
     Returns (the trained model with plain Linears holding the float weights — quantize_model(model, scheme)
-    then stores exactly what the forward passes used —, the training result).
+    then stores exactly what the forward passes used —, the training result). fake_quant=False trains a plain
+    float copy with the same settings and batches: the control that separates what QAT recovers from what
+    the extra training steps alone would give.
     """
     from labkit import data as data_mod
     from labkit.train import make_config, train
 
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    fq = qat_model(model, scheme)
+    if not isinstance(fake_quant, bool):
+        raise TypeError(f"fake_quant must be True (QAT) or False (the float control), got {fake_quant!r}")
+    trained = qat_model(model, scheme) if fake_quant else copy.deepcopy(_check_gpt(model))
     settings.setdefault("block_size", min(64, model.block_size))
     cfg = make_config("gpt", "baby", max_iters=int(steps), lr=lr, min_lr=0.0, warmup_iters=min(20, steps // 10),
                       eval_interval=0, seed=seed, progress=progress, **settings)
     corpus = corpus if corpus is not None else data_mod.load_corpus(cfg.corpus)
-    fq, result = train(cfg, model=fq, corpus=corpus, log=log, desc=f"QAT {get_scheme(scheme).name} {steps} steps")
-    return strip_fake_quant(fq).eval(), result
+    what = f"QAT {get_scheme(scheme).name}" if fake_quant else "float fine-tune"
+    trained, result = train(cfg, model=trained, corpus=corpus, log=log, desc=f"{what} {steps} steps")
+    return (strip_fake_quant(trained) if fake_quant else trained).eval(), result
 
 
 # ---------------------------------------------------------------------------------------------

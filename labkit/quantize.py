@@ -76,7 +76,7 @@ FP8_MAX = torch.finfo(torch.float8_e4m3fn).max      # 448.0, the largest finite 
 
 __all__ = [
     "BITS", "CLIP_RATIOS", "FP8_MAX", "GRANULARITIES", "NF4_PAPER_TABLE", "SCALE_DTYPES", "SCHEMES", "CodebookTensor",
-    "FakeQuantLinear", "Float8Tensor", "QuantizedTensor", "Scheme", "code_range", "default_eval_set", "dequantize",
+    "FakeQuantLinear", "Float8Tensor", "QuantizedTensor", "Scheme", "StoredWeight", "code_range", "default_eval_set", "dequantize",
     "fake_quant_ste", "fake_quantize", "float8_quantize", "get_scheme", "inject_outlier", "int8_matmul",
     "kmeans_quantize", "layer_inputs", "load_quantized", "mixed_precision_matmul", "nf4_codebook", "nf4_quantize",
     "outlier_features", "pack_codes", "packed_bytes", "qat_fine_tune", "qat_model", "quantizable_layers",
@@ -202,8 +202,27 @@ def _search_clip(x: Tensor, bits: int, symmetric: bool, dtype: torch.dtype) -> t
     return best[1], best[2]
 
 
+class StoredWeight:
+    """What every stored format shares: `arrays()` are the tensors written to disk; nbytes counts them exactly."""
+
+    shape: tuple[int, ...]
+
+    def arrays(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """Exact bytes of `arrays()` (packed codes, scales, zero points, codebook: whatever the format stores)."""
+        return sum(t.numel() * t.element_size() for t in self.arrays().values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight, everything the format stores included."""
+        return 8 * self.nbytes / math.prod(self.shape)
+
+
 @dataclass
-class QuantizedTensor:
+class QuantizedTensor(StoredWeight):
     """A weight matrix as b-bit codes plus one scale (and zero point) per group: w ≈ scale · (code − zero_point)."""
 
     codes: Tensor = field(repr=False)          # uint8, the weight's (2-D) shape, values 0 .. 2**bits − 1 (unpacked)
@@ -234,16 +253,6 @@ class QuantizedTensor:
         if self.zero_point is not None:
             out["zero_point"] = pack_codes(self.zero_point, self.bits)
         return out
-
-    @property
-    def nbytes(self) -> int:
-        """Exact bytes of `arrays()`: ceil(n·b/8) for the codes + scales + packed zero points."""
-        return sum(t.numel() * t.element_size() for t in self.arrays().values())
-
-    @property
-    def bits_per_weight(self) -> float:
-        """Stored bits per weight, scales and zero points included."""
-        return 8 * self.nbytes / self.codes.numel()
 
     def to_state(self) -> dict:
         """Plain tensors, ints and strings (what torch.load(weights_only=True) reads back)."""
@@ -394,7 +403,7 @@ def _nearest(x: Tensor, sorted_levels: Tensor) -> Tensor:
 
 
 @dataclass
-class CodebookTensor:
+class CodebookTensor(StoredWeight):
     """A weight matrix as b-bit indices into a table of 2**b values, optionally times a per-group scale."""
 
     codes: Tensor = field(repr=False)          # uint8, (rows, cols), indices into codebook
@@ -418,15 +427,6 @@ class CodebookTensor:
         if self.scale is not None:
             out["scale"] = self.scale
         return out
-
-    @property
-    def nbytes(self) -> int:
-        """Exact bytes of `arrays()`."""
-        return sum(t.numel() * t.element_size() for t in self.arrays().values())
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.nbytes / self.codes.numel()
 
     def to_state(self) -> dict:
         return {"format": self.kind, **self.arrays(), "bits": self.bits, "group_size": self.group_size,
@@ -482,7 +482,7 @@ def nf4_quantize(weight: Tensor, group_size: int = 64, scale_dtype: str = "fp16"
 
 
 @dataclass
-class Float8Tensor:
+class Float8Tensor(StoredWeight):
     """A weight matrix in float8 e4m3 (torch.float8_e4m3fn) with one scale per row: w ≈ value · scale."""
 
     values: Tensor = field(repr=False)         # torch.float8_e4m3fn, (rows, cols)
@@ -495,14 +495,6 @@ class Float8Tensor:
 
     def arrays(self) -> dict[str, Tensor]:
         return {"values": self.values, "scale": self.scale}
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.arrays().values())
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.nbytes / self.values.numel()
 
     def to_state(self) -> dict:
         return {"format": "fp8", **self.arrays(), "shape": list(self.shape)}

@@ -649,7 +649,7 @@ def quantize_model(model: GPT, scheme: str | Scheme, include_head: bool = False,
     Returns (model, info): info["quantized"] maps each layer name to its stored form; "layers" has per-layer
     bytes and weight MSE; "quantized_bytes" (packed codes + scales + zero points), "float_bytes" (what stays
     float32: embeddings, LayerNorms, biases, lm_head unless included), "total_bytes", "float32_bytes" (the
-    original model), "bits_per_weight" over the quantized matrices. Method "gptq" needs `calibration`
+    original model), "bits_per_weight" and "weight_mse" (weights²) over all the quantized matrices. Method "gptq" needs `calibration`
     (token ids, e.g. labkit.prune.calibration_batches(corpus, 32, 64)).
     """
     s = get_scheme(scheme)
@@ -678,7 +678,8 @@ def quantize_model(model: GPT, scheme: str | Scheme, include_head: bool = False,
     info = {"scheme": s.name, "quantized": quantized, "layers": rows, "quantized_bytes": quantized_bytes_,
             "float_bytes": float_bytes, "total_bytes": quantized_bytes_ + float_bytes,
             "float32_bytes": sum(t.numel() * t.element_size() for t in _float_state(model, set()).values()),
-            "bits_per_weight": 8 * quantized_bytes_ / n_weights, "include_head": include_head}
+            "bits_per_weight": 8 * quantized_bytes_ / n_weights, "include_head": include_head,
+            "weight_mse": sum(r["weight_mse"] * math.prod(r["shape"]) for r in rows) / n_weights}
     return out, info
 
 
@@ -708,8 +709,8 @@ def quantization_sweep(model: GPT, eval_set, schemes=SCHEMES, calibration: Tenso
                        include_head: bool = False, progress: bool = False) -> list[dict]:
     """One row per scheme (float32 first): bytes and perplexity on `eval_set`, paired with float32 on its windows.
 
-    Columns: scheme, format, bits, granularity, group_size, method, bits_per_weight (of the quantized matrices),
-    quantized_bytes, total_bytes (the whole model as stored), loss, loss_se, perplexity, loss_minus_float and
+    Columns: scheme, format, bits, granularity, group_size, method, bits_per_weight and weight_mse (over the
+    quantized matrices), quantized_bytes, total_bytes (the whole model as stored), loss, loss_se, perplexity, loss_minus_float and
     its standard error diff_se (nats/char, same windows). "-gptq" schemes need `calibration`.
     """
     from labkit.evaluate import paired_difference
@@ -717,7 +718,7 @@ def quantization_sweep(model: GPT, eval_set, schemes=SCHEMES, calibration: Tenso
     base = validation_perplexity(model, eval_set)
     n_float = sum(t.numel() * t.element_size() for t in _float_state(model, set()).values())
     rows = [{"scheme": "float32", "format": "float", "bits": 32, "granularity": None, "group_size": None,
-             "method": None, "bits_per_weight": 32.0, "quantized_bytes": 0, "total_bytes": n_float,
+             "method": None, "bits_per_weight": 32.0, "weight_mse": 0.0, "quantized_bytes": 0, "total_bytes": n_float,
              "loss": base["loss"], "loss_se": base["loss_se"], "perplexity": base["perplexity"],
              "loss_minus_float": 0.0, "diff_se": 0.0}]
     names = list(schemes)
@@ -732,6 +733,7 @@ def quantization_sweep(model: GPT, eval_set, schemes=SCHEMES, calibration: Tenso
         diff = paired_difference(ppl["result"], base["result"])
         rows.append({"scheme": s.name, "format": s.format, "bits": s.bits, "granularity": s.granularity,
                      "group_size": s.group_size, "method": s.method, "bits_per_weight": info["bits_per_weight"],
+                     "weight_mse": info["weight_mse"],
                      "quantized_bytes": info["quantized_bytes"], "total_bytes": info["total_bytes"],
                      "loss": ppl["loss"], "loss_se": ppl["loss_se"], "perplexity": ppl["perplexity"],
                      "loss_minus_float": diff["difference"], "diff_se": diff["standard_error"]})

@@ -301,6 +301,9 @@ def test_quantize_model_changes_only_the_block_linears_and_counts_every_byte():
     n_float = sum(p.numel() for p in model.parameters()) - sum(l.weight.numel() for l in Q.quantizable_layers(model).values())
     assert info["float_bytes"] == 4 * n_float and info["total_bytes"] == expected + 4 * n_float
     assert info["float32_bytes"] == 4 * sum(p.numel() for p in model.parameters())
+    layers = Q.quantizable_layers(model)
+    squared = sum((layers[n].weight - q.dequantize()).square().sum().item() for n, q in info["quantized"].items())
+    assert info["weight_mse"] == pytest.approx(squared / sum(layer.weight.numel() for layer in layers.values()))
     _, with_head = Q.quantize_model(model, "int8-channel", include_head=True)
     assert "lm_head" in with_head["quantized"] and with_head["float_bytes"] < info["float_bytes"]
     with pytest.raises(ValueError, match="lm_head is tied to the token embedding"):

@@ -42,6 +42,7 @@ LABS: list[str] = [
     "01_language_models",
     "02_inside_the_transformer",
     "03_where_memory_goes",
+    "04_pruning_and_sparse_storage",
 ]
 
 # nbgrader's per-cell timeout defaults to 30 s, which lab 01's training cells exceed (they were interrupted,

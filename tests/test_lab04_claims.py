@@ -1,0 +1,118 @@
+"""Lab 04's committed outputs tell the truth about the run that printed them (issue 9).
+
+Every sentence of the lab that compares two numbers is printed from them; these tests read the committed outputs
+and check that each verdict follows from the numbers printed beside it, and that the byte counts match the formulas.
+"""
+import math
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOK = Path(os.environ.get("LAB04", Path(__file__).resolve().parent.parent / "notebooks"
+                               / "04_pruning_and_sparse_storage.ipynb"))
+NUMBER = r"[-+]?\d[\d,]*\.?\d*"
+
+
+def _float(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def text(nb) -> str:
+    out = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                    if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    assert "this lab ran in" in out, "lab 04 has no committed outputs: build it with python -m labkit.lab build"
+    return out
+
+
+def test_every_ranking_follows_from_its_paired_difference(text):
+    """'A beats B by d ± s' needs d > 2s; 'within the noise (d ± s)' needs |d| <= 2s."""
+    beats = re.findall(rf"beats .+? by ({NUMBER}) ± ({NUMBER}) nats/char", text)
+    ties = re.findall(rf"within the noise of this evaluation set \(({NUMBER}) ± ({NUMBER}) nats/char", text)
+    assert len(beats) + len(ties) >= 8, "lab 04 should rank its models by paired differences"
+    for d, s in beats:
+        assert _float(d) > 2 * _float(s), f"'beats by {d} ± {s}' is inside the noise"
+    for d, s in ties:
+        assert abs(_float(d)) <= 2 * _float(s), f"'within the noise ({d} ± {s})' is outside it"
+
+
+def test_key_claim_verdict_follows_from_its_numbers(text):
+    m = re.search(rf"key claim .*?perplexity ×({NUMBER}) of the dense zoo model \(±2 s\.e\.: ×({NUMBER}) to "
+                  rf"×({NUMBER})\) -> (.+)", text)
+    assert m, "lab 04 prints no verdict on its key claim (50% sparsity + fine-tuning within 2% of dense)"
+    ratio, low, high, verdict = _float(m[1]), _float(m[2]), _float(m[3]), m[4]
+    assert low <= ratio <= high
+    if high <= 1.02:
+        assert verdict.startswith("WITHIN 2%")
+    elif ratio <= 1.02:
+        assert verdict.startswith("within 2% at the measured value")
+    else:
+        assert verdict.startswith("NOT within 2%")
+
+
+def test_fine_tuned_models_stay_exactly_half_sparse(text):
+    found = re.findall(rf"({NUMBER}) of ({NUMBER}) prunable weights are exactly zero after fine-tuning", text)
+    assert len(found) == 2, "lab 04 should count the zeros of both fine-tuned models"
+    for zeros, total in found:
+        assert 2 * int(_float(zeros)) == int(_float(total))
+
+
+def test_literature_figures_are_cited_and_their_ratio_computed(nb, text):
+    source = "\n".join(c.source for c in nb.cells)
+    assert "A Simple and Effective Pruning Approach for Large Language Models" in source
+    assert all(f in source for f in ("14.89", "6.42", "5.12"))
+    m = re.search(rf"magnitude / Wanda perplexity at 50%: LLaMA-2-7B ({NUMBER})×", text)
+    assert m and math.isclose(_float(m[1]), 14.89 / 6.42, abs_tol=0.005)
+
+
+def test_csr_bytes_printed_match_the_formula(text):
+    m = re.search(rf"at 50%: shape \((\d+), (\d+)\), ({NUMBER}) nonzeros; dense ({NUMBER}) bytes", text)
+    assert m, "lab 04 prints no 50%-pruned matrix"
+    rows, cols, nnz, dense = int(m[1]), int(m[2]), int(_float(m[3])), int(_float(m[4]))
+    assert dense == 4 * rows * cols and nnz == rows * cols // 2
+    csr32 = nnz * 8 + (rows + 1) * 4
+    csr64 = nnz * 12 + (rows + 1) * 8
+    assert f"fp32 values + int32 indices: {csr32:,} bytes; labkit CSR.nbytes: {csr32:,} bytes" in text
+    assert f"fp32 values + int64 indices: {csr64:,} bytes; torch.sparse_csr tensor: {csr64:,} bytes" in text
+    assert f"CSR            {csr32:,} bytes" in text
+    assert f"Bitmap         {math.ceil(rows * cols / 8) + 4 * nnz:,} bytes" in text
+    assert "NOT exact" not in text and text.count("roundtrip exact") == 4
+
+
+def test_timing_verdicts_follow_from_their_quartiles(text):
+    found = re.findall(rf": ({NUMBER}) \[({NUMBER}) – ({NUMBER})\] -> (no speed-up|faster|slower)", text)
+    assert len(found) == 2, "lab 04 should judge the 2:4 timings by their quartiles"
+    for med, q1, q3, verdict in found:
+        q1, q3 = _float(q1), _float(q3)
+        expected = "no speed-up" if q1 <= 1 <= q3 else "faster" if q3 < 1 else "slower"
+        assert verdict == expected and q1 <= _float(med) <= q3
+
+
+def test_structured_models_are_really_smaller(text):
+    found = re.findall(rf"(\d+ head\(s\) fewer per layer|\d+% of MLP channels removed): ({NUMBER})× the bytes, "
+                       rf"({NUMBER})× the FLOPs", text)
+    assert len(found) == 2
+    for _, bytes_ratio, flops_ratio in found:
+        assert 0 < _float(bytes_ratio) < 1 and 0 < _float(flops_ratio) < 1
+
+
+def test_no_exercise_answer_spelled_in_a_fallback(nb):
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "use_or_fallback" in cell.source:
+            assert "topk" not in cell.source and "(n_rows + 1)" not in cell.source
+            assert "value_bytes + index_bytes" not in cell.source
+
+
+def test_lab_ran_within_its_budgets(text):
+    m = re.search(rf"this lab ran in ({NUMBER}) s \(budget (\d+) s\) with peak RSS ({NUMBER}) MiB \(budget (\d+) MiB\)",
+                  text)
+    assert m
+    assert _float(m[1]) <= int(m[2]) and _float(m[3]) <= int(m[4])

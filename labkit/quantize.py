@@ -41,17 +41,11 @@ by absmax), and float8 e4m3 (torch.float8_e4m3fn: 1 sign, 4 exponent, 3 mantissa
 
 **Models.** `quantize_model` quantizes every Linear inside the Transformer blocks (attention qkv and proj, the
 MLP's matrices) and optionally lm_head. The token and position embeddings and the LayerNorms stay float32:
-an embedding is a table lookup (each step reads one row) and the norms are tiny. GPTQ lives in labkit.gptq.
+an embedding is a table lookup (each step reads one row) and the norms are tiny.
 
-**Activations.** `int8_matmul` quantizes a layer's input per token and its weight per row, multiplies the int8
-codes with int32 sums and rescales. One input feature far larger than the rest (an "outlier feature", as in
-"LLM.int8(): 8-bit Matrix Multiplication for Transformers at Scale", Dettmers et al. 2022) sets every token's
-scale and wipes out the others: `mixed_precision_matmul` keeps those features in float (LLM.int8's
-decomposition), `smooth` moves their range into the weights (SmoothQuant).
-
-**QAT.** `FakeQuantLinear` rounds its weight in every forward pass and lets the gradient through as if rounding
-were the identity (the straight-through estimator); `qat_fine_tune` trains with it through labkit.train.train.
-`torch_dynamic_int8` is the library reference (torch.ao.quantization.quantize_dynamic).
+**Elsewhere.** GPTQ lives in labkit.gptq, int8 activations and outlier features in labkit.outliers,
+quantization-aware training in labkit.qat. `torch_dynamic_int8` is the library reference
+(torch.ao.quantization.quantize_dynamic).
 """
 from __future__ import annotations
 
@@ -75,14 +69,12 @@ CLIP_RATIOS = tuple(round(1.0 - 0.025 * i, 3) for i in range(21))
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max      # 448.0, the largest finite float8 e4m3 value
 
 __all__ = [
-    "BITS", "CLIP_RATIOS", "FP8_MAX", "GRANULARITIES", "NF4_PAPER_TABLE", "SCALE_DTYPES", "SCHEMES", "CodebookTensor",
-    "FakeQuantLinear", "Float8Tensor", "QuantizedTensor", "Scheme", "StoredWeight", "code_range", "default_eval_set", "dequantize",
-    "fake_quant_ste", "fake_quantize", "float8_quantize", "get_scheme", "inject_outlier", "int8_matmul",
-    "kmeans_quantize", "layer_inputs", "load_quantized", "mixed_precision_matmul", "nf4_codebook", "nf4_quantize",
-    "outlier_features", "pack_codes", "packed_bytes", "qat_fine_tune", "qat_model", "quantizable_layers",
-    "quantization_sweep", "quantize", "quantize_model", "quantize_tensor", "quantized_bytes", "save_quantized",
-    "saved_state_bytes", "smooth", "strip_fake_quant", "torch_dynamic_int8", "unpack_codes", "validation_perplexity",
-    "weight_mse",
+    "BITS", "CLIP_RATIOS", "FP8_MAX", "GRANULARITIES", "NF4_PAPER_TABLE", "SCALE_DTYPES", "SCHEMES",
+    "CodebookTensor", "Float8Tensor", "QuantizedTensor", "Scheme", "StoredWeight", "code_range", "default_eval_set",
+    "dequantize", "fake_quantize", "float8_quantize", "get_scheme", "kmeans_quantize", "load_quantized",
+    "nf4_codebook", "nf4_quantize", "pack_codes", "packed_bytes", "quantizable_layers", "quantization_sweep",
+    "quantize", "quantize_model", "quantize_tensor", "quantized_bytes", "save_quantized", "saved_state_bytes",
+    "torch_dynamic_int8", "unpack_codes", "validation_perplexity", "weight_mse"
 ]
 
 
@@ -796,192 +788,7 @@ def load_quantized(path: Path | str) -> tuple[GPT, dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Activations and outliers: int8 matmuls, LLM.int8's decomposition, SmoothQuant
-
-
-def _check_matmul(x, weight) -> tuple[Tensor, Tensor]:
-    w = _check_weight(weight)
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2:
-        raise ValueError(f"x must be a 2-D float tensor (tokens, in_features), got "
-                         f"{(x.dtype, tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__}")
-    if x.size(1) != w.size(1) or x.numel() == 0:
-        raise ValueError(f"x must have shape (tokens >= 1, in_features={w.size(1)}), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x holds NaN or infinite values")
-    return x.detach().float(), w
-
-
-def int8_matmul(x: Tensor, weight: Tensor) -> Tensor:
-    """x @ weightᵀ with both in int8 absmax codes (x per token, weight per output row), summed in int32, rescaled.
-
-    This is what an int8 kernel computes: one integer matmul, then each output scaled by the token's and
-    the row's scales. A single large feature of x sets its token's scale and flattens all other features.
-    """
-    x, w = _check_matmul(x, weight)
-    qx, qw = quantize(x, 8, True, "channel", scale_dtype="fp32"), quantize(w, 8, True, "channel", scale_dtype="fp32")
-    cx, cw = qx.codes.int() - 128, qw.codes.int() - 128                   # signed codes −127 .. 127
-    return (cx @ cw.T).float() * qx.scale.float() * qw.scale.float().T   # int32 accumulation: exact
-
-
-def outlier_features(x: Tensor, threshold: float = 6.0) -> Tensor:
-    """Indices (int64) of the input features where some token has |x| >= threshold (LLM.int8's criterion)."""
-    if not isinstance(x, Tensor) or x.dim() != 2:
-        raise ValueError(f"x must be a 2-D tensor (tokens, in_features), got {getattr(x, 'shape', type(x))}")
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not threshold > 0:
-        raise ValueError(f"threshold must be a number > 0, got {threshold!r}")
-    return torch.nonzero(x.abs().amax(dim=0) >= threshold).reshape(-1)
-
-
-def mixed_precision_matmul(x: Tensor, weight: Tensor, threshold: float = 6.0) -> Tensor:
-    """LLM.int8's decomposition: the outlier features (|x| >= threshold) in float32, all the rest through int8_matmul."""
-    x, w = _check_matmul(x, weight)
-    outliers = outlier_features(x, threshold)
-    regular = torch.ones(x.size(1), dtype=torch.bool)
-    regular[outliers] = False
-    y = x[:, outliers] @ w[:, outliers].T
-    if regular.any():
-        y = y + int8_matmul(x[:, regular], w[:, regular])
-    return y
-
-
-def smooth(x: Tensor, weight: Tensor, alpha: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
-    """SmoothQuant's scale migration: (x / s, weight · s, s) with s_j = max|x_j|^α / max|W_:j|^(1−α); same product.
-
-    From "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language Models" (Xiao et
-    al. 2023): dividing an input feature by s_j and multiplying its weight column by s_j leaves x Wᵀ unchanged
-    but moves the outlier's range from the activation (hard to quantize per token) into the weight.
-    """
-    x, w = _check_matmul(x, weight)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be a number in [0, 1] (how much range moves to the weights), got {alpha!r}")
-    s = (x.abs().amax(dim=0).clamp(min=1e-5) ** alpha) / (w.abs().amax(dim=0).clamp(min=1e-5) ** (1 - alpha))
-    return x / s, w * s, s
-
-
-def inject_outlier(x: Tensor, weight: Tensor, feature: int, factor: float) -> tuple[Tensor, Tensor]:
-    """(x with feature j times `factor`, weight with column j divided by it): x Wᵀ unchanged, one large feature."""
-    x, w = _check_matmul(x, weight)
-    if isinstance(feature, bool) or not isinstance(feature, numbers.Integral) or not 0 <= feature < x.size(1):
-        raise ValueError(f"feature must be an integer in 0 .. {x.size(1) - 1}, got {feature!r}")
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor > 0:
-        raise ValueError(f"factor must be a number > 0, got {factor!r}")
-    x, w = x.clone(), w.clone()
-    x[:, feature] *= factor
-    w[:, feature] /= factor
-    return x, w
-
-
-def layer_inputs(model: GPT, calibration: Tensor, name: str) -> Tensor:
-    """(tokens, in_features) float32: what layer `name` of `model` reads on the calibration text."""
-    from labkit.prune import _run_with_input_hooks, check_calibration
-
-    layers = quantizable_layers(model, include_head=model.lm_head.weight is not model.wte.weight)
-    if name not in layers:
-        raise ValueError(f"name={name!r} is not a quantizable layer; allowed: {list(layers)}")
-    calibration = check_calibration(model, calibration)
-    seen = []
-    _run_with_input_hooks(model, calibration, {name: layers[name]},
-                          lambda _, x: seen.append(x.reshape(-1, x.size(-1)).float()))
-    return torch.cat(seen)
-
-
-# ---------------------------------------------------------------------------------------------
-# 6. Quantization-aware training: fake-quant Linears with a straight-through estimator
-
-
-def fake_quant_ste(weight: Tensor, scheme: str | Scheme) -> Tensor:
-    """The weight as `scheme` rounds it in the forward pass; backward: gradient 1 inside the grid's range, 0 outside.
-
-    round() has zero gradient almost everywhere, so training through it needs the straight-through estimator
-    ("Estimating or Propagating Gradients Through Stochastic Neurons", Bengio et al. 2013): pretend rounding is
-    the identity, except for weights clipped outside the range, whose gradient is 0. The scales are
-    recomputed from the current weights at every step and get no gradient.
-    """
-    s = get_scheme(scheme)
-    if s.format != "int":
-        raise ValueError(f"fake_quant_ste needs an int scheme, got {s.name!r}")
-    with torch.no_grad():
-        q = quantize_tensor(weight.detach(), s)
-        low = (code_range(s.bits, s.symmetric)[0] - q.zero) * q.scale.float()
-        high = (code_range(s.bits, s.symmetric)[1] - q.zero) * q.scale.float()
-        w = _grouped(weight.detach().float().reshape(q.codes.shape), q.granularity, q.group_size)
-        inside = ((w >= low[..., None]) & (w <= high[..., None])).reshape(weight.shape)
-    return q.dequantize().to(weight.dtype) + (weight - weight.detach()) * inside
-
-
-class FakeQuantLinear(nn.Linear):
-    """A Linear that uses its weight rounded to `scheme` in every forward pass (QAT); the float weight is trained."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, scheme: str | Scheme = "int4-g32"):
-        super().__init__(in_features, out_features, bias=bias)
-        self.scheme = get_scheme(scheme)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, scheme: str | Scheme) -> FakeQuantLinear:
-        """A FakeQuantLinear holding (sharing) `linear`'s weight and bias."""
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme)
-        new.weight, new.bias = linear.weight, linear.bias
-        return new
-
-    def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x, fake_quant_ste(self.weight, self.scheme), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, scheme={self.scheme.name!r}"
-
-
-def _swap_layers(model: GPT, make) -> GPT:
-    for name, layer in list(quantizable_layers(model).items()):
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, make(layer))
-    return model
-
-
-def qat_model(model: GPT, scheme: str | Scheme) -> GPT:
-    """A copy of `model` whose block Linears are FakeQuantLinears of `scheme` (same state_dict keys)."""
-    s = get_scheme(scheme)
-    if s.format != "int" or s.method != "rtn":
-        raise ValueError(f"QAT fake-quantizes with round to nearest on an int grid; got scheme {s.name!r}")
-    return _swap_layers(copy.deepcopy(_check_gpt(model)), lambda layer: FakeQuantLinear.from_linear(layer, s))
-
-
-def strip_fake_quant(model: GPT) -> GPT:
-    """A copy with every FakeQuantLinear back to a plain nn.Linear (same float weights), ready for quantize_model."""
-    def plain(layer: nn.Linear) -> nn.Linear:
-        new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        new.weight, new.bias = layer.weight, layer.bias
-        return new
-    return _swap_layers(copy.deepcopy(_check_gpt(model)), plain)
-
-
-def qat_fine_tune(model: GPT, scheme: str | Scheme, steps: int, lr: float = 3e-4, seed: int = 0, corpus=None,
-                  progress: bool = True, log=print, fake_quant: bool = True, **settings) -> tuple[GPT, dict]:
-    """Train a fake-quant copy of `model` for `steps` AdamW steps (labkit.train.train, the baby preset's batches).
-
-    Returns (the trained model with plain Linears holding the float weights — quantize_model(model, scheme)
-    then stores exactly what the forward passes used —, the training result). fake_quant=False trains a plain
-    float copy with the same settings and batches: the control that separates what QAT recovers from what
-    the extra training steps alone would give.
-    """
-    from labkit import data as data_mod
-    from labkit.train import make_config, train
-
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not isinstance(fake_quant, bool):
-        raise TypeError(f"fake_quant must be True (QAT) or False (the float control), got {fake_quant!r}")
-    trained = qat_model(model, scheme) if fake_quant else copy.deepcopy(_check_gpt(model))
-    settings.setdefault("block_size", min(64, model.block_size))
-    cfg = make_config("gpt", "baby", max_iters=int(steps), lr=lr, min_lr=0.0, warmup_iters=min(20, steps // 10),
-                      eval_interval=0, seed=seed, progress=progress, **settings)
-    corpus = corpus if corpus is not None else data_mod.load_corpus(cfg.corpus)
-    what = f"QAT {get_scheme(scheme).name}" if fake_quant else "float fine-tune"
-    trained, result = train(cfg, model=trained, corpus=corpus, log=log, desc=f"{what} {steps} steps")
-    return (strip_fake_quant(trained) if fake_quant else trained).eval(), result
-
-
-# ---------------------------------------------------------------------------------------------
-# 7. The library reference: torch.ao's dynamic int8 quantization
+# 5. The library reference: torch.ao's dynamic int8 quantization
 
 
 def saved_state_bytes(model: nn.Module) -> int:

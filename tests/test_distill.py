@@ -273,6 +273,28 @@ def test_sweep_reads_one_cache_per_seed_and_trains_labels_only_once(teacher, cor
     assert len({round(r["val_loss"], 9) for r in rows}) == 6
 
 
+def test_cached_results_computed_once_and_recomputed_when_edited(data_dir):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [{"seed": 0, "val_loss": 2.5}]
+
+    settings = {"steps": 3, "seeds": [0]}
+    assert D.cached_results("sweep", settings, compute) == [{"seed": 0, "val_loss": 2.5}]
+    assert D.cached_results("sweep", settings, compute) == [{"seed": 0, "val_loss": 2.5}] and len(calls) == 1
+    D.cached_results("sweep", {"steps": 4, "seeds": [0]}, compute)             # other settings: computed again
+    assert len(calls) == 2
+    (path,) = [p for p in D.cache_folder().glob("results-sweep-*.json")
+               if json.loads(json.loads(p.read_text())["key"])["settings"] == settings]
+    path.write_text(path.read_text().replace("2.5", "1.5"))                     # an edited number
+    assert D.cached_results("sweep", settings, compute) == [{"seed": 0, "val_loss": 2.5}] and len(calls) == 3
+    with pytest.raises(ValueError, match="name"):
+        D.cached_results("../x", settings, compute)
+    with pytest.raises(TypeError, match="JSON"):
+        D.cached_results("sweep", {"model": object()}, compute)
+
+
 # ----------------------------------------------------------------------------- what soft targets carry
 
 def test_soft_targets_and_dark_knowledge(teacher, corpus):

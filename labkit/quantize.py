@@ -43,6 +43,10 @@ by absmax), and float8 e4m3 (torch.float8_e4m3fn: 1 sign, 4 exponent, 3 mantissa
 MLP's matrices) and optionally lm_head. The token and position embeddings and the LayerNorms stay float32:
 an embedding is a table lookup (each step reads one row) and the norms are tiny.
 
+**Lab 05's exercises.** `absmax_quantize(w, bits)` (one absmax scale, dequantized), `group_scales(w,
+group_size, bits)` and `group_quantized_bytes(n_rows, n_cols, bits, group_size, scale_bytes)` write the
+three formulas plainly; they give the same numbers as quantize() and quantized_bytes (tested).
+
 **Elsewhere.** GPTQ lives in labkit.gptq, int8 activations and outlier features in labkit.outliers,
 quantization-aware training in labkit.qat. `torch_dynamic_int8` is the library reference
 (torch.ao.quantization.quantize_dynamic).
@@ -69,12 +73,13 @@ CLIP_RATIOS = tuple(round(1.0 - 0.025 * i, 3) for i in range(21))
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max      # 448.0, the largest finite float8 e4m3 value
 
 __all__ = [
-    "BITS", "CLIP_RATIOS", "FP8_MAX", "GRANULARITIES", "NF4_PAPER_TABLE", "SCALE_DTYPES", "SCHEMES",
-    "CodebookTensor", "Float8Tensor", "QuantizedTensor", "Scheme", "StoredWeight", "code_range", "default_eval_set",
-    "dequantize", "fake_quantize", "float8_quantize", "get_scheme", "kmeans_quantize", "load_quantized",
-    "nf4_codebook", "nf4_quantize", "pack_codes", "packed_bytes", "quantizable_layers", "quantization_sweep",
-    "quantize", "quantize_model", "quantize_tensor", "quantized_bytes", "save_quantized", "saved_state_bytes",
-    "torch_dynamic_int8", "unpack_codes", "validation_perplexity", "weight_mse"
+    "BITS", "CLIP_RATIOS", "EXERCISE_BITS", "FP8_MAX", "GRANULARITIES", "NF4_PAPER_TABLE", "SCALE_DTYPES",
+    "SCHEMES", "CodebookTensor", "Float8Tensor", "QuantizedTensor", "Scheme", "StoredWeight", "absmax_quantize",
+    "code_range", "default_eval_set", "dequantize", "fake_quantize", "float8_quantize", "get_scheme",
+    "group_quantized_bytes", "group_scales", "kmeans_quantize", "load_quantized", "nf4_codebook", "nf4_quantize",
+    "pack_codes", "packed_bytes", "quantizable_layers", "quantization_sweep", "quantize", "quantize_model",
+    "quantize_tensor", "quantized_bytes", "save_quantized", "saved_state_bytes", "torch_dynamic_int8",
+    "unpack_codes", "validation_perplexity", "weight_mse",
 ]
 
 
@@ -357,6 +362,74 @@ def unpack_codes(packed: Tensor, bits: int, n_codes: int) -> Tensor:
     stream = (packed.long()[:, None] >> torch.arange(8)) & 1
     stream = stream.reshape(-1)[:n_codes * bits].view(n_codes, bits)
     return (stream << torch.arange(bits)).sum(dim=1).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab 05's three exercises in their plainest form (the notebook's fallbacks; equal to quantize() and
+# quantized_bytes on the same settings, tested). Any bit width 2..8 here, like the exercises.
+
+EXERCISE_BITS = tuple(range(2, 9))
+
+
+def _check_count(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def absmax_quantize(w: Tensor, bits: int) -> Tensor:
+    """w rounded to the 2**(bits−1) − 1 levels per sign of ONE absmax scale, dequantized (w's shape and dtype).
+
+    scale = max|w| / (2**(bits−1) − 1); q = clamp(round(w / scale), ±(2**(bits−1) − 1)) (halves to even, as
+    torch.round); returns q · scale. An all-zero w returns zeros. Computed in float32 (float64 if w is), the
+    same numbers as quantize(w, bits, granularity="tensor", scale_dtype="fp32").dequantize().
+    """
+    if not isinstance(w, Tensor) or not w.is_floating_point():
+        got = w.dtype if isinstance(w, Tensor) else type(w).__name__
+        raise TypeError(f"w must be a floating-point torch.Tensor, got {got}")
+    if w.numel() == 0:
+        raise ValueError(f"w is empty (shape {tuple(w.shape)}): there is nothing to quantize")
+    if not torch.isfinite(w).all():
+        raise ValueError("w holds NaN or infinite values: no finite scale can represent them")
+    levels = 2 ** (_check_bits(bits, EXERCISE_BITS) - 1) - 1
+    x = w.detach().to(torch.promote_types(w.dtype, torch.float32))
+    scale = x.abs().max() / levels
+    if scale == 0:
+        return torch.zeros_like(w)
+    return (torch.round(x / scale).clamp(-levels, levels) * scale).to(w.dtype)
+
+
+def group_scales(w: Tensor, group_size: int, bits: int) -> Tensor:
+    """(n_rows, n_cols // group_size): max|w| / (2**(bits−1) − 1) of each `group_size` consecutive weights of a row.
+
+    The symmetric absmax scale of every group along the input dimension (0 for an all-zero group), in
+    float32 (float64 if w is): quantize(w, bits, granularity="group", group_size=..., scale_dtype="fp32").scale
+    wherever a group is not all zero.
+    """
+    if not isinstance(w, Tensor) or not w.is_floating_point() or w.dim() != 2:
+        got = (w.dtype, tuple(w.shape)) if isinstance(w, Tensor) else type(w).__name__
+        raise TypeError(f"w must be a 2-D floating-point torch.Tensor (n_rows, n_cols), got {got}")
+    if w.numel() == 0 or not torch.isfinite(w).all():
+        raise ValueError(f"w must be non-empty and finite, got shape {tuple(w.shape)}"
+                         + ("" if w.numel() == 0 else " with NaN or infinite values"))
+    group_size = _check_group("group", group_size, w.size(1))
+    levels = 2 ** (_check_bits(bits, EXERCISE_BITS) - 1) - 1
+    x = w.detach().to(torch.promote_types(w.dtype, torch.float32))
+    return x.abs().reshape(w.size(0), -1, group_size).amax(dim=-1) / levels
+
+
+def group_quantized_bytes(n_rows: int, n_cols: int, bits: int, group_size: int, scale_bytes: int) -> int:
+    """Bytes of a symmetric group-quantized matrix: ceil(n_rows·n_cols·bits / 8) packed codes + one scale per group.
+
+    The codes are packed as ONE bit stream over the whole matrix (pack_codes: a row may end mid-byte), the
+    scales take n_rows · (n_cols / group_size) · scale_bytes, and no zero point is stored (it is fixed).
+    Equal to quantized_bytes((n_rows, n_cols), bits, "group", group_size, True, scale_bytes).
+    """
+    n_rows, n_cols = _check_count(n_rows, "n_rows"), _check_count(n_cols, "n_cols")
+    bits = _check_bits(bits, EXERCISE_BITS)
+    group_size = _check_group("group", group_size, n_cols)
+    scale_bytes = _check_count(scale_bytes, "scale_bytes")
+    return packed_bytes(n_rows * n_cols, bits) + n_rows * (n_cols // group_size) * scale_bytes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -296,7 +296,8 @@ def main(argv=None):
     p = OneLineErrorParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["train", "ablation", "optimizer", "sparse", "quantize"])
     p.add_argument("--nanogpt", default=None, help="a nanoGPT checkout to run side by side (train only)")
-    p.add_argument("--iters", type=setting_type("max_iters"), default=2000, help="training steps, >= 1")
+    p.add_argument("--iters", type=setting_type("max_iters"), default=None,
+                   help="training steps, >= 1 (default 2000); not for 'sparse' or 'quantize', which train nothing")
     p.add_argument("--seed", type=setting_type("seed"), default=1337)
     p.add_argument("--threads", type=setting_type("threads"), default=None, help=">= 1; default: torch's")
     p.add_argument("--shape", type=sparse_shape_type, default=None,
@@ -304,6 +305,9 @@ def main(argv=None):
     p.add_argument("--batch", type=positive_int_type, default=None, help="sparse only: rows of x (default 64)")
     p.add_argument("--repeats", type=positive_int_type, default=None, help="sparse only: timings each (default 15)")
     args = p.parse_args(argv)
+    if args.iters is not None and args.what in ("sparse", "quantize"):
+        p.error(f"argument --iters: {args.what!r} trains nothing, so it takes no --iters")
+    args.iters = 2000 if args.iters is None else args.iters
     for option in ("shape", "batch", "repeats"):
         if getattr(args, option) is not None and args.what != "sparse":
             p.error(f"argument --{option}: only 'sparse' takes it, not {args.what!r}")

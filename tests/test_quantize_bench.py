@@ -1,6 +1,7 @@
 """python -m labkit.bench quantize: the table's numbers come from the model it is given (a tiny GPT here)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from labkit import bench
@@ -26,3 +27,20 @@ def test_bench_quantize_reports_every_scheme_gptq_and_torchs_dynamic_int8(corpus
     bench.print_quantize(out)
     printed = capsys.readouterr().out
     assert "int2-g16-gptq" in printed and "container overhead" in printed and "torch.ao dynamic int8" in printed
+
+
+@pytest.mark.parametrize("what", ["quantize", "sparse"])
+def test_bench_refuses_iters_where_nothing_trains(capsys, what):
+    # `sparse` and `quantize` train nothing: an --iters there would be silently ignored, so it is an error
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([what, "--iters", "300"])
+    assert exit_info.value.code == 2
+    assert f"argument --iters: {what!r} trains nothing, so it takes no --iters" in capsys.readouterr().err
+
+
+def test_bench_iters_still_defaults_to_2000_for_training(monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench, "bench_ablation", lambda iters, seed: seen.append(iters) or {})
+    bench.main(["ablation"])
+    bench.main(["ablation", "--iters", "7"])
+    assert seen == [2000, 7]

@@ -21,4 +21,6 @@ from labkit.widgets.kv_cache import (KV_TRADEOFF_CONTEXTS, KV_TRADEOFF_PRESETS, 
                                      kv_cache_tradeoff_panel, kv_cache_tradeoff_state)
 from labkit.widgets.pruning import (FORMAT_STYLES, METHOD_COLORS, SWEEP_COLUMNS, SweepTable,  # noqa: F401
                                     check_pruning_sweep, pruning_figure, pruning_panel, pruning_state, sweep_table)
-
+from labkit.widgets.quantization import (FAMILY_STYLES, SchemeTable, check_quantization_sweep,  # noqa: F401
+                                         layer_weight_errors, quantization_figure, quantization_panel,
+                                         quantization_state, scheme_family, scheme_group, scheme_table)

@@ -244,6 +244,8 @@ def test_layer_weight_errors_refuses_bad_input(real):
         widgets.layer_weight_errors(model, ["int4-g7x"], LAYERS)
     with pytest.raises(TypeError, match="model must be a labkit.model.GPT"):
         widgets.layer_weight_errors(torch.nn.Linear(4, 4), ["int4-g16"], LAYERS)
+    with pytest.raises(ValueError, match=r"schemes \['int4-g16-gptq'\] use GPTQ, which needs calibration"):
+        widgets.layer_weight_errors(model, ["int4-g16", "int4-g16-gptq"], LAYERS)
     one = widgets.layer_weight_errors(model, "int2-g16", LAYERS[1])               # one name for either argument
     assert list(one["errors"]) == ["int2-g16"] and list(one["weight_std"]) == [LAYERS[1]]
 
@@ -346,3 +348,14 @@ def test_panel_without_layer_errors_or_with_one_layer(real):
     assert panel.state["histogram"]["missing"]                      # the synthetic sweep's schemes were not computed
     with pytest.raises(ValueError, match="scheme='int3-g16' is not in the sweep"):
         widgets.quantization_panel(real["sweep"], scheme="int3-g16")
+
+
+@pytest.mark.parametrize("diffs", [(0.00001, 0.00002), (-0.0005, 0.002), (0.5, 2.5)])
+def test_the_quality_axis_is_readable_for_tiny_negative_and_huge_differences(diffs):
+    sweep = synthetic_sweep(rows=(("int8-channel", diffs[0], 0.00001), ("int4-g32", diffs[1], 0.0001)))
+    left = widgets.quantization_figure(widgets.quantization_state(sweep, "int4-g32")).axes[0]
+    labels = [t.get_text() for t in left.get_yticklabels()]
+    assert "0" in labels and len(labels) >= 2 and all(t == "0" or t.endswith("%") for t in labels)
+    lo, hi = left.get_ylim()
+    for d in diffs:                                                     # every point inside the axis
+        assert lo < 100 * math.expm1(d) < hi

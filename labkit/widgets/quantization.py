@@ -255,6 +255,10 @@ def layer_weight_errors(model, schemes: Iterable[str], layers: str | Iterable[st
     if not wanted:
         raise ValueError("schemes has no quantized scheme; allowed: names like 'int4-g32' (e.g. the sweep's 'scheme' "
                          "column)")
+    gptq = [s.name for s in wanted if s.method == "gptq"]
+    if gptq and calibration is None:
+        raise ValueError(f"schemes {gptq} use GPTQ, which needs calibration token ids (the sweep's, e.g. "
+                         "labkit.prune.calibration_batches(corpus, 32, 64)); got calibration=None")
     originals = {name: available[name].weight.detach().float().clone() for name in names}
     if progress:
         from tqdm.auto import tqdm
@@ -436,19 +440,32 @@ def _style(families: list[str], family: str) -> tuple[str, str]:
 def _increase_axis(ax, values: list[float]) -> None:
     """Symmetric-log y axis for 'perplexity above float32 (%)': linear within ±LINEAR_PCT, logarithmic beyond, so
     0.001% and 10% are both readable; plain tick labels (0, 0.01%, 0.1%, 1%, 10% ...)."""
-    lo, hi = min(min(values), 0.0), max(max(values), 0.0)
+    lo, hi = min(min(values), 0.0), max(max(values), LINEAR_PCT)     # at least 0 and 0.01% on the axis
     ax.set_yscale("symlog", linthresh=LINEAR_PCT, linscale=0.5)
-    decades = [10.0 ** e for e in range(-2, 5)]
+    decades = [10.0 ** e for e in range(-2, 7)]
     ticks = sorted([-d for d in decades if -d >= lo * 1.5] + [0.0] + [d for d in decades if d <= hi * 1.5])
     ax.set_yticks(ticks, ["0" if t == 0 else f"{t:g}%" for t in ticks])
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_ylim(lo * 1.8 if lo < 0 else -LINEAR_PCT / 2, hi * 1.8 if hi > 0 else LINEAR_PCT)
 
 
+def _name_points(ax, points: list[dict], chosen: dict | None) -> None:
+    """Write the scheme's name beside the chosen point (in red) and each front point, skipping a name that would
+    overlap one already written (positions in display pixels: call after the axis limits are set)."""
+    placed: list[tuple[float, float]] = []
+    for p in ([chosen] if chosen is not None else []) + points:
+        x, y = ax.transData.transform((p["total_bytes"], p["increase_pct"]))
+        if any(abs(x - u) < 55 and abs(y - v) < 10 for u, v in placed):
+            continue
+        placed.append((x, y))
+        ax.annotate(p["name"], (p["total_bytes"], p["increase_pct"]), xytext=(5, 3), textcoords="offset points",
+                    fontsize=6.5, color="#C44E52" if p is chosen else "#333333")
+
+
 def quantization_figure(state: dict) -> Figure:
     """Left: whole-model bytes vs perplexity for every scheme, the front, float32, the choice. Right: weight errors."""
     fig = Figure(figsize=(12.4, 4.4))
-    fig.subplots_adjust(left=0.06, right=0.985, bottom=0.13, top=0.91, wspace=0.2)
+    fig.subplots_adjust(left=0.06, right=0.975, bottom=0.13, top=0.91, wspace=0.2)
     left, right = fig.subplots(1, 2)
 
     points, f32 = state["points"], state["float32"]
@@ -468,9 +485,6 @@ def quantization_figure(state: dict) -> Figure:
     front = state["front"]
     left.step([p["total_bytes"] for p in front], [p["increase_pct"] for p in front], where="post", color="k", lw=1,
               ls="--", zorder=1, label=f"Pareto front (gaps < {BAND_SE:g}·SE not ranked)")
-    for p in front:
-        left.annotate(p["name"], (p["total_bytes"], p["increase_pct"]), xytext=(4, 3), textcoords="offset points",
-                      fontsize=6.5, color="#333333")
     left.plot([f32["total_bytes"]], [0.0], "*", ms=13, color="k", zorder=4,
               label=f"float32 ({human_bytes(f32['total_bytes'])}, perplexity {f32['perplexity']:.3f})")
     if state["in_sweep"]:
@@ -479,6 +493,7 @@ def quantization_figure(state: dict) -> Figure:
                   label=f"chosen: {row['scheme']}")
     _bytes_axis(left, "x", [p["total_bytes"] for p in points])
     _increase_axis(left, [p["low_pct"] for p in points] + [p["high_pct"] for p in points])
+    _name_points(left, front, state["row"])
     left.set_xlabel("memory: the whole model as stored (bytes, log scale)")
     left.set_ylabel("perplexity above float32 (%, symlog scale)")
     left.set_title(f"every scheme: memory vs quality (bars: ± {BAND_SE:g}·SE paired with float32)", fontsize=10)
@@ -506,12 +521,14 @@ def quantization_figure(state: dict) -> Figure:
             right.axvline(x, color="k", lw=0.8, ls=":")
         right.set_xlim(hist["edges"][0], hist["edges"][-1])
         right.legend(fontsize=7, loc="upper right")
-        right.set_title(f"{state['layer']} {hist['shape'][0]}×{hist['shape'][1]}: weight errors of "
-                        f"{state['scheme']} (dotted: ± RMS)", fontsize=10)
+        right.set_title(f"{state['layer']} ({hist['shape'][0]}×{hist['shape'][1]}), {state['scheme']}: "
+                        "weight errors (dotted: ± RMS)", fontsize=10)
     if message is not None:
         right.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, color="#C44E52",
                    transform=right.transAxes)
         right.set_title("weight errors of the chosen scheme", fontsize=10)
+        right.set_xticks([])
+        right.set_yticks([])
     return fig
 
 

@@ -97,6 +97,7 @@ def test_the_text_says_what_the_numbers_say():
     assert s["ratio_vs_float32"] == pytest.approx(row["total_bytes"] / 4400)
     text = s["text"]
     assert text.startswith("int4-g32 (int RTN, 4 bits, group 32): 4.500 bits per quantized weight")
+    assert f"({s['increase_pct']:+.2f}%)" in text and s["increase_pct"] == pytest.approx(100 * math.expm1(0.01))
     assert f"{s['ratio_vs_float32']:.3f}× float32's" in text and widgets.human_bytes(row["total_bytes"]) in text
     assert f"Perplexity {row['perplexity']:.3f} vs float32's {math.exp(1.5):.3f}" in text
     assert "loss +0.0100 ± 0.0010 nats/char" in text and "worse than float32 beyond the noise" in text
@@ -274,7 +275,7 @@ def test_gptq_is_drawn_against_round_to_nearest_on_the_same_grid(real):
     s = widgets.quantization_state(real["sweep"], "int4-g16-gptq", layer_errors=real["errors"])
     ref = s["histogram"]["reference"]
     assert ref["scheme"] == "int4-g16" and sum(ref["counts"]) == s["histogram"]["n_weights"]
-    assert f"int4-g16 (round to nearest, same grid): RMS {ref['rms_std']:.3f}·σ" in s["text"]
+    assert f"int4-g16 (round to nearest, same bits and groups): RMS {ref['rms_std']:.3f}·σ" in s["text"]
     labels = [p.get_label() for p in widgets.quantization_figure(s).axes[1].patches]
     assert any(label.startswith("int4-g16, round to nearest") for label in labels)
     assert widgets.quantization_state(real["sweep"], "int4-g16", layer_errors=real["errors"])["histogram"]["reference"] \

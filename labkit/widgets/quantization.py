@@ -18,7 +18,10 @@ Left: bytes against perplexity for every scheme, bars ± 2·diff_se (the paired 
 float32 model as a star, and the memory-vs-quality front (`core.pareto_front`) that treats losses within
 BAND_SE · max(diff_se) of each other as equal, so it never ranks differences inside the sweep's noise.
 Right: a histogram of (dequantized − original) weights of one layer for the chosen scheme, in units of that
-layer's weight standard deviation, from `layer_weight_errors` (computed once, before the panel).
+layer's weight standard deviation, from `layer_weight_errors` (computed once, before the panel). A GPTQ scheme is
+drawn over its round-to-nearest twin: GPTQ moves the weights not yet rounded to cancel the error of those already
+rounded, so its weight error can be larger than RTN's while the layer's output error is smaller
+(labkit.gptq.output_errors measures that).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from labkit.quantize import get_scheme, quantizable_layers, quantize_model, quantize_tensor
 from labkit.widgets.core import (Panel, _bytes_axis, _finite_number, human_bytes, pareto_front, render_into,
                                  wire_panel)
 
@@ -58,8 +62,6 @@ LINEAR_PCT = 0.01
 
 def scheme_family(scheme) -> str:
     """The format/method control's label for a scheme: 'int RTN', 'int GPTQ (symmetric)', 'NF4', 'k-means', 'fp8 e4m3'."""
-    from labkit.quantize import get_scheme
-
     s = get_scheme(scheme)
     if s.format != "int":
         return {"nf4": "NF4", "kmeans": "k-means", "fp8": "fp8 e4m3"}[s.format]
@@ -69,8 +71,6 @@ def scheme_family(scheme) -> str:
 
 def scheme_group(scheme) -> str:
     """The group control's label: 'per tensor' (k-means: one codebook per matrix), 'per channel' or 'group N'."""
-    from labkit.quantize import get_scheme
-
     s = get_scheme(scheme)
     if s.format == "kmeans" or s.granularity == "tensor":
         return "per tensor"
@@ -114,8 +114,6 @@ def _sweep_records(sweep: Any) -> list[dict]:
 
 def check_quantization_sweep(sweep: Any) -> list[dict]:
     """The sweep's rows as dicts, or a TypeError/ValueError naming what is wrong (columns, values, the float32 row)."""
-    from labkit.quantize import get_scheme
-
     records = _sweep_records(sweep)
     if not records:
         raise ValueError("sweep has no rows")
@@ -189,8 +187,6 @@ class SchemeTable:
 
 def scheme_table(sweep: Any) -> SchemeTable:
     """Check a sweep (`check_quantization_sweep`), index its rows and compute its front once: a redraw does no pandas work."""
-    from labkit.quantize import get_scheme
-
     if isinstance(sweep, SchemeTable):
         return sweep
     records = check_quantization_sweep(sweep)
@@ -240,8 +236,6 @@ def layer_weight_errors(model, schemes: Iterable[str], layers: str | Iterable[st
     every layer in depth order from `calibration`, so a layer sees the inputs it saw there); "float32" among
     `schemes` is skipped (it has no rounding error). `layers` are names from labkit.quantize.quantizable_layers.
     """
-    from labkit.quantize import get_scheme, quantizable_layers, quantize_model, quantize_tensor
-
     available = quantizable_layers(model)                  # TypeError for anything but a labkit GPT
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
@@ -308,8 +302,6 @@ def _histogram(errors: Tensor, std: float, limit: float) -> list[float]:
 
 def _choose(table: SchemeTable, scheme, bits, group, family) -> tuple[str, int, str]:
     """(family, bits, group) from a scheme name or from the three controls, each checked against the sweep."""
-    from labkit.quantize import get_scheme
-
     if scheme is not None:
         if any(v is not None for v in (bits, group, family)):
             raise ValueError("give either scheme or bits/group/family, not both")
@@ -384,9 +376,10 @@ def _state(table: SchemeTable, key: tuple[str, int, str], errors: dict | None, l
     else:
         verdict = f"better than float32 beyond the noise ({BAND_SE:g}·SE)"
     text = (f"{row['scheme']} ({key[0]}, {key[1]} bits, {key[2]}): {row['bits_per_weight']:.3f} bits per quantized "
-            f"weight stored, scales included; the model takes {human_bytes(row['total_bytes'])}, {ratio:.3f}× "
+            f"weight, everything it stores included; the model takes {human_bytes(row['total_bytes'])}, {ratio:.3f}× "
             f"float32's {human_bytes(f32['total_bytes'])}. Perplexity {row['perplexity']:.3f} vs float32's "
-            f"{f32['perplexity']:.3f}: loss {diff:+.4f} ± {se:.4f} nats/char (paired SE), {verdict}. "
+            f"{f32['perplexity']:.3f} ({row['increase_pct']:+.2f}%): loss {diff:+.4f} ± {se:.4f} nats/char (paired SE), "
+            f"{verdict}. "
             + (f"No smaller scheme is better by more than the sweep's noise ({BAND_SE:g}·the largest paired SE = "
                f"{table.front_tolerance_nats:.4f} nats/char): it is on the memory-vs-quality front." if on_front else
                f"It is not on the memory-vs-quality front: a smaller scheme is better by more than the sweep's noise "
@@ -419,7 +412,7 @@ def _state(table: SchemeTable, key: tuple[str, int, str], errors: dict | None, l
                 ref_rms = reference.float().square().mean().sqrt().item() / std
                 hist["reference"] = {"scheme": reference_name, "counts": _histogram(reference, std, limit),
                                      "rms_std": ref_rms}
-                text += f"; {reference_name} (round to nearest, same grid): RMS {ref_rms:.3f}·σ"
+                text += f"; {reference_name} (round to nearest, same bits and groups): RMS {ref_rms:.3f}·σ"
             text += "."
             state["histogram"] = hist
     state["text"] = text
@@ -521,7 +514,7 @@ def quantization_figure(state: dict) -> Figure:
             right.axvline(x, color="k", lw=0.8, ls=":")
         right.set_xlim(hist["edges"][0], hist["edges"][-1])
         right.legend(fontsize=7, loc="upper right")
-        right.set_title(f"{state['layer']} ({hist['shape'][0]}×{hist['shape'][1]}), {state['scheme']}: "
+        right.set_title(f"{state['layer']} ({'×'.join(map(str, hist['shape']))}), {state['scheme']}: "
                         "weight errors (dotted: ± RMS)", fontsize=10)
     if message is not None:
         right.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, color="#C44E52",

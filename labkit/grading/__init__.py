@@ -20,8 +20,9 @@ check in a fresh Python process, so names rebound in the notebook don't count.
 The package: `core` (run_check, comparing, hints, tripwires), `checks` (one check per exercise),
 `release` (student copies, graded-cell upgrade).
 """
-from labkit.grading.checks import (check_adam_training_bytes, check_bits_per_char, check_causal_attention,
-                                   check_cross_entropy, check_csr_break_even, check_csr_bytes, check_gpt_param_count,
+from labkit.grading.checks import (check_absmax_quantize, check_adam_training_bytes, check_bits_per_char,
+                                   check_causal_attention, check_cross_entropy, check_csr_break_even, check_csr_bytes,
+                                   check_gpt_param_count, check_group_quantized_bytes, check_group_scales,
                                    check_kv_cache_bytes, check_largest_batch_that_fits, check_magnitude_mask,
                                    check_mlp_activation_bytes, check_model_bytes, check_ngram_probabilities,
                                    check_params_that_fit, check_perplexity, check_split_heads, check_tensor_bytes,
@@ -32,9 +33,9 @@ from labkit.grading.release import (HIDDEN_RE, SOLUTION_RE, ReleaseError, releas
                                     strip_solutions, student_copy, upgrade_graded_cells, upgrade_notebook)
 
 __all__ = [
-    "check_adam_training_bytes", "check_bits_per_char", "check_causal_attention", "check_cross_entropy",
+    "check_absmax_quantize", "check_adam_training_bytes", "check_bits_per_char", "check_causal_attention", "check_cross_entropy",
     "check_csr_break_even", "check_csr_bytes", "check_magnitude_mask",
-    "check_gpt_param_count", "check_kv_cache_bytes", "check_largest_batch_that_fits", "check_mlp_activation_bytes", "check_model_bytes",
+    "check_gpt_param_count", "check_group_quantized_bytes", "check_group_scales", "check_kv_cache_bytes", "check_largest_batch_that_fits", "check_mlp_activation_bytes", "check_model_bytes",
     "check_ngram_probabilities", "check_params_that_fit", "check_perplexity", "check_split_heads",
     "check_tensor_bytes", "split_heads_reference",
     "FAIL", "PASS", "TODO", "Case", "CheckResult", "Mistake", "ReferenceCalled", "Returns", "run_check", "tripwires",

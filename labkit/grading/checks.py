@@ -987,3 +987,347 @@ def check_csr_break_even(fn: Callable[[int, int, int, int], float], quiet: bool 
     return run_check("csr_break_even", fn, cases, rtol=1e-6, atol=1e-9, returns=returns, mistakes=mistakes,
                      quiet=quiet, hidden=hidden,
                      forbid=("labkit.sparse.break_even_density",), reference="labkit.sparse.break_even_density")
+
+
+# =============================================================================================
+# lab 05 (quantization)
+
+# What a learner must not call to quantize: labkit's own quantizers and references, and torch's (the
+# quantized-tensor functions, fake quantization and torch.ao's observers and modules). torch.round and
+# torch.clamp are the exercise's tools and stay allowed.
+TORCH_QUANTIZERS = (
+    "torch.quantize_per_tensor", "torch.quantize_per_channel", "torch.quantize_per_tensor_dynamic",
+    "torch.fake_quantize_per_tensor_affine", "torch.fake_quantize_per_channel_affine",
+    "torch.ao.quantization.quantize_dynamic", "torch.ao.quantization.FakeQuantize",
+    "torch.ao.quantization.MinMaxObserver", "torch.ao.quantization.PerChannelMinMaxObserver",
+)
+LABKIT_QUANTIZERS = ("labkit.quantize.quantize", "labkit.quantize.fake_quantize", "labkit.quantize.quantize_tensor")
+
+
+def _absmax_quantize(w: torch.Tensor, bits: int, levels: int | None = None, clamp: float | None = None,
+                     rounding: Callable[[torch.Tensor], torch.Tensor] = torch.round, amax_dim: int | None = None,
+                     codes: bool = False) -> torch.Tensor:
+    """Symmetric absmax: q = clamp(round(w / scale), ±(2^(b−1) − 1)) with scale = max|w| / (2^(b−1) − 1); q · scale.
+
+    Computed in w's dtype; an all-zero w (scale 0) gives zeros. The keywords build the typical mistakes:
+    another level count, another clamp (math.inf: none), another rounding, a scale per row/column
+    (amax_dim), or the integer codes themselves.
+    """
+    top = 2 ** (bits - 1) - 1
+    levels = top if levels is None else levels
+    clamp = top if clamp is None else clamp
+    amax = w.abs().max() if amax_dim is None else w.abs().amax(dim=amax_dim, keepdim=True)
+    scale = amax / levels
+    q = rounding(w / scale).clamp(-clamp, clamp)
+    if codes:
+        return q
+    return torch.where(scale > 0, q * scale, torch.zeros_like(w))
+
+
+def _half_away(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def _half_up(x: torch.Tensor) -> torch.Tensor:
+    return torch.floor(x + 0.5)
+
+
+@checks_safely("absmax_quantize")
+def check_absmax_quantize(fn: Callable[[torch.Tensor, int], torch.Tensor], quiet: bool = False) -> CheckResult:
+    """Exercise: w quantized to `bits` with ONE symmetric absmax scale, returned dequantized (w's shape and dtype).
+
+    scale = max|w| / (2^(bits−1) − 1); q = round(w / scale) (torch.round: halves to even), clamped to
+    ±(2^(bits−1) − 1); return q · scale. An all-zero w returns zeros.
+    """
+    g = torch.Generator().manual_seed(5)
+
+    def randn(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.05).to(dtype)
+
+    examples = [
+        ("w = [0.9, -0.3, 0.05, -1.2, 0.7, 0.4] at 2 bits: scale = 1.2 / 1, every weight becomes −1.2, 0 or +1.2 "
+         "(expected [1.2, 0, 0, −1.2, 1.2, 0])", torch.tensor([0.9, -0.3, 0.05, -1.2, 0.7, 0.4]), 2),
+        ("a random 4×8 weight at 8 bits (scale = max|w| / 127)", randn(4, 8), 8),
+        ("a random 3×16 weight at 4 bits (7 levels on each side of 0)", randn(3, 16), 4),
+        ("w = [3.0, 0.5, 1.5, 2.5, -0.5, -1.5, 0.2, -2.7] at 3 bits: scale = 3 / 3 = 1, and the halves round to even "
+         "as torch.round does: 0.5 → 0, 1.5 → 2, 2.5 → 2 (expected [3, 0, 2, 2, −0, −2, 0, −3])",
+         torch.tensor([3.0, 0.5, 1.5, 2.5, -0.5, -1.5, 0.2, -2.7]), 3),
+        ("a random 1-D tensor of 10 weights at 5 bits (15 levels on each side)", randn(10), 5),
+        ("a random 2×3×4 tensor at 6 bits (any shape: one scale for the whole tensor)", randn(2, 3, 4), 6),
+        ("a random float64 5×5 weight at 8 bits (return float64, the input's dtype)", randn(5, 5, dtype=torch.float64),
+         8),
+        ("an all-zero 2×4 weight at 4 bits (max|w| = 0, so scale = 0: return zeros, not NaN)", torch.zeros(2, 4), 4),
+    ]
+    cases = [Case(what, (w, b), {}, _absmax_quantize(w, b)) for what, w, b in examples]
+
+    def like(**wrong: Any) -> Callable[..., bool]:
+        """A matcher: the answer is _absmax_quantize(w, bits, **wrong) (`levels` and `clamp` may use bits)."""
+        def matches(got: Any, w: torch.Tensor, bits: int) -> bool:
+            settings = {k: (v(bits) if callable(v) and k in ("levels", "clamp") else v) for k, v in wrong.items()}
+            variant = _absmax_quantize(w, bits, **settings)
+            if same_as(_absmax_quantize)(variant, w, bits):     # the same as the right answer here: not this mistake
+                return False
+            return same_as(lambda w, b: variant)(got, w, bits)
+        return matches
+
+    def any_of(*matchers: Callable[..., bool]) -> Callable[..., bool]:
+        return lambda got, *args: any(m(got, *args) for m in matchers)
+
+    def per_row_or_column(got: Any, w: torch.Tensor, bits: int) -> bool:
+        return w.dim() >= 2 and any(like(amax_dim=d)(got, w, bits) for d in range(w.dim()))
+
+    def unsigned_codes(got: Any, w: torch.Tensor, bits: int) -> bool:
+        return same_as(lambda w, b: _absmax_quantize(w, b, codes=True) + 2 ** (b - 1))(got, w, bits)
+
+    def nan_on_zero(got: Any, w: torch.Tensor, bits: int) -> bool:
+        return isinstance(got, torch.Tensor) and bool((w == 0).all()) and bool(torch.isnan(got).any())
+
+    def other_dtype(got: Any, w: torch.Tensor, bits: int) -> bool:
+        return (isinstance(got, torch.Tensor) and got.dtype != w.dtype and got.is_floating_point()
+                and same_as(_absmax_quantize)(got, w, bits))
+
+    top, pow2 = (lambda b: 2 ** (b - 1) - 1), (lambda b: 2 ** (b - 1))
+    mistakes = [
+        Mistake("an all-zero w has max|w| = 0, so w / scale is 0 / 0 = NaN; when the scale is 0, "
+                "return zeros (e.g. `if scale == 0: return torch.zeros_like(w)`)", nan_on_zero),
+        Mistake("right values in another dtype: return w's dtype (e.g. .to(w.dtype)) — the lab copies the result "
+                "into weights of that dtype", other_dtype),
+        Mistake("those are the integer codes q = round(w / scale); return them DEQUANTIZED, q · scale (floats in w's "
+                "shape and dtype): the lab puts them back into the model's weights",
+                any_of(like(codes=True), unsigned_codes)),
+        Mistake("scale = max|w| / 2^(bits−1) and nothing clamps: the largest |w| becomes the code ±2^(bits−1) "
+                "(±128 at 8 bits), which the symmetric range −(2^(bits−1) − 1) .. 2^(bits−1) − 1 cannot hold — divide "
+                "by 2^(bits−1) − 1 (then max|w| lands exactly on the top code) and clamp to ±(2^(bits−1) − 1)",
+                like(levels=pow2, clamp=math.inf)),
+        Mistake("scale = max|w| / 2^(bits−1): the top code 2^(bits−1) − 1 then stands for less than max|w|, so the "
+                "largest weights are clipped — divide by 2^(bits−1) − 1, the number of levels on each side of 0",
+                like(levels=pow2)),
+        Mistake("scale = max|w| / (2^bits − 1) is the asymmetric step (from min to max over 2^bits − 1 steps); "
+                "symmetric absmax spends half the codes on each sign: scale = max|w| / (2^(bits−1) − 1)",
+                any_of(*(like(levels=lv, clamp=c) for lv in (lambda b: 2 ** b - 1, lambda b: 2 ** b)
+                         for c in (top, math.inf)))),
+        Mistake("one scale per row (or column): this exercise uses ONE scale for the whole tensor, max|w| over all "
+                "of it — the lab applies your function to each row itself", per_row_or_column),
+        Mistake("you rounded down (floor) or toward zero (trunc, int(), .long(), .to(torch.int8)): quantization "
+                "rounds to the NEAREST level — torch.round(w / scale)",
+                any_of(like(rounding=torch.floor), like(rounding=torch.trunc), like(rounding=torch.ceil))),
+        Mistake("halves must round to EVEN as torch.round does (0.5 → 0, 1.5 → 2, 2.5 → 2, −0.5 → −0); yours rounds "
+                "them up or away from zero (floor(x + 0.5)?) — use torch.round",
+                any_of(like(rounding=_half_away), like(rounding=_half_up))),
+    ]
+    returns = Returns("tensor", dtypes="input",
+                      why="the lab copies it into the model's weights, same shape and dtype as w, and measures "
+                          "perplexity")
+
+    def hidden(g: torch.Generator) -> Case:
+        bits = _randint(g, 2, 8)
+        shape = (_randint(g, 1, 40),) if _randint(g, 0, 2) == 0 else (_randint(g, 1, 12), _randint(g, 1, 40))
+        w = torch.randn(*shape, generator=g) * _uniform(g, 0.01, 2.0)
+        return Case(f"a random {'×'.join(map(str, shape))} weight at {bits} bits", (w, bits), {},
+                    _absmax_quantize(w, bits))
+
+    return run_check("absmax_quantize", fn, cases, returns=returns, mistakes=mistakes, quiet=quiet, hidden=hidden,
+                     forbid=("labkit.quantize.absmax_quantize",) + LABKIT_QUANTIZERS + TORCH_QUANTIZERS,
+                     reference="labkit.quantize.absmax_quantize")
+
+
+def _group_scales(w: torch.Tensor, group_size: int, bits: int, levels: int | None = None,
+                  signed: bool = False) -> torch.Tensor:
+    """(n_rows, n_cols // group_size): max|w| of each group_size consecutive weights of a row, / (2^(b−1) − 1).
+
+    signed=True takes max w instead of max|w| (a mistake); `levels` replaces 2^(b−1) − 1 (another).
+    """
+    levels = 2 ** (bits - 1) - 1 if levels is None else levels
+    x = w if signed else w.abs()
+    return x.reshape(w.shape[0], -1, group_size).amax(dim=-1) / levels
+
+
+@checks_safely("group_scales")
+def check_group_scales(fn: Callable[[torch.Tensor, int, int], torch.Tensor], quiet: bool = False) -> CheckResult:
+    """Exercise: the symmetric absmax scale of each group of `group_size` consecutive weights of each row.
+
+    Returns a float tensor of shape (n_rows, n_cols // group_size): scales[r, j] = max|w[r, j·g:(j+1)·g]| /
+    (2^(bits−1) − 1) (0 for an all-zero group).
+    """
+    g = torch.Generator().manual_seed(6)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.05
+
+    pruned = randn(2, 8)
+    pruned[0, :4] = 0.0
+    examples = [
+        ("w = [[0.5, -2.0, 0.25, 1.0], [-0.75, 0.5, 1.5, -3.0]], groups of 2 at 4 bits (7 levels per sign): "
+         "expected [[2/7, 1/7], [0.75/7, 3/7]]", torch.tensor([[0.5, -2.0, 0.25, 1.0], [-0.75, 0.5, 1.5, -3.0]]), 2,
+         4),
+        ("a random 4×32 weight, groups of 8 at 4 bits: shape (4, 4)", randn(4, 32), 8, 4),
+        ("a random 6×64 weight, groups of 32 at 8 bits: shape (6, 2)", randn(6, 64), 32, 8),
+        ("a random 8×12 weight, groups of 4 at 3 bits: shape (8, 3)", randn(8, 12), 4, 3),
+        ("a random 3×20 weight, groups of 5 at 2 bits (one level per sign: the scale is max|w| itself)",
+         randn(3, 20), 5, 2),
+        ("a random 3×16 weight, ONE group per row (group_size 16) at 6 bits: shape (3, 1)", randn(3, 16), 16, 6),
+        ("a 2×8 weight whose first group of row 0 is all zeros (pruned), groups of 4 at 4 bits: that scale is 0",
+         pruned, 4, 4),
+    ]
+    cases = [Case(f"group_scales(w, group_size={gs}, bits={b}) with {what}", (w, gs, b), {}, _group_scales(w, gs, b))
+             for what, w, gs, b in examples]
+
+    def shape_of(got: Any) -> tuple[int, ...] | None:
+        """The shape of a tensor or numpy array; None for anything else."""
+        shape = getattr(got, "shape", None)
+        return tuple(shape) if isinstance(shape, tuple) else None
+
+    def values_close(got: Any, expected: torch.Tensor) -> bool:
+        return same_as(lambda: expected)(torch.as_tensor(got))
+
+    def along_rows(got: Any, w: torch.Tensor, gs: int, bits: int) -> bool:
+        """Groups of gs consecutive weights DOWN each column: (n_rows // gs, n_cols), or its transpose."""
+        if w.shape[0] % gs or shape_of(got) is None:
+            return False
+        down = w.abs().reshape(w.shape[0] // gs, gs, w.shape[1]).amax(dim=1) / (2 ** (bits - 1) - 1)
+        return any(shape_of(got) == tuple(d.shape) and values_close(got, d) for d in (down, down.T))
+
+    def transposed(got: Any, w: torch.Tensor, gs: int, bits: int) -> bool:
+        right = _group_scales(w, gs, bits)
+        return shape_of(got) == tuple(right.T.shape) and values_close(got, right.T)
+
+    def level_count(got: Any, w: torch.Tensor, gs: int, bits: int) -> bool:
+        return any(same_as(lambda w, gs, b, lv=lv: _group_scales(w, gs, b, levels=lv(b)))(got, w, gs, bits)
+                   for lv in (lambda b: 2 ** b - 1, lambda b: 2 ** (b - 1), lambda b: 2 ** b))
+
+    def per_row(got: Any, w: torch.Tensor, gs: int, bits: int) -> bool:
+        row = w.abs().amax(dim=1) / (2 ** (bits - 1) - 1)
+        return gs != w.shape[1] and shape_of(got) in ((w.shape[0],), (w.shape[0], 1)) and \
+            values_close(got, row.reshape(shape_of(got)))
+
+    def one_scale(got: Any, w: torch.Tensor, gs: int, bits: int) -> bool:
+        return shape_of(got) in ((), (1,), (1, 1)) and values_close(got, (w.abs().max() / (2 ** (bits - 1) - 1))
+                                                                  .reshape(shape_of(got)))
+
+    def zero_group_filled(got: Any, w: torch.Tensor, gs: int, bits: int) -> bool:
+        right = _group_scales(w, gs, bits)
+        if not isinstance(got, torch.Tensor) or got.shape != right.shape or not bool((right == 0).any()):
+            return False
+        nonzero = right != 0
+        return bool((got[~nonzero] > 0).all()) and same_as(lambda: right[nonzero])(got[nonzero])
+
+    mistakes = [
+        Mistake("your groups run DOWN the columns: a group is group_size consecutive weights of one ROW, "
+                "w[r, j·group_size:(j+1)·group_size] — along the input dimension, the weights one output sums over",
+                along_rows),
+        Mistake("rows first: scales[r, j] is row r's j-th group, shape (n_rows, n_cols // group_size); yours is "
+                "transposed", transposed),
+        Mistake("max|w|, not max w: a group whose largest magnitude is negative (−2.0 in [0.5, −2.0]) needs the "
+                "scale 2.0 / levels, or −2.0 cannot be represented — use .abs() before .amax",
+                same_as(lambda w, gs, b: _group_scales(w, gs, b, signed=True))),
+        Mistake("divide by the number of levels on each side of 0, 2^(bits−1) − 1 (7 at 4 bits, 127 at 8), not "
+                "2^bits − 1, 2^(bits−1) or 2^bits", level_count),
+        Mistake("that is max|w| itself: the scale is max|w| / (2^(bits−1) − 1), the step between two levels",
+                same_as(lambda w, gs, b: _group_scales(w, gs, b, levels=1))),
+        Mistake("one scale per ROW (per channel): this exercise wants one per GROUP of group_size consecutive "
+                "weights of a row — reshape to (n_rows, n_cols // group_size, group_size) and take max|w| over the "
+                "last dimension", per_row),
+        Mistake("one scale for the whole tensor: this exercise wants one per group of group_size consecutive "
+                "weights of each row", one_scale),
+        Mistake("an all-zero group's scale is 0 (its max|w| is 0); return 0 there, not a small positive number",
+                zero_group_filled),
+        Mistake("keep the two dimensions: shape (n_rows, n_cols // group_size), not flattened",
+                lambda got, w, gs, b: shape_of(got) is not None and len(shape_of(got)) != 2
+                and math.prod(shape_of(got)) == w.numel() // gs),
+    ]
+    returns = Returns("tensor", dtypes=None, axes=("row", "group"),
+                      why="the lab dequantizes group j of row r as code · scales[r, j]")
+
+    def hidden(g: torch.Generator) -> Case:
+        gs, bits = _choice(g, [2, 4, 8, 16, 32]), _randint(g, 2, 8)
+        rows, cols = _randint(g, 1, 16), gs * _randint(g, 1, 6)
+        w = torch.randn(rows, cols, generator=g) * _uniform(g, 0.01, 2.0)
+        return Case(f"group_scales(w, group_size={gs}, bits={bits}) with a random {rows}×{cols} weight",
+                    (w, gs, bits), {}, _group_scales(w, gs, bits))
+
+    return run_check("group_scales", fn, cases, returns=returns, mistakes=mistakes, quiet=quiet, hidden=hidden,
+                     forbid=("labkit.quantize.group_scales",) + LABKIT_QUANTIZERS + TORCH_QUANTIZERS,
+                     reference="labkit.quantize.group_scales")
+
+
+def _group_quantized_bytes(n_rows: int, n_cols: int, bits: int, group_size: int, scale_bytes: int) -> int:
+    """Codes packed as one bit stream over the whole matrix, ceil(R·C·b / 8), plus R · C/g scales; no zero point."""
+    return (n_rows * n_cols * bits + 7) // 8 + n_rows * (n_cols // group_size) * scale_bytes
+
+
+@checks_safely("group_quantized_bytes")
+def check_group_quantized_bytes(fn: Callable[[int, int, int, int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes (int) of a symmetric group-quantized matrix: its packed codes plus one scale per group.
+
+    Convention (labkit.quantize.pack_codes): the n_rows · n_cols codes are ONE bit stream, so they take
+    ceil(n_rows · n_cols · bits / 8) bytes — a row may end in the middle of a byte. Each of the
+    n_rows · n_cols / group_size groups stores one scale of scale_bytes; symmetric: no zero point.
+    """
+    examples = [
+        ("the baby GPT's mlp.fc weight (512 × 128) at 4 bits, groups of 32, fp16 scales", (512, 128, 4, 32, 2)),
+        ("a 2 × 8 matrix at 4 bits, one group per row, fp32 scales: 8 bytes of codes + 2 scales", (2, 8, 4, 8, 4)),
+        ("a LLaMA-7B-sized 4,096 × 4,096 matrix at 4 bits, groups of 128, fp16 scales", (4096, 4096, 4, 128, 2)),
+        ("3 × 36 at 3 bits, groups of 12, fp32 scales: 3 · 36 · 3 = 324 bits = 40.5 bytes → 41 bytes of codes, "
+         "packed over the whole matrix (labkit's convention), + 9 scales", (3, 36, 3, 12, 4)),
+        ("5 × 10 at 2 bits, groups of 5, fp16 scales: 100 bits = 12.5 → 13 bytes of codes", (5, 10, 2, 5, 2)),
+        ("128 × 512 at 8 bits, groups of 64, bf16 scales", (128, 512, 8, 64, 2)),
+    ]
+    cases = [Case(f"group_quantized_bytes(n_rows={r:,}, n_cols={c:,}, bits={b}, group_size={g}, scale_bytes={s}): "
+                  f"{what}", (r, c, b, g, s), {}, _group_quantized_bytes(r, c, b, g, s))
+             for what, (r, c, b, g, s) in examples]
+
+    def groups(r: int, c: int, g: int) -> int:
+        return r * (c // g)
+
+    def is_any(*values_of: Callable[..., int]) -> Callable[..., bool]:
+        """A matcher: the answer equals one of these wrong formulas (each different from the right answer)."""
+        def m(got: Any, r: int, c: int, b: int, g: int, s: int) -> bool:
+            right = _group_quantized_bytes(r, c, b, g, s)
+            return any(v(r, c, b, g, s) != right and _int_eq(got, v(r, c, b, g, s)) for v in values_of)
+        return m
+
+    codes = lambda r, c, b, g, s: (r * c * b + 7) // 8
+    scales = lambda r, c, b, g, s: groups(r, c, g) * s
+    right = _group_quantized_bytes
+    mistakes = [
+        Mistake("the scales are missing: each group of group_size weights stores one scale of scale_bytes, "
+                "n_rows · n_cols / group_size of them", is_any(codes)),
+        Mistake("bits is BITS per weight: the codes take n_rows · n_cols · bits / 8 bytes (rounded up), not "
+                "n_rows · n_cols · bits bytes",
+                is_any(lambda r, c, b, g, s: r * c * b + scales(r, c, b, g, s), lambda r, c, b, g, s: r * c * b)),
+        Mistake("that is bits: return bytes (8 bits each); scale_bytes is already in bytes",
+                is_any(lambda *a: 8 * right(*a), lambda r, c, b, g, s: r * c * b + 8 * scales(r, c, b, g, s))),
+        Mistake("scale_bytes is already in bytes: don't divide it by 8",
+                is_any(lambda r, c, b, g, s: codes(r, c, b, g, s) + scales(r, c, b, g, s) // 8,
+                       lambda r, c, b, g, s: codes(r, c, b, g, s) + (scales(r, c, b, g, s) + 7) // 8)),
+        Mistake("you rounded up per row (or per group): labkit packs the codes as ONE bit stream over the whole "
+                "matrix (labkit.quantize.pack_codes), so they take ceil(n_rows · n_cols · bits / 8) bytes and a row "
+                "may end mid-byte",
+                is_any(lambda r, c, b, g, s: r * ((c * b + 7) // 8) + scales(r, c, b, g, s),
+                       lambda r, c, b, g, s: groups(r, c, g) * ((g * b + 7) // 8) + scales(r, c, b, g, s))),
+        Mistake("symmetric quantization stores no zero point (it is fixed, the code for 0): only the packed codes "
+                "and one scale per group",
+                is_any(*(lambda r, c, b, g, s, z=z: right(r, c, b, g, s) + z(r, c, b, g, s) for z in
+                         (lambda r, c, b, g, s: (groups(r, c, g) * b + 7) // 8, lambda r, c, b, g, s: groups(r, c, g),
+                          lambda r, c, b, g, s: groups(r, c, g) * s, lambda r, c, b, g, s: groups(r, c, g) * b)))),
+        Mistake("round the codes' bytes UP: a partly used byte is still stored — ceil(n_rows · n_cols · bits / 8), "
+                "e.g. (n_rows * n_cols * bits + 7) // 8",
+                lambda got, r, c, b, g, s: (r * c * b) % 8 != 0 and (
+                    _int_eq(got, (r * c * b) // 8 + scales(r, c, b, g, s))
+                    or (isinstance(got, float) and math.isclose(got, r * c * b / 8 + scales(r, c, b, g, s))))),
+        Mistake("count one scale per group of EVERY row: n_rows · (n_cols / group_size) groups",
+                is_any(lambda r, c, b, g, s: codes(r, c, b, g, s) + (c // g) * s,
+                       lambda r, c, b, g, s: codes(r, c, b, g, s) + r * g * s,
+                       lambda r, c, b, g, s: codes(r, c, b, g, s) + r * c * s)),
+    ]
+
+    def hidden(g: torch.Generator) -> Case:
+        gs, b, s = _choice(g, [5, 8, 12, 16, 32, 64, 128]), _randint(g, 2, 8), _choice(g, [1, 2, 4])
+        r, c = _randint(g, 1, 8192), gs * _randint(g, 1, 64)
+        return Case(f"group_quantized_bytes(n_rows={r:,}, n_cols={c:,}, bits={b}, group_size={gs}, scale_bytes={s})",
+                    (r, c, b, gs, s), {}, _group_quantized_bytes(r, c, b, gs, s))
+
+    return run_check("group_quantized_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
+                     forbid=("labkit.quantize.group_quantized_bytes", "labkit.quantize.quantized_bytes",
+                             "labkit.quantize.packed_bytes") + LABKIT_QUANTIZERS,
+                     reference="labkit.quantize.group_quantized_bytes")

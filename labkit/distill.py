@@ -562,6 +562,15 @@ def corpus_fraction(corpus: data_mod.Corpus, fraction: float) -> data_mod.Corpus
     return dataclasses.replace(corpus, train=corpus.train[:n])
 
 
+def _check_seeds(seeds) -> list[int]:
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of integers >= 0, got {seeds!r}")
+    return [int(s) for s in seeds]
+
+
 def compare_students(cfg: TrainConfig, teacher: LanguageModel, seeds: tuple[int, ...] = (0, 1, 2),
                      temperature: float = 2.0, alpha: float = 0.5, train_fraction: float = 1.0,
                      eval_set=None, top_k: int | None = None, tail: str = "drop", cached: bool = False,
@@ -576,11 +585,11 @@ def compare_students(cfg: TrainConfig, teacher: LanguageModel, seeds: tuple[int,
     """
     from labkit.evaluate import evaluation_set, score
 
-    check_temperature(temperature), check_alpha(alpha)
+    check_temperature(temperature)
+    check_alpha(alpha)
+    seeds = _check_seeds(seeds)
     corpus = corpus or data_mod.load_corpus(cfg.corpus)
     check_same_vocabulary(teacher, corpus=corpus)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in seeds):
-        raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
     train_corpus = corpus_fraction(corpus, train_fraction)
     if eval_set is None:
         eval_set = evaluation_set(corpus.val, window=cfg.block_size, every=4)
@@ -624,6 +633,7 @@ def distillation_sweep(cfg: TrainConfig, teacher: LanguageModel, temperatures=(1
 
     temperatures = [check_temperature(t) for t in temperatures]
     alphas = [check_alpha(a) for a in alphas]
+    seeds = _check_seeds(seeds)
     corpus = corpus or data_mod.load_corpus(cfg.corpus)
     check_same_vocabulary(teacher, corpus=corpus)
     if eval_set is None:

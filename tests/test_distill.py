@@ -370,5 +370,12 @@ def test_other_bad_input(teacher, corpus):
         D.corpus_fraction(corpus, 0.0)
     with pytest.raises(TypeError, match="targets"):
         D.distill(student_cfg(), teacher, targets="cache", corpus=corpus, log=quiet)
+    for bad_seeds in ((), 3, ("0",), (-1,)):
+        with pytest.raises(ValueError, match="seeds"):
+            D.compare_students(student_cfg(), teacher, seeds=bad_seeds, corpus=corpus)
+    with pytest.raises(ValueError, match="seeds"):
+        D.distillation_sweep(student_cfg(), teacher, seeds=[], corpus=corpus)
+    with pytest.raises(ValueError, match="alpha"):
+        D.distillation_sweep(student_cfg(), teacher, alphas=(0.5, 2.0), corpus=corpus)
     with pytest.raises(ValueError, match="next_char"):
         D.dark_knowledge(teacher, corpus.tokenizer, "abc", "xy")

@@ -121,3 +121,22 @@ def test_lab_ran_within_its_budgets(text):
                   text)
     assert m
     assert _float(m[1]) <= int(m[2]) and _float(m[3]) <= int(m[4])
+
+
+def test_wanda_and_magnitude_at_half_sparsity_are_ranked_either_way(text):
+    """Issue 9: report one-shot magnitude and Wanda at 50%, and say which is better, whichever it is."""
+    assert re.search(r"per layer at 50%: (Wanda beats magnitude|magnitude beats Wanda|Wanda and magnitude are "
+                     r"within the noise)", text)
+    m = re.search(rf"magnitude / Wanda perplexity at 50%: LLaMA-2-7B ({NUMBER})×, baby GPT ({NUMBER})× — "
+                  r"Wanda's advantage is (smaller|at least as large) here", text)
+    assert m
+    assert (m[3] == "smaller") == (_float(m[2]) < _float(m[1]))
+
+
+def test_csr_at_half_density_is_not_smaller_than_dense(text):
+    m = re.search(rf"dense: ({NUMBER}) bytes — at 50% sparsity CSR with 4-byte indices takes ({NUMBER})× the dense "
+                  r"bytes", text)
+    csr = re.search(rf"fp32 values \+ int32 indices: ({NUMBER}) bytes", text)
+    assert m and csr
+    ratio = _float(csr[1]) / _float(m[1])
+    assert f"{ratio:.3f}" == m[2] and ratio > 1

@@ -231,6 +231,9 @@ def test_layer_weight_errors_are_each_schemes_dequantized_minus_original(real):
         w = layers[name].weight.detach()
         assert torch.equal(errors["errors"]["int4-g16-gptq"][name], info["quantized"][name].dequantize() - w)
         assert not torch.equal(errors["errors"]["int4-g16-gptq"][name], errors["errors"]["int4-g16"][name])
+    # only the first layer asked for: GPTQ stops there, and the first layer's errors are the same
+    first = widgets.layer_weight_errors(model, ["int4-g16-gptq"], LAYERS[0], calibration=real["calibration"])
+    assert torch.equal(first["errors"]["int4-g16-gptq"][LAYERS[0]], errors["errors"]["int4-g16-gptq"][LAYERS[0]])
 
 
 def test_layer_weight_errors_refuses_bad_input(real):

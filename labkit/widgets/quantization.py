@@ -1,5 +1,9 @@
 """Lab 05: memory against perplexity for every quantization scheme of a sweep, and one layer's rounding errors.
 
+    rows = quantize.quantization_sweep(model, eval_set, schemes, calibration=calibration)
+    errors = widgets.layer_weight_errors(model, [r["scheme"] for r in rows], ["blocks.0.mlp.fc"], calibration=calibration)
+    widgets.quantization_panel(rows, errors)           # or pd.DataFrame(rows); quantization_state(rows, "int4-g32")
+
 A sweep is what labkit.quantize.quantization_sweep returns (its list of rows, or the DataFrame made from it):
 one row per scheme, float32 first, with the columns scheme, format, bits, granularity, group_size, method,
 bits_per_weight, quantized_bytes, total_bytes (the whole model as stored), loss and loss_se (nats/char on the
@@ -25,6 +29,7 @@ rounded, so its weight error can be larger than RTN's while the layer's output e
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import time
@@ -37,7 +42,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from labkit.quantize import get_scheme, quantizable_layers, quantize_model, quantize_tensor
+from labkit.gptq import gptq_quantize_layers
+from labkit.quantize import get_scheme, quantizable_layers, quantize_tensor
 from labkit.widgets.core import (Panel, _bytes_axis, _finite_number, human_bytes, pareto_front, render_into,
                                  wire_panel)
 
@@ -233,7 +239,7 @@ def layer_weight_errors(model, schemes: Iterable[str], layers: str | Iterable[st
     "weight_std": {layer: the original weights' standard deviation}} (float32, weight units).
 
     Each scheme quantizes the model exactly as labkit.quantize.quantize_model does in the sweep (GPTQ quantizes
-    every layer in depth order from `calibration`, so a layer sees the inputs it saw there); "float32" among
+    the layers in depth order from `calibration`, so a layer sees the inputs it saw there); "float32" among
     `schemes` is skipped (it has no rounding error). `layers` are names from labkit.quantize.quantizable_layers.
     """
     available = quantizable_layers(model)                  # TypeError for anything but a labkit GPT
@@ -260,8 +266,12 @@ def layer_weight_errors(model, schemes: Iterable[str], layers: str | Iterable[st
     errors: dict[str, dict[str, Tensor]] = {}
     for s in wanted:
         if s.method == "gptq":
-            _, info = quantize_model(model, s, calibration=calibration)
-            stored = {name: info["quantized"][name] for name in names}
+            # as quantize_model does it, but only up to the deepest layer asked for: GPTQ runs in depth order and a
+            # layer's inputs depend on the layers before it only, so the layers after it need not be quantized
+            copied = copy.deepcopy(model).eval()
+            in_depth_order = list(quantizable_layers(copied).items())
+            deepest = max(i for i, (name, _) in enumerate(in_depth_order) if name in names)
+            stored = gptq_quantize_layers(copied, dict(in_depth_order[:deepest + 1]), s, calibration)
         else:
             stored = {name: quantize_tensor(originals[name], s) for name in names}
         errors[s.name] = {name: stored[name].dequantize() - originals[name] for name in names}

@@ -442,7 +442,7 @@ def _style(families: list[str], family: str) -> tuple[str, str]:
 
 def _increase_axis(ax, values: list[float]) -> None:
     """Symmetric-log y axis for 'perplexity above float32 (%)': linear within ±LINEAR_PCT, logarithmic beyond, so
-    0.001% and 10% are both readable; plain tick labels (0, 0.01%, 0.1%, 1%, 10% ...)."""
+    0.01% and 10% are both readable; plain tick labels (0, 0.01%, 0.1%, 1%, 10% ...), no mathtext."""
     lo, hi = min(min(values), 0.0), max(max(values), LINEAR_PCT)     # at least 0 and 0.01% on the axis
     ax.set_yscale("symlog", linthresh=LINEAR_PCT, linscale=0.5)
     decades = [10.0 ** e for e in range(-2, 7)]
@@ -476,7 +476,7 @@ def quantization_figure(state: dict) -> Figure:
     for family in state["families"]:
         color, marker = _style(state["families"], family)
         mine = [p for p in quantized if p["family"] == family]
-        for group in {p["group"] for p in mine}:           # one thin line per (family, group) across bit widths
+        for group in sorted({p["group"] for p in mine}, key=_group_order):   # a thin line per group across bits
             line = sorted((p for p in mine if p["group"] == group), key=lambda p: p["total_bytes"])
             if len(line) > 1:
                 left.plot([p["total_bytes"] for p in line], [p["increase_pct"] for p in line], "-", color=color,

@@ -108,7 +108,11 @@ def vocab_size_of(model: LanguageModel) -> int:
 
 def check_same_vocabulary(teacher: LanguageModel, student: LanguageModel | None = None,
                           corpus: data_mod.Corpus | None = None) -> int:
-    """The shared vocabulary size; ValueError if teacher, student and corpus do not share one vocabulary."""
+    """The shared vocabulary size; ValueError if teacher, student and corpus do not share one vocabulary.
+
+    Compared by size: a model does not record which characters its ids stand for (the corpus does), so two
+    alphabets of equal size would pass; every course model is trained on the course corpus's vocabulary.
+    """
     v_teacher = vocab_size_of(teacher)
     sizes = {"student": vocab_size_of(student) if student is not None else None,
              "corpus": corpus.vocab_size if corpus is not None else None}

@@ -43,7 +43,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from labkit.gptq import gptq_quantize_layers
-from labkit.quantize import get_scheme, quantizable_layers, quantize_tensor
+from labkit.model import GPT
+from labkit.quantize import Scheme, get_scheme, quantizable_layers, quantize_tensor
 from labkit.widgets.core import (Panel, _bytes_axis, _finite_number, human_bytes, pareto_front, render_into,
                                  wire_panel)
 
@@ -66,7 +67,7 @@ LINEAR_PCT = 0.01
 # Naming a scheme by its three controls
 
 
-def scheme_family(scheme) -> str:
+def scheme_family(scheme: str | Scheme) -> str:
     """The format/method control's label for a scheme: 'int RTN', 'int GPTQ (symmetric)', 'NF4', 'k-means', 'fp8 e4m3'."""
     s = get_scheme(scheme)
     if s.format != "int":
@@ -75,7 +76,7 @@ def scheme_family(scheme) -> str:
     return f"int {'GPTQ' if s.method == 'gptq' else 'RTN'}" + (f" ({', '.join(extras)})" if extras else "")
 
 
-def scheme_group(scheme) -> str:
+def scheme_group(scheme: str | Scheme) -> str:
     """The group control's label: 'per tensor' (k-means: one codebook per matrix), 'per channel' or 'group N'."""
     s = get_scheme(scheme)
     if s.format == "kmeans" or s.granularity == "tensor":
@@ -233,7 +234,7 @@ def scheme_table(sweep: Any) -> SchemeTable:
 # Per-layer weight errors, computed once
 
 
-def layer_weight_errors(model, schemes: Iterable[str], layers: str | Iterable[str], calibration: Tensor | None = None,
+def layer_weight_errors(model: GPT, schemes: Iterable[str], layers: str | Iterable[str], calibration: Tensor | None = None,
                         progress: bool = False) -> dict:
     """(dequantized − original) weights of `layers` under each scheme: {"errors": {scheme: {layer: Tensor}},
     "weight_std": {layer: the original weights' standard deviation}} (float32, weight units).

@@ -55,9 +55,9 @@ BAND_SE = 2.0
 #: bins of the weight-error histogram (odd, so that 0 is the middle of a bin)
 ERROR_BINS = 61
 FAMILY_STYLES = {"int RTN": ("#4C72B0", "o"), "int RTN (symmetric)": ("#64B5CD", "o"),
-                 "int GPTQ": ("#55A868", "s"), "NF4": ("#DD8452", "D"), "k-means": ("#8172B3", "^"),
-                 "fp8 e4m3": ("#C44E52", "v")}
-OTHER_STYLES = (("#937860", "P"), ("#DA8BC3", "X"), ("#CCB974", "h"), ("#8C8C8C", "p"))
+                 "int RTN (clip search)": ("#937860", "P"), "int GPTQ": ("#55A868", "s"), "NF4": ("#DD8452", "D"),
+                 "k-means": ("#8172B3", "^"), "fp8 e4m3": ("#C44E52", "v")}
+OTHER_STYLES = (("#DA8BC3", "X"), ("#CCB974", "h"), ("#8C8C8C", "p"), ("#2F4F4F", "*"))
 DEFAULT_SCHEME = "int4-g32"
 #: the perplexity-increase axis is linear within ± this many percent (symlog's linthresh), logarithmic beyond
 LINEAR_PCT = 0.01

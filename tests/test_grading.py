@@ -600,3 +600,19 @@ def test_model_bytes_reference_counts_a_tied_weight_once_and_the_buffers():
     assert model_bytes(tied.to(torch.bfloat16)) == 2 * (params + buffers)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         model_bytes("baby-gpt")
+
+
+def test_a_reference_in_a_keyword_only_default_is_caught():
+    """`lambda *a, f=reference: f(*a)` hides the reference in __kwdefaults__: swapped like positional defaults."""
+    from labkit.losses import cross_entropy
+    sneaky = lambda logits, targets, *, f=cross_entropy: f(logits, targets)   # noqa: E731
+    result = grading.check_cross_entropy(sneaky, quiet=True)
+    assert result.status == grading.FAIL and "labkit.losses.cross_entropy" in result.message, result.message
+    assert sneaky.__kwdefaults__["f"] is cross_entropy                        # restored afterwards
+
+
+def test_a_reference_handed_in_is_named_not_what_it_calls_inside():
+    """Handing in labkit's reference names that reference, even when it stops at a forbidden function it calls."""
+    from labkit import quantize
+    result = grading.check_group_quantized_bytes(quantize.group_quantized_bytes, quiet=True)
+    assert result.status == grading.FAIL and "labkit.quantize.group_quantized_bytes" in result.message, result.message

@@ -314,6 +314,10 @@ def tripwires(forbidden: Sequence[str], fn: Callable) -> Iterator[list[str]]:
                 old = target.__defaults__
                 target.__defaults__ = tuple(swapped.get(id(v), v) for v in old)
                 undo.append(lambda t=target, o=old: setattr(t, "__defaults__", o))
+            if target.__kwdefaults__ and any(id(v) in swapped for v in target.__kwdefaults__.values()):
+                old_kw = target.__kwdefaults__
+                target.__kwdefaults__ = {k: swapped.get(id(v), v) for k, v in old_kw.items()}
+                undo.append(lambda t=target, o=old_kw: setattr(t, "__kwdefaults__", o))
         yield called
     finally:
         for restore in reversed(undo):
@@ -357,7 +361,8 @@ def run_learner(call: Callable, fn: Callable, args: tuple, kwargs: dict,
     except NotImplementedError:
         return "todo", None
     except ReferenceCalled as e:
-        return "called", str(e)
+        # the first forbidden name reached: the reference handed in itself, before whatever it calls
+        return "called", called[0] if called else str(e)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:

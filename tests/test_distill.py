@@ -33,8 +33,8 @@ def teacher(synthetic_root):
 
 def student_cfg(**overrides):
     """A smaller student than the teacher (1 layer, 16 dims), few steps."""
-    settings = dict(max_iters=6, eval_interval=0, eval_iters=2, progress=False, seed=0, batch_size=4, block_size=16,
-                    model_args={"n_layer": 1, "n_head": 2, "n_embd": 16})
+    settings = {"max_iters": 6, "eval_interval": 0, "eval_iters": 2, "progress": False, "seed": 0, "batch_size": 4,
+                "block_size": 16, "model_args": {"n_layer": 1, "n_head": 2, "n_embd": 16}}
     settings.update(overrides)
     return make_config("gpt", "tiny", **settings)
 
@@ -144,6 +144,17 @@ def test_top_k_mass_grows_with_k_and_falls_with_T(teacher, corpus):
     m8 = [r["kept_mass"] for r in D.top_k_mass(logits, 8, (1.0, 4.0))]
     assert m8[0] > m4[0] and m4[0] > m4[1] and m8[0] > m8[1]
     assert D.top_k_mass(logits, corpus.vocab_size, (1.0,))[0]["kept_mass"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_live_teacher_runs_in_eval_mode_and_restores_the_mode(corpus):
+    """A teacher with dropout, left in training mode, still gives one fixed target per batch (dropout off)."""
+    noisy = build_model("gpt", vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                        dropout=0.5).train()
+    x, _ = next(D.training_batches(student_cfg(), corpus))
+    live = D.LiveTeacher(noisy)
+    a, b = live.logits(x, 0), live.logits(x, 1)
+    assert torch.equal(a, b) and noisy.training
+    assert not torch.equal(noisy(x)[0], noisy(x)[0])   # the same model in training mode is random
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -299,6 +310,11 @@ def test_cached_results_computed_once_and_recomputed_when_edited(data_dir):
 
 def test_soft_targets_and_dark_knowledge(teacher, corpus):
     tok = corpus.tokenizer
+    val_bytes = np.asarray(corpus.val).tobytes()
+    pairs = D.real_contexts(corpus.val, n=3, length=20, seed=1)
+    for ids, nxt in pairs:   # each context is followed by its next character somewhere in the text
+        assert len(ids) == 20 and np.append(ids.numpy(), nxt).astype(np.uint8).tobytes() in val_bytes
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(pairs, D.real_contexts(corpus.val, 3, 20, seed=1)))
     text = tok.decode(np.asarray(corpus.val[:40]).tolist())
     table = D.soft_targets(teacher, tok, text[:-1], temperatures=(1.0, 4.0))
     np.testing.assert_allclose(table.sum().to_numpy(), 1.0, rtol=1e-5)

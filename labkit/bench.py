@@ -297,7 +297,7 @@ def main(argv=None):
     p.add_argument("what", choices=["train", "ablation", "optimizer", "sparse", "quantize"])
     p.add_argument("--nanogpt", default=None, help="a nanoGPT checkout to run side by side (train only)")
     p.add_argument("--iters", type=setting_type("max_iters"), default=None,
-                   help="training steps, >= 1 (default 2000); not for 'sparse' or 'quantize', which train nothing")
+                   help="training steps, >= 1 (default 2000; 'optimizer': 100); not for 'sparse' or 'quantize', which train nothing")
     p.add_argument("--seed", type=setting_type("seed"), default=1337)
     p.add_argument("--threads", type=setting_type("threads"), default=None, help=">= 1; default: torch's")
     p.add_argument("--shape", type=sparse_shape_type, default=None,
@@ -307,6 +307,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.iters is not None and args.what in ("sparse", "quantize"):
         p.error(f"argument --iters: {args.what!r} trains nothing, so it takes no --iters")
+    optimizer_steps = 100 if args.iters is None else args.iters     # 'optimizer' times 100 steps by default
     args.iters = 2000 if args.iters is None else args.iters
     for option in ("shape", "batch", "repeats"):
         if getattr(args, option) is not None and args.what != "sparse":
@@ -341,10 +342,10 @@ def main(argv=None):
                            args.seed)
         print_sparse(out)
     elif args.what == "quantize":
-        out = bench_quantize(threads=args.threads or 1)
+        out = bench_quantize(threads=args.threads or 1, seed=args.seed)
         print_quantize(out)
     else:
-        out = bench_optimizer()
+        out = bench_optimizer(optimizer_steps)
     print(json_line(out))
     return out
 

@@ -208,3 +208,18 @@ def test_bench_with_nanogpt_compares_runs_of_this_machine_at_the_same_threads(tm
     assert out["speedup_vs_nanogpt"] == pytest.approx(38400.0 / ref["tokens_per_s"], abs=1e-3)
     assert out["val_loss_minus_nanogpt"] == pytest.approx(0.05)
     assert "labkit is 1.00x the throughput" in capsys.readouterr().out
+
+
+def test_bench_passes_iters_to_optimizer_and_seed_to_quantize(monkeypatch, capsys):
+    """Options a subcommand takes reach it (they were silently dropped: optimizer always ran 100 steps, quantize
+    always used seed 0)."""
+    seen = {}
+    monkeypatch.setattr(bench, "bench_optimizer", lambda steps=100: seen.setdefault("steps", steps) and {"ok": 1})
+    monkeypatch.setattr(bench, "bench_quantize", lambda **kw: seen.setdefault("quantize", kw) and {"ok": 1})
+    monkeypatch.setattr(bench, "print_quantize", lambda out: None)
+    bench.main(["optimizer", "--iters", "7"])
+    bench.main(["quantize", "--seed", "42"])
+    assert seen["steps"] == 7 and seen["quantize"]["seed"] == 42
+    seen.clear()
+    bench.main(["optimizer"])
+    assert seen["steps"] == 100

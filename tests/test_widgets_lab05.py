@@ -126,8 +126,13 @@ def test_the_front_uses_the_sweeps_paired_noise():
     names = [p["scheme"] for p in widgets.scheme_table(tight).front]            # without int2, noise 2·0.001: ranked
     assert "int4-g32" not in names and "int4-g32-gptq" not in names and "nf4-g32" in names
     s = widgets.quantization_state(tight, "int4-g32")
-    assert not s["on_front"] and "is not on the memory-vs-quality front" in s["text"]
+    assert not s["on_front"] and "It is not on the memory-vs-quality front: nf4-g32 takes" in s["text"]
+    assert "its loss is lower by 0.0130 nats/char, more than the sweep's noise" in s["text"]     # 0.010 − (−0.003)
     assert "0.0020 nats/char" in s["text"]
+    assert "No scheme of at most its bytes is better" in widgets.quantization_state(tight, "nf4-g32")["text"]
+    twins = synthetic_sweep(rows=(("int8-channel", 0.001, 0.0005), ("fp8-channel", 0.001, 0.0005)))
+    s = widgets.quantization_state(twins, "fp8-channel")                        # same bytes, same loss
+    assert not s["on_front"] and "the same loss as int8-channel, which stands for both" in s["text"]
     assert widgets.quantization_state(tight, "nf4-g32")["on_front"]
 
 

@@ -335,6 +335,23 @@ def _choose(table: SchemeTable, scheme, bits, group, family) -> tuple[str, int, 
     return family, int(bits), group
 
 
+def _front_words(table: SchemeTable, row: dict, on_front: bool) -> str:
+    """Why the chosen row is or is not on the front, naming the scheme that beats it (core.pareto_front's rule)."""
+    tolerance = table.front_tolerance_nats
+    noise = f"the sweep's noise ({BAND_SE:g}·its largest paired SE = {tolerance:.4f} nats/char)"
+    if on_front:
+        return f"No scheme of at most its bytes is better by more than {noise}: it is on the memory-vs-quality front."
+    beaters = [q for q in table.points if q is not row and q["total_bytes"] <= row["total_bytes"]
+               and (q["loss"] < row["loss"] - tolerance
+                    or (q["loss"] == row["loss"] and q["total_bytes"] < row["total_bytes"]))]
+    if not beaters:           # the same bytes and loss as a row listed before it: pareto_front keeps the first
+        twin = next(q for q in table.points if (q["total_bytes"], q["loss"]) == (row["total_bytes"], row["loss"]))
+        return f"It takes the same bytes and has the same loss as {twin['name']}, which stands for both on the front."
+    best = min(beaters, key=lambda q: (q["loss"], q["total_bytes"]))
+    return (f"It is not on the memory-vs-quality front: {best['name']} takes {human_bytes(best['total_bytes'])} "
+            f"(no more) and its loss is lower by {row['loss'] - best['loss']:.4f} nats/char, more than {noise}.")
+
+
 def quantization_state(sweep: Any, scheme: str | None = None, *, bits: int | None = None, group: str | int | None = None,
                        family: str | None = None, layer_errors: dict | None = None, layer: str | None = None
                        ) -> dict[str, Any]:
@@ -391,10 +408,7 @@ def _state(table: SchemeTable, key: tuple[str, int, str], errors: dict | None, l
             f"float32's {human_bytes(f32['total_bytes'])}. Perplexity {row['perplexity']:.3f} vs float32's "
             f"{f32['perplexity']:.3f} ({row['increase_pct']:+.2f}%): loss {diff:+.4f} ± {se:.4f} nats/char (paired SE), "
             f"{verdict}. "
-            + (f"No smaller scheme is better by more than the sweep's noise ({BAND_SE:g}·the largest paired SE = "
-               f"{table.front_tolerance_nats:.4f} nats/char): it is on the memory-vs-quality front." if on_front else
-               f"It is not on the memory-vs-quality front: a smaller scheme is better by more than the sweep's noise "
-               f"({table.front_tolerance_nats:.4f} nats/char)."))
+            + _front_words(table, row, on_front))
 
     if errors is not None:
         by_scheme = errors["errors"]

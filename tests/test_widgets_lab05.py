@@ -96,7 +96,7 @@ def test_the_text_says_what_the_numbers_say():
     row = sweep.set_index("scheme").loc["int4-g32"]
     assert s["ratio_vs_float32"] == pytest.approx(row["total_bytes"] / 4400)
     text = s["text"]
-    assert text.startswith("int4-g32 (int RTN, 4 bits, group 32): 4.500 bits per quantized weight")
+    assert text.startswith("int4-g32 = int RTN at 4 bits, group 32: 4.500 bits per quantized weight")
     assert f"({s['increase_pct']:+.2f}%)" in text and s["increase_pct"] == pytest.approx(100 * math.expm1(0.01))
     assert f"{s['ratio_vs_float32']:.3f}× float32's" in text and widgets.human_bytes(row["total_bytes"]) in text
     assert f"Perplexity {row['perplexity']:.3f} vs float32's {math.exp(1.5):.3f}" in text
@@ -311,7 +311,7 @@ def test_panel_follows_its_controls_with_one_redraw_each(real):
     assert set(panel.controls) == {"family", "bits", "group", "layer"}
     assert panel.state["scheme"] == "int4-g16" and panel.state["layer"] == LAYERS[0]
     bundle = panel._repr_mimebundle_()
-    assert "image/png" in bundle and bundle["text/plain"].startswith("int4-g16 (int RTN, 4 bits, group 16)")
+    assert "image/png" in bundle and bundle["text/plain"].startswith("int4-g16 = int RTN at 4 bits, group 16: ")
     changes = []
     panel.output.observe(lambda change: changes.append(change), "outputs")
 

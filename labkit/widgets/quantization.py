@@ -1,7 +1,7 @@
 """Lab 05: memory against perplexity for every quantization scheme of a sweep, and one layer's rounding errors.
 
     rows = quantize.quantization_sweep(model, eval_set, schemes, calibration=calibration)
-    errors = widgets.layer_weight_errors(model, [r["scheme"] for r in rows], ["blocks.0.mlp.fc"], calibration=calibration)
+    errors = widgets.layer_weight_errors(model, [r["scheme"] for r in rows], ["blocks.0.mlp.fc"], calibration)
     widgets.quantization_panel(rows, errors)           # or pd.DataFrame(rows); quantization_state(rows, "int4-g32")
 
 A sweep is what labkit.quantize.quantization_sweep returns (its list of rows, or the DataFrame made from it):
@@ -68,7 +68,7 @@ LINEAR_PCT = 0.01
 
 
 def scheme_family(scheme: str | Scheme) -> str:
-    """The format/method control's label for a scheme: 'int RTN', 'int GPTQ (symmetric)', 'NF4', 'k-means', 'fp8 e4m3'."""
+    """The format/method menu's label for a scheme: 'int RTN', 'int GPTQ (symmetric)', 'NF4', 'k-means', 'fp8 e4m3'."""
     s = get_scheme(scheme)
     if s.format != "int":
         return {"nf4": "NF4", "kmeans": "k-means", "fp8": "fp8 e4m3"}[s.format]
@@ -193,7 +193,7 @@ class SchemeTable:
 
 
 def scheme_table(sweep: Any) -> SchemeTable:
-    """Check a sweep (`check_quantization_sweep`), index its rows and compute its front once: a redraw does no pandas work."""
+    """Check a sweep (`check_quantization_sweep`), index its rows and compute its front, once per panel."""
     if isinstance(sweep, SchemeTable):
         return sweep
     records = check_quantization_sweep(sweep)
@@ -234,8 +234,8 @@ def scheme_table(sweep: Any) -> SchemeTable:
 # Per-layer weight errors, computed once
 
 
-def layer_weight_errors(model: GPT, schemes: Iterable[str], layers: str | Iterable[str], calibration: Tensor | None = None,
-                        progress: bool = False) -> dict:
+def layer_weight_errors(model: GPT, schemes: Iterable[str], layers: str | Iterable[str],
+                        calibration: Tensor | None = None, progress: bool = False) -> dict:
     """(dequantized − original) weights of `layers` under each scheme: {"errors": {scheme: {layer: Tensor}},
     "weight_std": {layer: the original weights' standard deviation}} (float32, weight units).
 
@@ -352,9 +352,9 @@ def _front_words(table: SchemeTable, row: dict, on_front: bool) -> str:
             f"(no more) and its loss is lower by {row['loss'] - best['loss']:.4f} nats/char, more than {noise}.")
 
 
-def quantization_state(sweep: Any, scheme: str | None = None, *, bits: int | None = None, group: str | int | None = None,
-                       family: str | None = None, layer_errors: dict | None = None, layer: str | None = None
-                       ) -> dict[str, Any]:
+def quantization_state(sweep: Any, scheme: str | None = None, *, bits: int | None = None,
+                       group: str | int | None = None, family: str | None = None, layer_errors: dict | None = None,
+                       layer: str | None = None) -> dict[str, Any]:
     """The chosen scheme's bytes and perplexity against float32, whether it is on the front, and its weight-error
     histogram for `layer` (in units of the layer's weight std), with a line of text worded from those numbers.
 
@@ -403,11 +403,11 @@ def _state(table: SchemeTable, key: tuple[str, int, str], errors: dict | None, l
         verdict = f"worse than float32 beyond the noise ({BAND_SE:g}·SE)"
     else:
         verdict = f"better than float32 beyond the noise ({BAND_SE:g}·SE)"
-    text = (f"{row['scheme']} ({key[0]}, {key[1]} bits, {key[2]}): {row['bits_per_weight']:.3f} bits per quantized "
+    text = (f"{row['scheme']} = {key[0]} at {key[1]} bits, {key[2]}: {row['bits_per_weight']:.3f} bits per quantized "
             f"weight, everything it stores included; the model takes {human_bytes(row['total_bytes'])}, {ratio:.3f}× "
             f"float32's {human_bytes(f32['total_bytes'])}. Perplexity {row['perplexity']:.3f} vs float32's "
-            f"{f32['perplexity']:.3f} ({row['increase_pct']:+.2f}%): loss {diff:+.4f} ± {se:.4f} nats/char (paired SE), "
-            f"{verdict}. "
+            f"{f32['perplexity']:.3f} ({row['increase_pct']:+.2f}%): loss {diff:+.4f} ± {se:.4f} nats/char "
+            f"(paired SE), {verdict}. "
             + _front_words(table, row, on_front))
 
     if errors is not None:

@@ -1,5 +1,6 @@
 """Lab 05's quantization panel, driven without a browser: a real sweep of a tiny random GPT (quantization_sweep on a
 tiny evaluation set, no zoo model), synthetic sweeps for the wording and the front, and the per-layer weight errors."""
+import itertools
 import math
 
 import matplotlib
@@ -149,6 +150,25 @@ def test_a_combination_the_sweep_did_not_measure_is_shown_not_raised(real):
     listed = widgets.quantization_state(real["sweep"], bits=2, group="per channel", family="int RTN")["text"]
     assert "The sweep measured int RTN at 8 bits per channel, 4 bits per channel, 4 bits group 16, 2 bits group 16." \
         in listed
+
+
+def test_every_combination_of_the_controls_gives_a_state(real):
+    table = widgets.scheme_table(real["sweep"])
+    seen, missing = set(), []
+    for family, bits, group in itertools.product(table.families, table.bits, table.groups):
+        s = widgets.quantization_state(table, bits=bits, group=group, family=family, layer_errors=real["errors"])
+        if s["in_sweep"]:
+            seen.add(s["scheme"])
+            assert s["histogram"]["n_weights"] == real["errors"]["errors"][s["scheme"]][LAYERS[0]].numel()
+        else:
+            missing.append(s)
+            assert s["text"].startswith(f"{family} at {bits} bits, {group}: not in the sweep.")
+    assert seen == set(SCHEMES)                                         # every scheme reachable from the menus
+    assert len(missing) == len(table.families) * len(table.bits) * len(table.groups) - len(SCHEMES)
+    for s in missing[::10]:
+        widgets.quantization_figure(s)
+    # a Scheme or a longer name for the same scheme works too
+    assert widgets.quantization_state(table, Q.get_scheme("int4-g16"))["scheme"] == "int4-g16"
 
 
 def change_column(column, value):

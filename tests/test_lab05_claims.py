@@ -1,0 +1,155 @@
+"""Lab 05's committed outputs tell the truth about the run that printed them (issue 10).
+
+Every sentence of the lab that compares two numbers is printed from them; these tests read the committed outputs
+and check that each verdict follows from the numbers printed beside it, that the byte counts match the formulas,
+and that the literature it cites is named by title next to the figures it quotes.
+"""
+import math
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOK = Path(os.environ.get("LAB05", Path(__file__).resolve().parent.parent / "notebooks" / "05_quantization.ipynb"))
+NUMBER = r"[-+]?\d[\d,]*\.?\d*(?:e[-+]\d+)?"
+
+
+def _float(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def text(nb) -> str:
+    out = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                    if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    assert "this lab ran in" in out, "lab 05 has no committed outputs: build it with python -m labkit.lab build"
+    return out
+
+
+def test_every_ranking_follows_from_its_paired_difference(text):
+    """'A beats B by d ± s' needs d > 2s; 'within the noise (d ± s)' needs |d| <= 2s (paired, or the paired bound)."""
+    beats = re.findall(rf"beats .+? by ({NUMBER}) ± ({NUMBER}) nats/char \(paired", text)
+    ties = re.findall(rf"within the noise of this evaluation set \(({NUMBER}) ± ({NUMBER}) nats/char, paired", text)
+    assert len(beats) + len(ties) >= 15, "lab 05 should rank its models by paired differences"
+    for d, s in beats:
+        assert _float(d) > 2 * _float(s), f"'beats by {d} ± {s}' is inside the noise"
+    for d, s in ties:
+        assert abs(_float(d)) <= 2 * _float(s), f"'within the noise ({d} ± {s})' is outside it"
+
+
+def test_claim_verdicts_follow_from_their_numbers(text):
+    """int8 per channel within 0.5% of float32, int4-g32 within 5%: each verdict from its ±2 s.e. interval."""
+    found = re.findall(rf"claim — (\S+) within ({NUMBER})%: perplexity ×({NUMBER}) of float32 \(±2 s\.e\.: "
+                       rf"×({NUMBER}) to ×({NUMBER})\) -> (.+)", text)
+    assert {f[0] for f in found} == {"int8-channel-sym", "int8-channel", "int4-g32"}
+    for scheme, pct, ratio, low, high, verdict in found:
+        limit, ratio, low, high = 1 + _float(pct) / 100, _float(ratio), _float(low), _float(high)
+        assert low <= ratio <= high
+        if high <= limit:
+            assert verdict.startswith("WITHIN"), scheme
+        elif ratio <= limit:
+            assert verdict.startswith("within") and "noise" in verdict, scheme
+        else:
+            assert verdict.startswith("NOT within"), scheme
+
+
+def test_gptq_verdict_follows_from_its_paired_difference(text):
+    m = re.search(rf"claim — GPTQ no worse than RTN at int4-g32: GPTQ − RTN = ({NUMBER}) ± ({NUMBER}) nats/char "
+                  rf"\(paired\) -> (.+)", text)
+    assert m, "lab 05 prints no verdict on GPTQ against RTN"
+    d, s, verdict = _float(m[1]), _float(m[2]), m[3]
+    assert verdict.startswith("GPTQ is NO WORSE than RTN") == (d <= 2 * s)
+    assert ("better beyond the noise" in verdict) == (d < -2 * s)
+    layers = re.findall(r"(\S+): GPTQ's output error / RTN's per layer: median", text)
+    assert layers == ["int4-channel", "int4-g32", "int3-g32"], "lab 05 should say which layers GPTQ improves"
+
+
+def test_literature_is_cited_by_title_next_to_its_figures(nb, text):
+    source = "\n".join(c.source for c in nb.cells)
+    for title in ("GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers",
+                  "QLoRA: Efficient Finetuning of Quantized LLMs",
+                  "LLM.int8(): 8-bit Matrix Multiplication for Transformers at Scale"):
+        assert title in source, title
+    assert all(f in source for f in ('"fp16": 5.68', '"4-bit RTN": 6.29', '"4-bit GPTQ": 6.09', "QLORA_BITS = 4.127",
+                                     "6.7B"))
+    double = 4 + 8 / 64 + 32 / (64 * 256)            # QLoRA's double quantization, from its definition
+    assert f"NF4 + double quantization (8-bit constants, one fp32 per 256): {double:.4f} bits per parameter; " \
+           "QLoRA reports 4.127 -> the same" in text
+    m = re.search(rf"RTN's 4-bit cost, perplexity ratio to float: LLaMA-7B ({NUMBER})", text)
+    assert m and math.isclose(_float(m[1]), 6.29 / 5.68, abs_tol=0.0005)
+
+
+def test_byte_counts_printed_match_the_formulas(text):
+    m = re.search(rf"\((\d+) × (\d+)\), 4-bit codes, one fp16 scale per 32 weights: your count ({NUMBER}) bytes; "
+                  rf"labkit stores ({NUMBER}) bytes", text)
+    assert m, "lab 05 prints no group-quantized byte count"
+    rows, cols = int(m[1]), int(m[2])
+    expected = math.ceil(rows * cols * 4 / 8) + rows * cols // 32 * 2
+    assert _float(m[3]) == _float(m[4]) == expected
+    assert re.search(r"group 32\s+8\.500\s+4\.500\s+3\.500\s+2\.500", text)
+    assert "4.625 bits per weight = 4 + 16/32 + 4/32" in text
+
+
+def test_saved_file_is_the_computed_bytes_plus_a_small_overhead(text):
+    m = re.search(rf"int4-g32 file: ({NUMBER}) bytes = computed ({NUMBER}) bytes \(quantize_model's total ({NUMBER})\) "
+                  rf"\+ container overhead ({NUMBER}) bytes for (\d+) tensors", text)
+    assert m, "lab 05 prints no saved-file account"
+    file_bytes, computed, total, overhead, n = (_float(g) for g in m.groups())
+    assert file_bytes == computed + overhead and computed == total
+    assert 0 < overhead / n < 1000, "the container's overhead should be a small fixed cost per tensor"
+    assert "logits identical to the quantized model's" in text
+
+
+def test_library_references_agree_with_the_hand_computations(text):
+    assert "torch.fake_quantize_per_channel_affine's are identical" in text
+    assert re.search(rf"largest rounding error {NUMBER} <= half a step {NUMBER}: True", text)
+    for hand, searched in re.findall(rf"best r by hand ({NUMBER}) .*?picks r = ({NUMBER})", text):
+        assert math.isclose(_float(hand), _float(searched), abs_tol=5e-4)
+    m = re.search(rf"your scales vs labkit's quantize\(.*?\): max \|difference\| ({NUMBER})", text)
+    assert m and _float(m[1]) == 0.0
+
+
+def test_qat_is_read_against_a_float_control_trained_as_long(text):
+    assert re.search(r"what QAT recovers beyond the extra steps: (QAT|the control).+(beats|within the noise)", text)
+    assert "the extra steps alone, float: " in text and "the extra steps alone, at 2 bits: " in text
+    assert re.search(r"QAT closed -?\d+% in \d+ steps; the control", text)
+
+
+def test_timing_verdict_follows_from_its_quartiles(text):
+    m = re.search(rf"torch\.ao int8 / float32 = ({NUMBER}) \(medians ({NUMBER}) \[({NUMBER})–({NUMBER})\] vs "
+                  rf"({NUMBER}) \[({NUMBER})–({NUMBER})\] ms\) -> (faster|slower|no difference)", text)
+    assert m, "lab 05 prints no timing of torch.ao's int8 model"
+    ratio, b_med, b_q1, b_q3, a_med, a_q1, a_q3 = (_float(g) for g in m.groups()[:7])
+    assert b_q1 <= b_med <= b_q3 and a_q1 <= a_med <= a_q3
+    assert math.isclose(ratio, b_med / a_med, rel_tol=0.01)
+    expected = "faster" if b_q3 < a_q1 else "slower" if b_q1 > a_q3 else "no difference"
+    assert m[8] == expected
+
+
+def test_your_quantizer_is_measured_on_the_model(text):
+    found = re.findall(rf"your absmax, (\d) bits, one scale per row, all 16 matrices: perplexity ({NUMBER}) vs float32 "
+                       rf"({NUMBER}) \(({NUMBER})%\)", text)
+    assert [f[0] for f in found] == ["8", "4"]
+    for _, mine, base, pct in found:
+        assert math.isclose(_float(mine) / _float(base) - 1, _float(pct) / 100, abs_tol=6e-5)
+
+
+def test_no_exercise_answer_spelled_in_a_fallback(nb):
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "use_or_fallback" in cell.source:
+            assert "torch.round" not in cell.source and "2 ** (bits - 1)" not in cell.source
+            assert "// 8" not in cell.source and "reshape(n_rows" not in cell.source
+
+
+def test_lab_ran_within_its_budgets(text):
+    m = re.search(rf"this lab ran in ({NUMBER}) s \(budget (\d+) s\) with peak RSS ({NUMBER}) MiB \(budget (\d+) MiB\)",
+                  text)
+    assert m
+    assert _float(m[1]) <= int(m[2]) and _float(m[3]) <= int(m[4])

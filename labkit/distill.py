@@ -47,7 +47,7 @@ from torch import Tensor
 from labkit import data as data_mod
 from labkit.losses import distillation_loss, kl_divergence
 from labkit.model import LanguageModel, model_config_dict
-from labkit.train import TrainConfig, train
+from labkit.train import TrainConfig, train, training_batches
 
 CACHE_FORMAT = 1
 VALUE_DTYPES = {"fp32": np.float32, "fp16": np.float16}   # how a cached logit is stored
@@ -217,18 +217,6 @@ def _describe_format(top_k: int | None, value_dtype: str, tail: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # The batches train() will draw, and a fingerprint of each to check that a cache matches them
-
-
-def training_batches(cfg: TrainConfig, corpus: data_mod.Corpus) -> Iterator[tuple[Tensor, Tensor]]:
-    """The (x, y) batches labkit.train.train(cfg, corpus=corpus) trains on, step by step, in order.
-
-    train draws them from a generator seeded with cfg.seed and used for nothing else, so they depend only
-    on cfg.seed, batch_size, block_size, max_iters and corpus.train. (If train ever changed how it draws
-    them, a cache built from this would no longer match: `batch_fingerprint` catches that at the first step.)
-    """
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(cfg.max_iters):
-        yield data_mod.get_batch(corpus.train, cfg.batch_size, cfg.block_size, batch_gen)
 
 
 def batch_fingerprint(x: Tensor) -> int:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -216,6 +216,17 @@ def build_for_corpus(cfg: TrainConfig, corpus: data_mod.Corpus) -> LanguageModel
     return build_model(cfg.model, vocab_size=corpus.vocab_size, block_size=cfg.block_size, **(cfg.model_args or {}))
 
 
+def training_batches(cfg: TrainConfig, corpus: data_mod.Corpus) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (x, y) batches train(cfg, corpus=corpus) trains on, step by step, in order.
+
+    They come from a generator seeded with cfg.seed and used for nothing else, so they depend only on
+    cfg.seed, batch_size, block_size, max_iters and corpus.train (a teacher's outputs can be cached for them).
+    """
+    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(cfg.max_iters):
+        yield data_mod.get_batch(corpus.train, cfg.batch_size, cfg.block_size, batch_gen)
+
+
 def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod.Corpus | None = None,
           log=print, desc: str | None = None,
           after_step: Callable[[LanguageModel], None] | None = None,
@@ -241,7 +252,6 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
     model = model or build_for_corpus(cfg, corpus)
     if cfg.block_size > model.block_size:
         raise ValueError(f"block_size={cfg.block_size} is larger than the model's block_size={model.block_size}")
-    batch_gen = torch.Generator().manual_seed(cfg.seed)        # training batches
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)     # evaluation batches, independent of training
     opt = make_optimizer(model, cfg)
     history = []
@@ -252,6 +262,7 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
     t_start = time.perf_counter()
     train_time = 0.0
     loss = torch.tensor(float("nan"))
+    batches = training_batches(cfg, corpus)
     for it in bar:
         if cfg.eval_interval and it % cfg.eval_interval == 0 and it > 0:
             losses = estimate_loss(model, corpus, cfg, eval_gen)
@@ -260,7 +271,7 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(it, cfg)
-        x, y = data_mod.get_batch(corpus.train, cfg.batch_size, cfg.block_size, batch_gen)
+        x, y = next(batches)
         loss = model(x, y)[1] if loss_fn is None else loss_fn(model, x, y, it)
         opt.zero_grad(set_to_none=True)
         loss.backward()

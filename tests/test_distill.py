@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from labkit import distill as D
 from labkit.model import build_model
-from labkit.train import make_config, train
+from labkit.train import make_config, train, training_batches
 
 pytestmark = pytest.mark.usefixtures("data_dir")   # every cache goes to a fresh folder, never data/cache/
 
@@ -47,7 +47,7 @@ def test_step_loss_equals_kl_div_and_cross_entropy(teacher, corpus, temperature,
     """The loss train() sees for a real batch = α·T²·kl_div(log_softmax) + (1−α)·cross_entropy, computed by torch."""
     cfg = student_cfg()
     student = build_model("gpt", vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    x, y = next(D.training_batches(cfg, corpus))
+    x, y = next(training_batches(cfg, corpus))
     loss = D.distillation_step_loss(D.LiveTeacher(teacher), temperature, alpha)(student, x, y, 0)
     s, t = student(x)[0], teacher(x)[0].detach()
     V = s.size(-1)
@@ -73,7 +73,7 @@ def test_soft_gradient_is_T_times_probability_gap(temperature):
 
 def test_gradient_scale_with_T_on_a_teacher_s_logits(teacher, corpus):
     """On real logits: without T² the soft gradient falls like 1/T² at large T; with it, it levels off."""
-    x, y = next(D.training_batches(student_cfg(), corpus))
+    x, y = next(training_batches(student_cfg(), corpus))
     student = build_model("gpt", vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
     rows = D.soft_gradient_norms(student(x)[0].detach().double(), teacher(x)[0].detach().double(),
                                  temperatures=(8.0, 16.0, 32.0), targets=y)
@@ -125,7 +125,7 @@ def test_uniform_tail_keeps_the_teacher_s_mass_outside_the_top_k():
 
 def test_top_k_loss_matches_kl_over_the_renormalised_k(teacher, corpus):
     """KL with −inf outside the top k equals the sum over the k kept tokens only (no nan, finite gradient)."""
-    x, y = next(D.training_batches(student_cfg(), corpus))
+    x, y = next(training_batches(student_cfg(), corpus))
     student = build_model("gpt", vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
     T, k = 2.0, 4
     loss = D.distillation_step_loss(D.LiveTeacher(teacher, top_k=k), T, alpha=1.0)(student, x, y, 0)
@@ -138,7 +138,7 @@ def test_top_k_loss_matches_kl_over_the_renormalised_k(teacher, corpus):
 
 
 def test_top_k_mass_grows_with_k_and_falls_with_T(teacher, corpus):
-    x, _ = next(D.training_batches(student_cfg(), corpus))
+    x, _ = next(training_batches(student_cfg(), corpus))
     logits = teacher(x)[0].detach()
     m4 = [r["kept_mass"] for r in D.top_k_mass(logits, 4, (1.0, 4.0))]
     m8 = [r["kept_mass"] for r in D.top_k_mass(logits, 8, (1.0, 4.0))]
@@ -150,7 +150,7 @@ def test_live_teacher_runs_in_eval_mode_and_restores_the_mode(corpus):
     """A teacher with dropout, left in training mode, still gives one fixed target per batch (dropout off)."""
     noisy = build_model("gpt", vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
                         dropout=0.5).train()
-    x, _ = next(D.training_batches(student_cfg(), corpus))
+    x, _ = next(training_batches(student_cfg(), corpus))
     live = D.LiveTeacher(noisy)
     a, b = live.logits(x, 0), live.logits(x, 1)
     assert torch.equal(a, b) and noisy.training
@@ -165,10 +165,10 @@ def test_cache_reproduces_live_targets_exactly_and_bytes_match_the_formula(teach
     cfg = student_cfg(max_iters=5)
     cache = D.teacher_cache(teacher, cfg, corpus, top_k=top_k, value_dtype=value_dtype, tail=tail, progress=False)
     live = D.LiveTeacher(teacher, top_k=top_k, value_dtype=value_dtype, tail=tail)
-    for it, (x, _) in enumerate(D.training_batches(cfg, corpus)):
+    for it, (x, _) in enumerate(training_batches(cfg, corpus)):
         assert torch.equal(cache.logits(x, it), live.logits(x, it))
     if (top_k, value_dtype) == (None, "fp32"):   # full fp32: exactly what the teacher computes in training
-        x, _ = next(D.training_batches(cfg, corpus))
+        x, _ = next(training_batches(cfg, corpus))
         assert torch.equal(cache.logits(x, 0), teacher(x)[0].detach())
     formula = D.cache_bytes(5, cfg.batch_size, cfg.block_size, corpus.vocab_size, top_k, value_dtype, tail)
     assert cache.file_bytes == formula["total"] and cache.target_nbytes == formula["targets"]
@@ -211,7 +211,7 @@ def test_corrupted_cache_is_refused_or_rebuilt_never_used(teacher, corpus):
         D.teacher_cache(teacher, cfg, corpus, value_dtype="fp32", on_corrupt="error", progress=False)
     rebuilt = D.teacher_cache(teacher, cfg, corpus, value_dtype="fp32", progress=False)
     live = D.LiveTeacher(teacher)
-    for it, (x, _) in enumerate(D.training_batches(cfg, corpus)):
+    for it, (x, _) in enumerate(training_batches(cfg, corpus)):
         assert torch.equal(rebuilt.logits(x, it), live.logits(x, it))
     path.with_suffix(".json").write_text("{not json")   # a damaged record: also rebuilt
     with pytest.raises(ValueError, match="unreadable"):

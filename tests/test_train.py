@@ -14,7 +14,7 @@ import torch
 from labkit import train as train_mod
 from labkit.model import build_model
 from labkit.train import (PRESETS, SETTING_RULES, TrainConfig, json_line, load_checkpoint, lr_at, main, make_config,
-                          make_optimizer, save_checkpoint, train)
+                          make_optimizer, save_checkpoint, train, training_batches)
 
 from conftest import Evil  # a pickle that runs code when unpickled
 
@@ -451,3 +451,13 @@ def test_loss_fn_replaces_the_training_loss_and_sees_every_step(corpus):
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     ascent, _ = train(cfg, corpus=corpus, log=quiet, loss_fn=lambda model, x, y, it: -model(x, y)[1])
     assert not torch.equal(ascent.blocks[0].mlp.fc.weight, m2.blocks[0].mlp.fc.weight)   # its loss is what trains
+
+
+def test_training_batches_are_the_batches_train_sees(corpus):
+    """train() draws its batches from training_batches(cfg, corpus): a teacher's outputs cached for them match."""
+    cfg = make_config("gpt", "tiny", max_iters=4, progress=False)
+    seen = []
+    train(cfg, corpus=corpus, log=quiet, loss_fn=lambda model, x, y, it: seen.append((x, y)) or model(x, y)[1])
+    expected = list(training_batches(cfg, corpus))
+    assert len(expected) == len(seen) == 4
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(seen, expected))

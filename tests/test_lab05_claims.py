@@ -120,6 +120,11 @@ def test_qat_is_read_against_a_float_control_trained_as_long(text):
     assert re.search(r"what QAT recovers beyond the extra steps: (QAT|the control).+(beats|within the noise)", text)
     assert "the extra steps alone, float: " in text and "the extra steps alone, at 2 bits: " in text
     assert re.search(r"QAT closed -?\d+% in \d+ steps; the control", text)
+    m = re.search(rf"QAT with (\d+) steps closed -?\d+%; (.+?) -> (more steps closed more|doubling the steps did not)",
+                  text)
+    assert m, "lab 05 should set its QAT run against one with half the steps"
+    more = re.match(rf"(\d+) steps beats (\d+) steps by ({NUMBER}) ± ({NUMBER})", m[2])
+    assert (m[3] == "more steps closed more") == bool(more and int(more[1]) == 2 * int(m[1]))
 
 
 def test_timing_verdict_follows_from_its_quartiles(text):

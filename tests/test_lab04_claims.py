@@ -140,3 +140,12 @@ def test_csr_at_half_density_is_not_smaller_than_dense(text):
     assert m and csr
     ratio = _float(csr[1]) / _float(m[1])
     assert f"{ratio:.3f}" == m[2] and ratio > 1
+
+
+def test_structured_speed_verdicts_follow_from_the_per_repeat_ratios(text):
+    found = re.findall(rf"({NUMBER})× the forward time per repeat \[quartiles ({NUMBER})–({NUMBER})\] \(batch 12 × 64\) "
+                       r"-> (faster in at least 3 of 4 repeats|no speed-up beyond the timing spread)", text)
+    assert len(found) == 2, "lab 04 should time both smaller models against the original"
+    for med, q1, q3, verdict in found:
+        assert _float(q1) <= _float(med) <= _float(q3)
+        assert (verdict == "faster in at least 3 of 4 repeats") == (_float(q3) < 1)

@@ -264,6 +264,24 @@ def target_bytes_per_token(vocab_size: int, top_k: int | None = None, value_dtyp
     return top_k * (value_bytes + index_dtype(vocab_size).itemsize) + tail_bytes
 
 
+def teacher_targets_bytes(n_tokens: int, vocab_size: int, top_k: int | None, value_bytes: int,
+                          index_bytes: int) -> int:
+    """Bytes of a teacher's targets for n_tokens positions: all V logits, or the top k values + their token ids.
+
+    Full logits (top_k None): n_tokens · V · value_bytes — no ids needed, position j of a row IS token j.
+    Top k: n_tokens · k · (value_bytes + index_bytes) — each kept value must say which token it belongs to.
+    (cache_bytes(...)["targets"] for tail="drop", with index_bytes = index_dtype(V).itemsize.)
+    """
+    for name, value, low in (("n_tokens", n_tokens, 0), ("vocab_size", vocab_size, 1),
+                             ("value_bytes", value_bytes, 1), ("index_bytes", index_bytes, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    top_k = check_top_k(top_k, int(vocab_size))
+    if top_k is None:
+        return int(n_tokens) * int(vocab_size) * int(value_bytes)
+    return int(n_tokens) * top_k * (int(value_bytes) + int(index_bytes))
+
+
 def cache_bytes(n_steps: int, batch_size: int, block_size: int, vocab_size: int, top_k: int | None = None,
                 value_dtype: str = "fp16", tail: str = "drop") -> dict[str, int]:
     """Bytes (formula) of a cache for n_steps batches: targets, the 8-byte batch fingerprints, and the total."""

@@ -22,10 +22,11 @@ The package: `core` (run_check, comparing, hints, tripwires), `checks` (one chec
 """
 from labkit.grading.checks import (check_absmax_quantize, check_adam_training_bytes, check_bits_per_char,
                                    check_causal_attention, check_cross_entropy, check_csr_break_even, check_csr_bytes,
-                                   check_gpt_param_count, check_group_quantized_bytes, check_group_scales,
-                                   check_kv_cache_bytes, check_largest_batch_that_fits, check_magnitude_mask,
-                                   check_mlp_activation_bytes, check_model_bytes, check_ngram_probabilities,
-                                   check_params_that_fit, check_perplexity, check_split_heads, check_tensor_bytes,
+                                   check_distillation_loss, check_gpt_param_count, check_group_quantized_bytes,
+                                   check_group_scales, check_kv_cache_bytes, check_largest_batch_that_fits,
+                                   check_magnitude_mask, check_mlp_activation_bytes, check_model_bytes,
+                                   check_ngram_probabilities, check_params_that_fit, check_perplexity,
+                                   check_split_heads, check_teacher_targets_bytes, check_tensor_bytes,
                                    split_heads_reference)
 from labkit.grading.core import (FAIL, PASS, TODO, Case, CheckResult, Mistake, ReferenceCalled, Returns,
                                  run_check, tripwires, use_or_fallback)
@@ -34,10 +35,10 @@ from labkit.grading.release import (HIDDEN_RE, SOLUTION_RE, ReleaseError, releas
 
 __all__ = [
     "check_absmax_quantize", "check_adam_training_bytes", "check_bits_per_char", "check_causal_attention", "check_cross_entropy",
-    "check_csr_break_even", "check_csr_bytes", "check_magnitude_mask",
+    "check_csr_break_even", "check_csr_bytes", "check_distillation_loss", "check_magnitude_mask",
     "check_gpt_param_count", "check_group_quantized_bytes", "check_group_scales", "check_kv_cache_bytes", "check_largest_batch_that_fits", "check_mlp_activation_bytes", "check_model_bytes",
     "check_ngram_probabilities", "check_params_that_fit", "check_perplexity", "check_split_heads",
-    "check_tensor_bytes", "split_heads_reference",
+    "check_teacher_targets_bytes", "check_tensor_bytes", "split_heads_reference",
     "FAIL", "PASS", "TODO", "Case", "CheckResult", "Mistake", "ReferenceCalled", "Returns", "run_check", "tripwires",
     "use_or_fallback",
     "HIDDEN_RE", "SOLUTION_RE", "ReleaseError", "release", "release_notebook", "strip_solutions", "student_copy",

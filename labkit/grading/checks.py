@@ -1331,3 +1331,267 @@ def check_group_quantized_bytes(fn: Callable[[int, int, int, int, int], int], qu
                      forbid=("labkit.quantize.group_quantized_bytes", "labkit.quantize.quantized_bytes",
                              "labkit.quantize.packed_bytes") + LABKIT_QUANTIZERS,
                      reference="labkit.quantize.group_quantized_bytes")
+
+
+# =============================================================================================
+# lab 06 (knowledge distillation)
+
+# What a learner must not call for the distillation loss: labkit's loss and KL, and torch's KL divergence.
+# log_softmax, softmax and cross_entropy are the exercise's tools and stay allowed (the KL is the exercise).
+DISTILLATION_REFERENCES = (
+    "labkit.distill.distillation_loss", "labkit.distill.kl_divergence", "labkit.distill.distillation_step_loss",
+    "labkit.losses.distillation_loss", "labkit.losses.kl_divergence",
+    "torch.nn.functional.kl_div", "torch.kl_div", "torch.nn.KLDivLoss",
+)
+
+
+def _distillation_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, alpha: float,
+                       soft: str = "kl", hard_T: float = 1.0, soft_scale: float | None = None,
+                       soft_weight: float | None = None, soft_reduce: str = "mean", hard_reduce: str = "mean",
+                       student_T: float | None = None, teacher_T: float | None = None) -> torch.Tensor:
+    """alpha·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha)·CE(s, y), mean over the N positions (torch's own ops).
+
+    The keywords build the typical mistakes: another soft term ("reverse": KL(student ‖ teacher); "probs": the
+    student's probabilities where its log-probabilities belong; "cross": cross-entropy with the soft targets),
+    another factor than T², the label term at temperature hard_T, alpha on the other term, sums instead of means
+    ("sum" over positions, "all" = mean over N·V elements), or only one side divided by T.
+    """
+    st, tt = (T if student_T is None else student_T), (T if teacher_T is None else teacher_T)
+    log_q = F.log_softmax(s / st, dim=-1)                       # the student at T
+    log_p = F.log_softmax(t.detach() / tt, dim=-1)              # the teacher at T
+    p = log_p.exp()
+    if soft == "kl":
+        per_class = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    elif soft == "reverse":
+        per_class = log_q.exp() * (log_q - log_p)
+    elif soft == "probs":
+        per_class = torch.where(p > 0, p * (log_p - log_q.exp()), torch.zeros_like(p))
+    else:                                                       # "cross"
+        per_class = -p * log_q
+    kl = per_class.sum(-1)
+    kl = {"mean": kl.mean(), "sum": kl.sum(), "all": per_class.mean()}[soft_reduce]
+    ce = F.cross_entropy(s / hard_T, y, reduction=hard_reduce)
+    scale = T ** 2 if soft_scale is None else soft_scale
+    w = alpha if soft_weight is None else soft_weight
+    return w * scale * kl + (1 - w) * ce
+
+
+def _distillation_call(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """Call the learner's loss: its value, or (measure=...) the gradient autograd gives the student's or teacher's logits.
+
+    For a gradient, both logits come from tensors that require grad and loss.backward() runs as in training;
+    a loss cut off from the student (no grad_fn) gives a zero gradient, a detached teacher gets none (zeros).
+    """
+    measure = kwargs.pop("measure", "value")
+    if measure == "value":
+        return fn(*args, **kwargs)
+    student, teacher = (a.detach().clone().requires_grad_(True) for a in args[:2])
+    loss = fn(student * 1, teacher * 1, *args[2:], **kwargs)   # not leaves: like logits coming out of a model
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        return loss                  # the value examples already said what is wrong with it
+    if loss.requires_grad:
+        loss.reshape(()).backward()
+    leaf = student if measure == "student_grad" else teacher
+    return leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+
+
+@checks_safely("distillation_loss")
+def check_distillation_loss(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], torch.Tensor],
+                            quiet: bool = False) -> CheckResult:
+    """Exercise: alpha·T²·KL(teacher ‖ student at T) + (1 − alpha)·CE(student, targets), a 0-dim float32 tensor.
+
+    Called as fn(student_logits (N, V), teacher_logits (N, V), targets (N,) int64, T, alpha); nats, the mean
+    over the N positions, the teacher detached. Checked on its values, then on the gradient loss.backward()
+    gives the student's logits (what training uses), and that the teacher's logits get none.
+    """
+    g = torch.Generator().manual_seed(6)
+
+    def logits(n: int, v: int, scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(n, v, generator=g) * scale
+
+    def labels(n: int, v: int) -> torch.Tensor:
+        return torch.randint(v, (n,), generator=g)
+
+    same = logits(3, 5)
+    confident = logits(4, 6)
+    confident[torch.arange(4), labels(4, 6)] += 120.0     # the teacher is sure: the others' softmax underflows to 0
+    examples = [
+        ("student = teacher (identical logits, 3 positions × 5 characters): the KL is 0, so the loss is "
+         "(1 − alpha) · CE", (same, same.clone(), labels(3, 5), 2.0, 0.5)),
+        ("random logits (4 positions × 5 characters)", (logits(4, 5), logits(4, 5, 2.0), labels(4, 5), 2.0, 0.5)),
+        ("random logits (6 × 7): the teacher's term alone, at T = 1", (logits(6, 7), logits(6, 7, 2.0), labels(6, 7),
+                                                                      1.0, 1.0)),
+        ("random logits (5 × 8): T² = 16", (logits(5, 8), logits(5, 8, 3.0), labels(5, 8), 4.0, 0.9)),
+        ("random logits (3 × 6): the labels alone, plain cross-entropy", (logits(3, 6), logits(3, 6), labels(3, 6),
+                                                                          2.0, 0.0)),
+        ("one position over 84 characters (the course's vocabulary)", (logits(1, 84, 2.0), logits(1, 84, 4.0),
+                                                                       labels(1, 84), 8.0, 0.3)),
+        ("a confident teacher (one logit 120 above the rest in each row): its other probabilities underflow to 0 "
+         "in float32", (logits(4, 6), confident, labels(4, 6), 1.0, 0.5)),
+    ]
+
+    def value_case(what: str, args: tuple) -> Case:
+        return Case(f"distillation_loss(student_logits, teacher_logits, targets, T={args[3]:g}, alpha={args[4]:g}) "
+                    f"with {what}", args, {}, _distillation_loss(*args))
+
+    def grad_case(what: str, args: tuple, measure: str) -> Case:
+        s = args[0].detach().clone().requires_grad_(True)
+        _distillation_loss(s, *args[1:]).backward()
+        if measure == "student_grad":
+            return Case(f"the gradient loss.backward() gives the STUDENT's logits at T={args[3]:g}, "
+                        f"alpha={args[4]:g}, with {what}", args, {"measure": measure}, s.grad)
+        return Case(f"the gradient loss.backward() gives the TEACHER's logits (none: the teacher is fixed) at "
+                    f"T={args[3]:g}, alpha={args[4]:g}, with {what}", args, {"measure": measure},
+                    torch.zeros_like(args[1]))
+
+    cases = [value_case(w, a) for w, a in examples]
+    cases += [grad_case(w, a, "student_grad") for w, a in examples[1:4]]
+    cases += [grad_case(examples[1][0], examples[1][1], "teacher_grad")]
+
+    def like(measure_ok: tuple[str, ...] = ("value",), **mistake: Any) -> Callable[..., bool]:
+        """A matcher: the learner's answer is _distillation_loss with this mistake (and it differs from the right one)."""
+        def m(got: Any, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, alpha: float,
+              measure: str = "value") -> bool:
+            if measure not in measure_ok:
+                return False
+            wrong, right = _distillation_loss(s, t, y, T, alpha, **mistake), _distillation_loss(s, t, y, T, alpha)
+            if torch.allclose(wrong, right, rtol=1e-4, atol=1e-5):
+                return False
+            return same_as(lambda: wrong.float())(got)
+        return m
+
+    def any_like(*variants: dict) -> Callable[..., bool]:
+        return lambda got, *a, **k: any(like(**v)(got, *a, **k) for v in variants)
+
+    def no_gradient(got: Any, s: torch.Tensor, *rest: Any, measure: str = "value") -> bool:
+        return measure == "student_grad" and isinstance(got, torch.Tensor) and not bool(got.any())
+
+    def teacher_gets_gradient(got: Any, *args: Any, measure: str = "value") -> bool:
+        return measure == "teacher_grad" and isinstance(got, torch.Tensor) and bool(got.any())
+
+    def not_finite(got: Any, *args: Any, measure: str = "value") -> bool:
+        return isinstance(got, torch.Tensor) and got.dtype.is_floating_point and not bool(torch.isfinite(got).all())
+
+    def per_position(got: Any, s: torch.Tensor, *args: Any, measure: str = "value") -> bool:
+        return measure == "value" and isinstance(got, torch.Tensor) and got.numel() == s.shape[0] > 1
+
+    mistakes = [
+        Mistake("not a number (nan or inf): log(softmax(...)) is log 0 = −inf where a probability underflows, and "
+                "0 · (−inf) = nan — take log-probabilities with log_softmax (it never computes log 0)", not_finite),
+        Mistake("no gradient reaches the student's logits: the loss was cut off from them (.item(), .detach(), "
+                "float(...), torch.tensor(a number), torch.no_grad()) — build it from torch operations on "
+                "student_logits; the lab trains the student with loss.backward()", no_gradient),
+        Mistake("the teacher's logits got a gradient: detach them (teacher_logits.detach()) — the teacher is fixed, "
+                "only the student learns", teacher_gets_gradient),
+        Mistake("one loss per position: return their mean over the N positions, a 0-dim tensor", per_position),
+        Mistake("the T² factor is missing: the soft term's gradient shrinks like 1/T², and multiplying it by T² keeps "
+                "its weight the same at every temperature (Hinton et al. 2015)", like(soft_scale=1.0)),
+        Mistake("T² goes on the soft term as a factor: you used T (or 1/T², or T² on the whole loss)",
+                lambda got, s, t, y, T, a, measure="value": measure == "value" and (
+                    any(like(soft_scale=k)(got, s, t, y, T, a) for k in (T, 1 / T, 1 / T ** 2))
+                    or same_as(lambda: (T ** 2 * _distillation_loss(s, t, y, T, a)).float())(got))),
+        Mistake("divide BOTH the teacher's and the student's logits by T before the softmax (softmax(logits / T)); "
+                "yours softens only one of them, or neither",
+                any_like({"student_T": 1.0}, {"teacher_T": 1.0}, {"student_T": 1.0, "teacher_T": 1.0})),
+        Mistake("the labels' cross-entropy is at T = 1 (the student's real prediction); only the teacher term is "
+                "softened", lambda got, s, t, y, T, a, measure="value": like(hard_T=T)(got, s, t, y, T, a, measure)),
+        Mistake("the KL is the wrong way round: KL(teacher ‖ student) = Σ p_teacher · (log p_teacher − log "
+                "p_student), weighted by the TEACHER's probabilities", like(soft="reverse")),
+        Mistake("the student's term must be LOG-probabilities: Σ p_teacher · (log p_teacher − log p_student); "
+                "yours subtracts p_student itself (F.kl_div's input is log-probabilities, a classic slip)",
+                like(soft="probs")),
+        Mistake("that is the cross-entropy with the soft targets, −Σ p_teacher · log p_student; the KL subtracts the "
+                "teacher's own entropy from it (same gradient, different value): Σ p_teacher · (log p_teacher − "
+                "log p_student)", like(soft="cross")),
+        Mistake("alpha weighs the SOFT (teacher) term: alpha · T² · KL + (1 − alpha) · CE; yours has them swapped",
+                lambda got, s, t, y, T, a, measure="value": like(soft_weight=1 - a)(got, s, t, y, T, a, measure)),
+        Mistake("that sums over the positions: take the MEAN over the N positions (of both terms)",
+                any_like({"soft_reduce": "sum"}, {"hard_reduce": "sum"}, {"soft_reduce": "sum", "hard_reduce": "sum"})),
+        Mistake("the KL is summed over the characters and averaged over the positions (torch's 'batchmean'); yours "
+                "averages over positions × characters (reduction='mean' divides by V too)", like(soft_reduce="all")),
+    ]
+    returns = Returns("tensor", dtypes=(torch.float32,), axes=("position", "character"),
+                      why="the lab trains a student with it: loss.backward(), then .item() for the log — return the "
+                          "0-dim tensor from .mean(), in the logits' dtype")
+
+    def hidden(g: torch.Generator) -> Case:
+        n, v = _randint(g, 1, 8), _randint(g, 2, 90)
+        T, alpha = _choice(g, [0.5, 1.0, 2.0, 3.0, 5.0, 10.0]), _choice(g, [0.0, 0.1, 0.5, 0.7, 1.0])
+        args = (torch.randn(n, v, generator=g) * _uniform(g, 0.5, 4.0), torch.randn(n, v, generator=g) * 3,
+                torch.randint(v, (n,), generator=g), T, alpha)
+        if _randint(g, 0, 1):
+            return grad_case(f"random logits ({n} × {v})", args, "student_grad")
+        return value_case(f"random logits ({n} × {v})", args)
+
+    return run_check("distillation_loss", fn, cases, rtol=1e-4, atol=1e-5, returns=returns, mistakes=mistakes,
+                     quiet=quiet, hidden=hidden, call=_distillation_call, forbid=DISTILLATION_REFERENCES,
+                     reference="labkit.losses.distillation_loss")
+
+
+def _teacher_targets_bytes(n_tokens: int, vocab_size: int, top_k: int | None, value_bytes: int,
+                           index_bytes: int) -> int:
+    """Full logits: n · V · value_bytes; top k: n · k · (value_bytes + index_bytes) (a value and its token id)."""
+    if top_k is None:
+        return n_tokens * vocab_size * value_bytes
+    return n_tokens * top_k * (value_bytes + index_bytes)
+
+
+@checks_safely("teacher_targets_bytes")
+def check_teacher_targets_bytes(fn: Callable[[int, int, int | None, int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes (int) of a teacher's targets for n_tokens positions: all V logits, or top k values + token ids."""
+    run_tokens = 300 * 12 * 64        # a 300-step run of the baby preset: 12 sequences of 64 characters per step
+    examples = [
+        (f"a 300-step run of 12 × 64 characters ({run_tokens:,} positions), the course's 84 characters, full "
+         "fp32 logits (top_k=None)", (run_tokens, 84, None, 4, 1)),
+        ("the same run, top 8 logits in fp16 with uint8 token ids", (run_tokens, 84, 8, 2, 1)),
+        ("the same run, full logits in fp16 (top_k=None: no token ids needed)", (run_tokens, 84, None, 2, 1)),
+        ("one position, top 1 (fp32 value, int32 id)", (1, 84, 1, 4, 4)),
+        ("1,000,000 positions of GPT-2's 50,257-token vocabulary, top 20 in fp16 with int32 ids",
+         (1_000_000, 50_257, 20, 2, 4)),
+        ("2,048 positions of LLaMA's 32,000 tokens, full bf16 logits", (2_048, 32_000, None, 2, 2)),
+        ("no positions at all (n_tokens=0), top 4", (0, 84, 4, 2, 1)),
+    ]
+    cases = [Case(f"teacher_targets_bytes(n_tokens={n:,}, vocab_size={v:,}, top_k={k}, value_bytes={vb}, "
+                  f"index_bytes={ib}): {what}", (n, v, k, vb, ib), {}, _teacher_targets_bytes(n, v, k, vb, ib))
+             for what, (n, v, k, vb, ib) in examples]
+
+    def is_any(*values_of: Callable[..., int], full: bool | None = None) -> Callable[..., bool]:
+        """A matcher: the answer equals one of these wrong formulas (and differs from the right one)."""
+        def m(got: Any, n: int, v: int, k: int | None, vb: int, ib: int) -> bool:
+            if full is not None and full != (k is None):
+                return False
+            right = _teacher_targets_bytes(n, v, k, vb, ib)
+            return any(f(n, v, k, vb, ib) != right and _int_eq(got, f(n, v, k, vb, ib)) for f in values_of)
+        return m
+
+    mistakes = [
+        Mistake("the token ids are missing: a top-k value alone doesn't say WHICH token it belongs to, so each of "
+                "the k kept values stores its id too — k · (value_bytes + index_bytes) per position",
+                is_any(lambda n, v, k, vb, ib: n * k * vb, full=False)),
+        Mistake("full logits need no token ids: the j-th of the V values IS token j's logit, so a position takes "
+                "V · value_bytes", is_any(lambda n, v, k, vb, ib: n * v * (vb + ib), full=True)),
+        Mistake("with top_k set, a position keeps k values (and their ids), not V: n_tokens · k · (value_bytes + "
+                "index_bytes)", is_any(lambda n, v, k, vb, ib: n * v * (vb + ib), lambda n, v, k, vb, ib: n * v * vb,
+                                       full=False)),
+        Mistake("that is bits: value_bytes and index_bytes are already bytes — don't multiply by 8",
+                is_any(lambda *a: 8 * _teacher_targets_bytes(*a))),
+        Mistake("value_bytes and index_bytes are already bytes: don't divide by 8",
+                lambda got, *a: _per_case_ratio(1 / 8, _teacher_targets_bytes)(got, *a)
+                or is_any(lambda *b: _teacher_targets_bytes(*b) // 8)(got, *a)),
+        Mistake("that is one position's bytes: multiply by n_tokens, the number of positions",
+                is_any(lambda n, v, k, vb, ib: _teacher_targets_bytes(1, v, k, vb, ib))),
+        Mistake("each kept value needs its OWN token id: k ids per position, not one",
+                is_any(lambda n, v, k, vb, ib: n * (k * vb + ib), full=False)),
+    ]
+
+    def hidden(g: torch.Generator) -> Case:
+        v = _choice(g, [65, 84, 256, 1_000, 32_000, 50_257])
+        k = None if _randint(g, 0, 2) == 0 else _randint(g, 1, min(v, 64))
+        n, vb, ib = _randint(g, 0, 10_000_000), _choice(g, [1, 2, 4]), _choice(g, [1, 2, 4, 8])
+        return Case(f"teacher_targets_bytes(n_tokens={n:,}, vocab_size={v:,}, top_k={k}, value_bytes={vb}, "
+                    f"index_bytes={ib})", (n, v, k, vb, ib), {}, _teacher_targets_bytes(n, v, k, vb, ib))
+
+    return run_check("teacher_targets_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
+                     forbid=("labkit.distill.teacher_targets_bytes", "labkit.distill.target_bytes_per_token",
+                             "labkit.distill.cache_bytes"),
+                     reference="labkit.distill.teacher_targets_bytes")

@@ -24,3 +24,6 @@ from labkit.widgets.pruning import (FORMAT_STYLES, METHOD_COLORS, SWEEP_COLUMNS,
 from labkit.widgets.quantization import (FAMILY_STYLES, SchemeTable, check_quantization_sweep,  # noqa: F401
                                          layer_weight_errors, quantization_figure, quantization_panel,
                                          quantization_state, scheme_family, scheme_group, scheme_table)
+from labkit.widgets.distillation import (ResultTable, check_distillation_results, check_teacher_probs,  # noqa: F401
+                                         distillation_figure, distillation_panel, distillation_state, result_table,
+                                         soft_target_examples, soft_targets_at)

@@ -90,6 +90,12 @@ def test_example_state_keeps_the_top_characters_and_moves_mass_to_the_rest_as_T_
     assert states[0]["true_rank"] == rank and states[0]["true_prob"] == pytest.approx(ex["probs"][true_id])
 
 
+def test_soft_targets_at_refuses_a_bad_temperature():
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            widgets.soft_targets_at([0.5, 0.5], bad)
+
+
 def test_small_vocabularies_and_the_true_char_outside_the_top():
     s = widgets.distillation_state([example(next_char="d")], synthetic_rows(), 2.0, 0.5, top=2)
     e = s["examples"][0]
@@ -141,7 +147,7 @@ def test_the_text_judges_each_gap_against_the_paired_noise(T, alpha, words):
         gap = s["gap"]
         assert gap["beyond_noise"] == (abs(gap["mean"]) > NOISE_SE * gap["se"])
         assert f"{gap['mean']:+.4f} ± {gap['se']:.4f} nats/char (standard error over 3 seeds)" in s["text"]
-    assert "At T = " in s["text"] and "the true next character 'b'" in s["text"]
+    assert "At T = " in s["text"] and "the teacher gives the true next character 'b' " in s["text"]
 
 
 def test_one_seed_is_shown_but_not_ranked_and_a_missing_setting_is_named():
@@ -265,13 +271,13 @@ def test_panel_follows_its_sliders_with_one_redraw_each(real):
     assert set(panel.controls) == {"temperature", "alpha"}
     assert (panel.state["temperature"], panel.state["alpha"]) == (4.0, 0.5)        # the second T and α: distilled
     bundle = panel._repr_mimebundle_()
-    assert "image/png" in bundle and bundle["text/plain"].startswith("At T = 4 the teacher gives")
+    assert "image/png" in bundle and bundle["text/plain"].startswith("At T = 4, after")
     assert panel.png and panel.png.startswith(b"\x89PNG")                          # what a viewer shows
     changes = []
     panel.output.observe(lambda change: changes.append(change), "outputs")
     panel.controls["temperature"].value = 1.0
     assert len(changes) == 1 and len(panel.output.outputs) == 2      # text and figure, replaced not appended
-    assert panel.state["temperature"] == 1.0 and "At T = 1 " in panel.output.outputs[0]["text"]
+    assert panel.state["temperature"] == 1.0 and "At T = 1, " in panel.output.outputs[0]["text"]
     panel.controls["alpha"].value = 0.0
     assert len(changes) == 2 and "α = 0 trains on the labels alone" in panel.output.outputs[0]["text"]
     assert panel.render_ms < 3000, f"a redraw took {panel.render_ms:.0f} ms"     # generous: the machine is shared

@@ -95,6 +95,9 @@ def check_teacher_probs(teacher_probs: Any) -> list[dict]:
 
 def soft_targets_at(probs: list[float], temperature: float) -> list[float]:
     """softmax(log p / T) in float64: the distribution at temperature T from the one at T = 1 (0 stays 0)."""
+    from labkit.distill import check_temperature
+
+    temperature = check_temperature(temperature)
     p = torch.tensor(probs, dtype=torch.float64)
     return torch.softmax(torch.log(p) / temperature, dim=0).tolist()
 
@@ -285,9 +288,9 @@ def _text(state: dict) -> str:
     """What the figure shows, in words and numbers from the state."""
     T, a = state["temperature"], state["alpha"]
     ex = state["examples"][0]
-    soft = (f"At T = {T:g} the teacher gives the true next character {ex['next_char']!r} "
-            f"{100 * ex['true_prob']:.1f}% after \"…{_one_line(ex['context'][-20:])}\" ({100 * ex['true_prob_t1']:.1f}% at T = 1), "
-            f"and {100 * ex['other_mass']:.1f}% to the {ex['n_other']} characters outside its top {len(ex['chars'])} "
+    soft = (f"At T = {T:g}, after \"…{_one_line(ex['context'][-20:])}\" the teacher gives the true next character "
+            f"{ex['next_char']!r} {100 * ex['true_prob']:.1f}% ({100 * ex['true_prob_t1']:.1f}% at T = 1) and the "
+            f"{ex['n_other']} characters outside its top {len(ex['chars'])} {100 * ex['other_mass']:.1f}% together "
             f"({100 * ex['other_mass_t1']:.1f}% at T = 1).")
     labels = state["labels_only"]
     if a == 0:

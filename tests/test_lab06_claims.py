@@ -63,6 +63,8 @@ def test_seed_gap_verdicts_follow_from_mean_and_standard_error(text):
         gaps = [_float(g) for g in per_seed.split(",")]
         assert len(gaps) == int(n) >= 2
         assert abs(sum(gaps) / len(gaps) - mean) < 1e-3
+        favour = re.search(r"; (\d+) of (\d+) seeds favour the distilled student", verdict)
+        assert favour and int(favour[2]) == len(gaps) and int(favour[1]) == sum(g < 0 for g in gaps)
         if mean < -2 * se:
             assert verdict.startswith("the distilled student is better by more than 2 standard errors")
         elif mean > 2 * se:

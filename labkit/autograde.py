@@ -16,10 +16,15 @@ returns; otherwise it raises AssertionError carrying the check's whole message (
 expected vs got, the hint), which is what nbgrader shows as feedback.
 
 What it guards against: rebinding checks, torch or labkit functions in the notebook; calling (or
-handing in) the reference implementation; a table of the public examples' answers; copying the
-expected value from the check's frames; printing a forged verdict. What it does not: code that runs
-in the notebook's kernel *before* the graded cell can still replace what `grade` itself relies on
-(subprocess, cloudpickle, the import system) — only grading outside the student's kernel closes that.
+handing in) the reference implementation — however it is reached: every function of the modules a check
+names ('labkit.prune.*') and of labkit.grading.checks trips while the learner's function runs; a table of
+the public examples' answers; copying the expected value from the check's frames; printing a verdict
+(the nonce is unknown to the learner's process, and more than one answer line fails the grade).
+What it does not: code that runs in the notebook's kernel *before* the graded cell can still replace
+what `grade` itself relies on (subprocess, cloudpickle, the import system) — only grading outside the
+student's kernel closes that; and when grading runs as root, the learner's process may read the
+grader's memory through /proc (prctl(PR_SET_DUMPABLE, 0) stops that for any other user): grade as an
+ordinary user.
 """
 from __future__ import annotations
 
@@ -61,10 +66,11 @@ def grade(check_name: str, fn: Callable, timeout_s: float = TIMEOUT_S) -> None:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"{check_name}: your function did not finish the check's small examples within "
                              f"{timeout_s:.0f} s (an endless loop?)") from None
-    verdict = None
-    for line in run.stdout.decode(errors="replace").splitlines():
-        if line.startswith(nonce + " "):
-            verdict = json.loads(line[len(nonce) + 1:])
+    answers = [line for line in run.stdout.decode(errors="replace").splitlines() if line.startswith(nonce + " ")]
+    if len(answers) > 1:   # the grader writes exactly one: a second one was forged by the code being graded
+        raise AssertionError(f"{check_name}: the grader's answer was written more than once — something in the "
+                             "graded code tampered with the grader, so no verdict is trusted")
+    verdict = json.loads(answers[0][len(nonce) + 1:]) if answers else None
     if verdict is None:
         tail = run.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise AssertionError(f"{check_name}: the grader could not run your function (exit code {run.returncode}): "
@@ -283,9 +289,23 @@ def _verdict(request: dict[str, Any], worker: "LearnerProcess | None") -> dict[s
     return {"status": result.status, "message": result.message}
 
 
+def _not_dumpable() -> None:
+    """Linux: make this process's memory and open files unreadable through /proc by the learner's process.
+
+    (prctl PR_SET_DUMPABLE = 0.) It protects only when grading does NOT run as root: root may read any
+    process. A no-op where prctl is unavailable.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
     """`python -m labkit.autograde`: read a pickled request on stdin, write '<nonce> <json verdict>' on stdout."""
     import labkit.grading  # noqa: F401  (imported before the fork, so the learner's process starts warm)
+    _not_dumpable()
     worker = LearnerProcess() if hasattr(os, "fork") else None   # forked before the request is read
     out = sys.stdout
     request = pickle.loads(sys.stdin.buffer.read())     # written by grade() in the parent, never by the learner

@@ -162,3 +162,29 @@ def test_graded_cell_in_a_real_kernel(tmp_path):
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert len(errors) == 1 and errors[0]["ename"] == "AssertionError"
     assert "expected 48, got 12" in errors[0]["evalue"] and "hint:" in errors[0]["evalue"]
+
+
+def test_a_second_answer_line_is_a_forgery_and_fails(monkeypatch):
+    """The grader writes one '<nonce> <verdict>' line; code that learned the nonce and wrote another one fails."""
+    import json
+    import pickle
+    import subprocess
+
+    from labkit import autograde
+
+    def forged_run(cmd, input, **kwargs):
+        nonce = pickle.loads(input)["nonce"]
+        line = f"{nonce} {json.dumps({'status': 'passed', 'message': 'ok'})}\n"
+        return subprocess.CompletedProcess(cmd, 0, stdout=(line + line).encode(), stderr=b"")
+
+    monkeypatch.setattr(autograde.subprocess, "run", forged_run)
+    with pytest.raises(AssertionError, match="more than once"):
+        grade("tensor_bytes", notebook_function(WRONG, "tensor_bytes"))
+
+
+def test_a_private_helper_of_the_reference_fails_in_the_grader_too():
+    from labkit import prune
+    fn = notebook_function("def magnitude_mask(w, s):\n    k = round(s * w.numel())\n"
+                           "    return prune._remove_smallest(w.abs(), k)\n", "magnitude_mask", prune=prune)
+    with pytest.raises(AssertionError, match="your function calls `labkit.prune._remove_smallest`"):
+        grade("magnitude_mask", fn)

@@ -258,16 +258,60 @@ def test_nbytes_is_a_tripwire_for_tensor_bytes():
     assert torch.empty(3).nbytes == 12
 
 
-def test_inputs_edited_in_place_do_not_change_the_hint():
-    # the learner gets a copy of each example: zeroing the counts after use must not spoil the hint
-    def wrong_then_zeroes_its_input(counts, k):
+def test_inputs_edited_in_place_are_reported():
+    """The labs pass the model's own tensors: a function that writes into its input would damage the model for
+    every later cell (lab 04's weights), so the check reports it, even when the answer is right."""
+    def right_then_zeroes_its_input(counts, k):
         smoothed = counts.double() + k
-        out = smoothed / smoothed.sum(dim=0, keepdim=True)
+        out = smoothed / smoothed.sum(dim=-1, keepdim=True)
         counts.zero_()
         return out
 
-    result = grading.check_ngram_probabilities(wrong_then_zeroes_its_input, quiet=True)
-    assert result.status == grading.FAIL and "normalise over the LAST dimension" in result.message
+    result = grading.check_ngram_probabilities(right_then_zeroes_its_input, quiet=True)
+    assert result.status == grading.FAIL and "changed argument 1 in place" in result.message, result.message
+    model = torch.nn.Linear(2, 2)
+
+    def halves_the_model(m):
+        m.half()
+        return sum(p.nbytes for p in m.parameters())
+
+    result = grading.check_model_bytes(halves_the_model, quiet=True)
+    assert result.status == grading.FAIL and "changed argument 1 (weight) in place" in result.message, result.message
+    assert model.weight.dtype == torch.float32
+
+
+def test_a_private_helper_of_the_reference_module_is_a_tripwire_too():
+    """Swapping module attributes misses a reference reached another way (a private helper, an alias, gc):
+    every function of a module named 'module.*' in a check's forbid list trips, and the checks' own helpers."""
+    import gc
+    import types
+
+    from labkit import prune
+    from labkit.grading import checks
+    for fn in (lambda w, s: checks._magnitude_mask(w, s) if hasattr(checks, "_magnitude_mask") else None,
+               lambda w, s: prune._remove_smallest(w.abs(), s) if hasattr(prune, "_remove_smallest") else None,
+               lambda w, s: next(f for f in gc.get_objects() if type(f) is types.FunctionType
+                                 and f.__qualname__ == "magnitude_mask" and f.__module__ == "labkit.prune")(w, s)):
+        result = grading.check_magnitude_mask(fn, quiet=True)
+        assert result.status == grading.FAIL and "your function calls" in result.message, result.message
+
+
+def test_the_guard_cannot_be_switched_off_from_inside():
+    import sys
+
+    from labkit import prune
+
+    def off_then_delegate(w, s):
+        sys.setprofile(None)
+        return prune.magnitude_mask(w, s)
+    result = grading.check_magnitude_mask(off_then_delegate, quiet=True)
+    assert result.status == grading.FAIL and "sys.setprofile" in result.message, result.message
+
+
+def test_a_fraction_is_refused_where_the_lab_formats_a_float():
+    from fractions import Fraction
+    result = grading.check_perplexity(lambda x: Fraction(math.exp(x)), quiet=True)
+    assert result.status == grading.FAIL and "return a float" in result.message, result.message
 
 
 # ---- wording ---------------------------------------------------------------------------------

@@ -362,3 +362,14 @@ def test_magnitude_per_row_pruning_gets_its_hint():
         return torch.stack([my_magnitude_mask(row, s) for row in w])
     result = grading.check_magnitude_mask(per_row, quiet=True)
     assert result.status == grading.FAIL and "each row separately" in result.message, result.message
+
+
+@pytest.mark.parametrize("check, wrong, hint", [
+    ("magnitude_mask", lambda w, s: w.abs() > w.abs().flatten().kthvalue(max(1, round(s * w.numel()))).values,
+     "at sparsity 0 nothing is removed"),
+    ("csr_bytes", lambda r, z, v, i: z * (v + i) + (r + 1) * 8, "8 bytes each"),
+    ("csr_break_even", lambda r, c, v, i: max(0, (r * c * v - (r + 1) * i) // (r * c * (v + i))), "integer division"),
+])
+def test_hints_found_by_the_review(check, wrong, hint):
+    result = getattr(grading, f"check_{check}")(wrong, quiet=True)
+    assert not result and hint in result.message, result.message

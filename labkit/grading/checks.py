@@ -829,6 +829,9 @@ def check_magnitude_mask(fn: Callable[[torch.Tensor, float], torch.Tensor], quie
                 "remove only as many as the count needs — any of them; e.g. sort |w| and remove the first "
                 "round(sparsity · numel) positions",
                 lambda got, w, s: _has_tie_at_cut(w, s) and _removes(got, w) == _threshold_counts(w, s)[0]),
+        Mistake("at sparsity 0 nothing is removed: k = round(0 · numel) = 0 has no k-th smallest |w| to use as a "
+                "threshold — return an all-True mask when k is 0",
+                lambda got, w, s: count(w, s) == 0 and (_removes(got, w) or 0) > 0),
         Mistake("you rounded the count down (int or //): remove round(sparsity · numel) weights, as "
                 "torch.nn.utils.prune does (round(3.6) = 4)",
                 removes_smallest(lambda w, s: math.floor(s * w.numel()))),
@@ -857,7 +860,8 @@ def check_magnitude_mask(fn: Callable[[torch.Tensor, float], torch.Tensor], quie
                      call=_magnitude_call, reference="labkit.prune.magnitude_mask",
                      forbid=("labkit.prune.magnitude_mask", "labkit.prune.layer_masks",
                              "torch.nn.utils.prune.l1_unstructured", "torch.nn.utils.prune.global_unstructured",
-                             "torch.nn.utils.prune.L1Unstructured"))
+                             "torch.nn.utils.prune.L1Unstructured", "labkit.prune.*", "labkit.sparse.*",
+                             "torch.nn.utils.prune.*"))
 
 
 def _csr_bytes(n_rows: int, nnz: int, value_bytes: int, index_bytes: int) -> int:
@@ -897,6 +901,8 @@ def check_csr_bytes(fn: Callable[[int, int, int, int], int], quiet: bool = False
         Mistake("value_bytes and index_bytes are already bytes: don't divide by 8",
                 lambda got, r, z, v, i: _per_case_ratio(1 / 8, _csr_bytes)(got, r, z, v, i)
                 or _int_eq(got, _csr_bytes(r, z, v, i) // 8)),
+        Mistake("the row pointers were given 8 bytes each (torch's int64): here they take index_bytes each, like the "
+                "column indices", lambda got, r, z, v, i: i != 8 and _int_eq(got, z * (v + i) + (r + 1) * 8)),
         Mistake("each nonzero costs its value AND its column index: nnz · (value_bytes + index_bytes)",
                 lambda got, r, z, v, i: z > 0 and (_int_eq(got, z * v + (r + 1) * i)
                                                    or _int_eq(got, z * i + (r + 1) * i))),
@@ -909,7 +915,8 @@ def check_csr_bytes(fn: Callable[[int, int, int, int], int], quiet: bool = False
                     _csr_bytes(r, z, v, i))
 
     return run_check("csr_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
-                     forbid=("labkit.sparse.csr_bytes", "labkit.sparse.format_bytes"),
+                     forbid=("labkit.sparse.csr_bytes", "labkit.sparse.format_bytes", "labkit.sparse.*",
+                             "labkit.prune.*"),
                      reference="labkit.sparse.csr_bytes")
 
 
@@ -957,6 +964,8 @@ def check_csr_break_even(fn: Callable[[int, int, int, int], float], quiet: bool 
 
     raw = lambda r, c, v, i: (r * c * v - (r + 1) * i) / (r * c * (v + i))
     mistakes = [
+        Mistake("integer division (//) rounds the density down to a whole number: divide with /",
+                matches(lambda r, c, v, i: max(0, (r * c * v - (r + 1) * i) // (r * c * (v + i))))),
         Mistake("a negative density: when the row pointers alone take more bytes than the dense matrix, CSR never "
                 "saves bytes — return 0.0 (clamp with max(0.0, ...))", matches(raw)),
         Mistake("v / (v + i) ignores the n_rows + 1 row pointers: they cost (n_rows + 1) · index_bytes even with "
@@ -986,7 +995,8 @@ def check_csr_break_even(fn: Callable[[int, int, int, int], float], quiet: bool 
 
     return run_check("csr_break_even", fn, cases, rtol=1e-6, atol=1e-9, returns=returns, mistakes=mistakes,
                      quiet=quiet, hidden=hidden,
-                     forbid=("labkit.sparse.break_even_density",), reference="labkit.sparse.break_even_density")
+                     forbid=("labkit.sparse.break_even_density", "labkit.sparse.*", "labkit.prune.*"),
+                     reference="labkit.sparse.break_even_density")
 
 
 # =============================================================================================
@@ -1000,8 +1010,10 @@ TORCH_QUANTIZERS = (
     "torch.fake_quantize_per_tensor_affine", "torch.fake_quantize_per_channel_affine",
     "torch.ao.quantization.quantize_dynamic", "torch.ao.quantization.FakeQuantize",
     "torch.ao.quantization.MinMaxObserver", "torch.ao.quantization.PerChannelMinMaxObserver",
+    "torch.ao.quantization.*",
 )
-LABKIT_QUANTIZERS = ("labkit.quantize.quantize", "labkit.quantize.fake_quantize", "labkit.quantize.quantize_tensor")
+LABKIT_QUANTIZERS = ("labkit.quantize.quantize", "labkit.quantize.fake_quantize", "labkit.quantize.quantize_tensor",
+                     "labkit.quantize.*", "labkit.gptq.*", "labkit.qat.*", "labkit.outliers.*")
 
 
 def _absmax_quantize(w: torch.Tensor, bits: int, levels: int | None = None, clamp: float | None = None,
@@ -1341,7 +1353,7 @@ def check_group_quantized_bytes(fn: Callable[[int, int, int, int, int], int], qu
 DISTILLATION_REFERENCES = (
     "labkit.distill.distillation_loss", "labkit.distill.kl_divergence", "labkit.distill.distillation_step_loss",
     "labkit.losses.distillation_loss", "labkit.losses.kl_divergence",
-    "torch.nn.functional.kl_div", "torch.kl_div", "torch.nn.KLDivLoss",
+    "torch.nn.functional.kl_div", "torch.kl_div", "torch.nn.KLDivLoss", "labkit.distill.*",
 )
 
 
@@ -1383,8 +1395,8 @@ def _distillation_call(fn: Callable, args: tuple, kwargs: dict) -> Any:
     a loss cut off from the student (no grad_fn) gives a zero gradient, a detached teacher gets none (zeros).
     """
     measure = kwargs.pop("measure", "value")
-    if measure == "value":
-        return fn(*args, **kwargs)
+    if measure == "value":   # copies: the lab's logits are a fresh model output each step, free to edit in place
+        return fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
     student, teacher = (a.detach().clone().requires_grad_(True) for a in args[:2])
     loss = fn(student * 1, teacher * 1, *args[2:], **kwargs)   # not leaves: like logits coming out of a model
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
@@ -1593,5 +1605,5 @@ def check_teacher_targets_bytes(fn: Callable[[int, int, int | None, int, int], i
 
     return run_check("teacher_targets_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.distill.teacher_targets_bytes", "labkit.distill.target_bytes_per_token",
-                             "labkit.distill.cache_bytes"),
+                             "labkit.distill.cache_bytes", "labkit.distill.*"),
                      reference="labkit.distill.teacher_targets_bytes")

@@ -21,6 +21,8 @@ import importlib
 import io
 import math
 import numbers
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -147,6 +149,9 @@ def as_number(got: Any, integer: bool) -> tuple[Any, str | None]:
         return None, f"returned {got!r} (True/False); expected a number"
     if isinstance(got, numbers.Integral):
         return int(got), None
+    if isinstance(got, numbers.Real) and not integer and not isinstance(got, (float, np.floating)):
+        return None, (f"returned {got!r} (a {type(got).__name__}); the lab formats and plots this number, so "
+                      "return a float — e.g. float(...) around it")
     if isinstance(got, numbers.Real):
         if integer:
             return None, (f"returned {float(got)!r} (a {type(got).__name__}); this is a count (whole bytes or "
@@ -256,6 +261,61 @@ def _resolve(dotted: str) -> tuple[Any, str] | None:
     return None
 
 
+_SETPROFILE, _THREAD_SETPROFILE = sys.setprofile, threading.setprofile
+
+#: Modules whose every Python function is a tripwire while any learner's function runs: the checks' own
+#: reference helpers live here.
+ALWAYS_FORBIDDEN_MODULES = ("labkit.grading.checks",)
+
+
+def forbidden_files(forbidden: Sequence[str]) -> tuple[str, ...]:
+    """Source files (or package folders, ending in '/') of the modules named 'module.*' in `forbidden`,
+    plus ALWAYS_FORBIDDEN_MODULES: no function defined there may run inside the learner's function."""
+    import os
+    files = []
+    for dotted in [*ALWAYS_FORBIDDEN_MODULES, *(d[:-2] for d in forbidden if d.endswith(".*"))]:
+        try:
+            module = importlib.import_module(dotted)
+        except ImportError:
+            continue
+        path = getattr(module, "__file__", None)
+        if not path:
+            continue
+        if os.path.basename(path) == "__init__.py":    # a package: everything below its folder
+            files.append(os.path.dirname(path) + os.sep)
+        else:
+            files.append(path)
+    return tuple(files)
+
+
+def _guarded(fn: Callable, files: tuple[str, ...], called: list[str]) -> Callable:
+    """`fn`, run with a profile hook that trips on any Python function defined in `files`.
+
+    This catches a reference however it was reached — a private helper of the same module, an alias,
+    an object found through gc or a subclass list — where swapping module attributes cannot.
+    """
+    def guard(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            path = frame.f_code.co_filename
+            if any(path == f or (f.endswith(("/", "\\")) and path.startswith(f)) for f in files):
+                name = f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_qualname}"
+                called.append(name)
+                raise ReferenceCalled(name)
+
+    setprofile, thread_setprofile = _SETPROFILE, _THREAD_SETPROFILE   # the originals: tripwires swap the names
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        thread_setprofile(guard)
+        setprofile(guard)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            setprofile(None)
+            thread_setprofile(None)
+    return guarded
+
+
 @contextlib.contextmanager
 def tripwires(forbidden: Sequence[str], fn: Callable) -> Iterator[list[str]]:
     """While inside, each forbidden reference (and every name in `fn` bound to it) raises ReferenceCalled.
@@ -278,7 +338,9 @@ def tripwires(forbidden: Sequence[str], fn: Callable) -> Iterator[list[str]]:
     try:
         swapped: dict[int, Any] = {}
         names: dict[int, str] = {}
-        for dotted in forbidden:
+        # switching the guard off from inside the learner's function is refused too
+        for dotted in [*(d for d in forbidden if not d.endswith(".*")), "sys.setprofile", "sys.settrace",
+                       "threading.setprofile", "threading.settrace"]:
             found = _resolve(dotted)
             if found is None:
                 continue
@@ -355,9 +417,12 @@ def run_learner(call: Callable, fn: Callable, args: tuple, kwargs: dict,
     when a tripwire went off (even if the learner's code caught it), or ("raised", "Type: message").
     """
     called: list[str] = []
+    files = forbidden_files(forbid)
+    before = _tensors_in((args, kwargs))
+    pristine = [t.clone() for _, t in before]
     try:
         with tripwires(forbid, fn) as called:
-            got = call(fn, args, kwargs)
+            got = call(_guarded(fn, files, called), args, kwargs)
     except NotImplementedError:
         return "todo", None
     except ReferenceCalled as e:
@@ -370,7 +435,43 @@ def run_learner(call: Callable, fn: Callable, args: tuple, kwargs: dict,
             return "raised", f"{type(e).__name__}: {e}"
     if called:
         return "called", called[0]
+    for (where, t), old in zip(before, pristine):
+        if not _same_tensor(t, old):
+            return "mutated", where
     return "returned", got
+
+
+def _tensors_in(obj: Any, where: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor inside an example's inputs (tuples, lists, dicts, a module's parameters and buffers)."""
+    if isinstance(obj, torch.Tensor):
+        return [(where, obj)]
+    if isinstance(obj, torch.nn.Module):
+        return [(f"{where} ({name})", t) for name, t in obj.state_dict(keep_vars=True).items()]
+    if isinstance(obj, dict):
+        return [pair for k, v in obj.items() for pair in _tensors_in(v, f"{where}[{k!r}]")]
+    if isinstance(obj, (tuple, list)):
+        return [pair for i, v in enumerate(obj) for pair in _tensors_in(v, f"{where}[{i}]")]
+    return []
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, dtype and values (NaN equal to NaN): the learner did not change it in place."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    a, b = a.detach(), b.detach()
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))
+    return torch.equal(a, b)
+
+
+def _argument_name(where: str) -> str:
+    """'[0][1] (blocks.0.weight)' -> 'argument 2 (blocks.0.weight)' for the message."""
+    import re
+    m = re.match(r"\[0\]\[(\d+)\](.*)", where)
+    if m:
+        return f"argument {int(m.group(1)) + 1}{m.group(2)}"
+    m = re.match(r"\[1\]\[(.+?)\](.*)", where)
+    return f"argument {m.group(1)}{m.group(2)}" if m else "an argument"
 
 
 #: How run_check calls the learner's function: run_learner here; the grader (labkit.autograde) sets
@@ -422,6 +523,10 @@ def run_check(name: str, fn: Callable, cases: Sequence[Case | tuple], rtol: floa
         if outcome == "called":
             return done(FAIL, f"❌ {name}: your function calls `{got}`, the reference implementation — "
                               "write it yourself (the check switches the reference off while it runs yours).")
+        if outcome == "mutated":  # the lab passes the model's own tensors: an in-place edit would damage the model
+            return done(FAIL, f"❌ {name}: on {case.description}, your function changed {_argument_name(got)} in "
+                              "place. The lab passes the model's own tensors to it: don't write into your inputs "
+                              "(work on a copy, e.g. w = w.clone(), or use operations that return new tensors).")
         if outcome == "raised":   # the learner's code crashed: say where, not a traceback wall
             return done(FAIL, f"❌ {name}: on {case.description}, your function raised {got}")
         try:

@@ -44,6 +44,7 @@ LABS: list[str] = [
     "03_where_memory_goes",
     "04_pruning_and_sparse_storage",
     "05_quantization",
+    "06_knowledge_distillation",
 ]
 
 # nbgrader's per-cell timeout defaults to 30 s, which lab 01's training cells exceed (they were interrupted,

@@ -127,6 +127,39 @@ def test_qat_is_read_against_a_float_control_trained_as_long(text):
     assert (m[3] == "more steps closed more") == bool(more and int(more[1]) == 2 * int(m[1]))
 
 
+def test_qat_control_clause_follows_from_its_paired_difference(text):
+    """The control's share of the gap is worded from its paired difference with the zoo model, both quantized."""
+    m = re.search(rf"QAT closed -?\d+% in \d+ steps; (.+?) \(?(?:[-+]?\d+% of the gap; )?control quantized − zoo model "
+                  rf"quantized: ({NUMBER}) ± ({NUMBER}) nats/char, paired\)", text)
+    assert m, "lab 05 should word the control's share of the gap from its paired difference"
+    clause, d, s = m[1], _float(m[2]), _float(m[3])
+    if abs(d) <= 2 * s:
+        assert clause.startswith("the control's change is within the noise"), clause
+    elif d < 0:
+        assert clause.startswith("the control closed") and "beyond the noise" in clause, clause
+    else:
+        assert clause.startswith("the control ended further from float32, beyond the noise"), clause
+    at_2_bits = re.search(r"the extra steps alone, at 2 bits: (.+)", text)[1]
+    assert ("within the noise" in at_2_bits) == (abs(d) <= 2 * s), "the two lines on the control disagree"
+
+
+def test_model_shape_and_widths_are_printed_from_the_model(nb, text):
+    """No typed-in shape: the config line and the widths beside LLaMA-7B's match the zoo model's real layers."""
+    from labkit import quantize, zoo
+    model, _ = zoo.load("baby-gpt")
+    cfg = model.config
+    assert (f"baby GPT: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, {cfg.activation} MLP of width "
+            f"{cfg.mlp_hidden}") in text
+    sizes = {size for layer in quantize.quantizable_layers(model).values() for size in layer.weight.shape}
+    m = re.search(rf"widths of the quantized matrices \(their input and output sizes\): baby GPT ({NUMBER}) to "
+                  rf"({NUMBER}), LLaMA-7B 4,096 to 11,008", text)
+    assert m and (_float(m[1]), _float(m[2])) == (min(sizes), max(sizes))
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for typed in (f"{min(sizes)} to {max(sizes)} wide", f"width {cfg.n_embd}", f"width {cfg.mlp_hidden}"):
+        assert typed not in markdown, f"typed-in model shape in the lab's text: {typed!r}"
+    assert "LLaMA: Open and Efficient Foundation Language Models" in "\n".join(c.source for c in nb.cells)
+
+
 def test_timing_verdict_follows_from_its_quartiles(text):
     m = re.search(rf"torch\.ao int8 / float32 = ({NUMBER}) \(medians ({NUMBER}) \[({NUMBER})–({NUMBER})\] vs "
                   rf"({NUMBER}) \[({NUMBER})–({NUMBER})\] ms\) -> (faster|slower|no difference)", text)

@@ -188,3 +188,13 @@ def test_a_private_helper_of_the_reference_fails_in_the_grader_too():
                            "    return prune._remove_smallest(w.abs(), k)\n", "magnitude_mask", prune=prune)
     with pytest.raises(AssertionError, match="your function calls `labkit.prune._remove_smallest`"):
         grade("magnitude_mask", fn)
+
+
+def test_running_the_reference_in_another_process_fails_in_the_grader():
+    """A child process runs unguarded: asking one to compute the reference's answer must not pass (found by review)."""
+    source = ("def teacher_targets_bytes(n, V, k, vb, ib):\n"
+              "    import subprocess, sys\n"
+              "    code = f'from labkit.distill import teacher_targets_bytes as f; print(f({n}, {V}, {k!r}, {vb}, {ib}))'\n"
+              "    return int(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout)\n")
+    with pytest.raises(AssertionError, match="starting another process"):
+        grade("teacher_targets_bytes", notebook_function(source, "teacher_targets_bytes"))

@@ -263,6 +263,23 @@ def _resolve(dotted: str) -> tuple[Any, str] | None:
 
 _SETPROFILE, _THREAD_SETPROFILE = sys.setprofile, threading.setprofile
 
+
+def _process_starters() -> frozenset:
+    """The built-in functions that start (or become) another program: none belongs in an exercise's answer."""
+    import os
+    found = [getattr(os, name) for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp", "execv",
+                                            "execve", "spawnv", "spawnve") if hasattr(os, name)]
+    try:
+        import _posixsubprocess
+        found.append(_posixsubprocess.fork_exec)
+    except ImportError:
+        pass
+    return frozenset(found)
+
+
+_PROCESS_STARTERS = _process_starters()              # kept alive, so their ids stay theirs
+_PROCESS_STARTER_IDS = frozenset(id(f) for f in _PROCESS_STARTERS)   # by identity: some C callables can't be hashed
+
 #: Modules whose every Python function is a tripwire while any learner's function runs: the checks' own
 #: reference helpers live here.
 ALWAYS_FORBIDDEN_MODULES = ("labkit.grading.checks",)
@@ -295,6 +312,10 @@ def _guarded(fn: Callable, files: tuple[str, ...], called: list[str]) -> Callabl
     an object found through gc or a subclass list — where swapping module attributes cannot.
     """
     def guard(frame: Any, event: str, arg: Any) -> None:
+        if event == "c_call" and id(arg) in _PROCESS_STARTER_IDS:   # a child process would run the reference unguarded
+            name = f"{getattr(arg, '__module__', None) or 'os'}.{arg.__name__} (starting another process)"
+            called.append(name)
+            raise ReferenceCalled(name)
         if event == "call":
             path = frame.f_code.co_filename
             if any(path == f or (f.endswith(("/", "\\")) and path.startswith(f)) for f in files):

@@ -745,12 +745,14 @@ def sparsity_schedule(target: float, rounds: int, schedule: str = "cubic") -> li
 def iterative_prune(model: GPT, target: float, rounds: int, steps_per_round: int, method: str = "magnitude",
                     scope: str = "layer", calibration: Tensor | None = None, schedule: str = "cubic",
                     lr: float = 3e-4, seed: int = 0, corpus=None, eval_set=None,
-                    progress: bool = True, log=print) -> tuple[GPT, dict[str, Tensor], list[dict]]:
+                    progress: bool = True, log=print, **settings) -> tuple[GPT, dict[str, Tensor], list[dict]]:
     """Prune a copy of `model` to `target` in `rounds` rounds (sparsity_schedule), fine-tuning after each.
 
     The total is rounds · steps_per_round training steps: compare with a one-shot prune followed by
     fine_tune(steps=rounds · steps_per_round). A weight pruned in one round stays pruned in later ones.
     Round r trains with seed + r (fresh batches). With `eval_set`, each round's model is scored on it.
+    `settings` go to every round's fine_tune (e.g. eval_iters=1 when nothing reads train()'s own scores).
+    Each round is its own fine_tune: a fresh AdamW with its own warm-up and decay, not one schedule cut in pieces.
     Returns (pruned model, final masks, history: one dict per round).
     """
     from labkit.evaluate import score
@@ -771,7 +773,7 @@ def iterative_prune(model: GPT, target: float, rounds: int, steps_per_round: int
         new = layer_masks(pruned, s, method, scope, calibration, seed=seed + r)
         masks = new if masks is None else {name: new[name] & masks[name] for name in new}
         pruned, result = fine_tune(pruned, masks, steps_per_round, lr=lr, seed=seed + r, corpus=corpus,
-                                   progress=progress, log=log)
+                                   progress=progress, log=log, **settings)
         row = {"round": r, "target_sparsity": s, "sparsity": sparsity(pruned)["all"], "steps": r * steps_per_round,
                "val_loss_batches": result["val_loss"]}
         if eval_set is not None:

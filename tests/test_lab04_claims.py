@@ -149,3 +149,79 @@ def test_structured_speed_verdicts_follow_from_the_per_repeat_ratios(text):
     for med, q1, q3, verdict in found:
         assert _float(q1) <= _float(med) <= _float(q3)
         assert (verdict == "faster in at least 3 of 4 repeats") == (_float(q3) < 1)
+
+
+def test_baby_gpt_size_and_training_time_are_computed_not_typed(nb, text):
+    from labkit import memory, widgets, zoo
+
+    llama = memory.gpt_param_count(widgets.preset_config("LLaMA-2-7B"))
+    _, record = zoo.load("baby-gpt")
+    n_total = record["params"]
+    m = re.search(rf"LLaMA-2-7B: ({NUMBER}) parameters \(labkit.memory.gpt_param_count of its config\) = ({NUMBER})× "
+                  rf"the baby GPT's ({NUMBER}); the baby GPT trained for ({NUMBER}) minutes", text)
+    assert m, "lab 04 should compute LLaMA-2-7B's size ratio and print the baby GPT's training time"
+    assert int(_float(m[1])) == llama and int(_float(m[3])) == n_total
+    assert m[2] == f"{llama / n_total:,.0f}" and m[4] == f"{record['wall_s'] / 60:.1f}"
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "8,000" not in source
+
+
+def test_answer_key_matches_the_fair_reference_verdict(nb, text):
+    """The key says the dense model fine-tuned as long beats the pruned one: the run must print exactly that."""
+    m = re.search(rf"fair reference: the dense model fine-tuned as long beats the pruned, fine-tuned model by "
+                  rf"({NUMBER}) ± ({NUMBER}) nats/char", text)
+    assert m and _float(m[1]) > 5 * _float(m[2]), "the key calls the gap 'many standard errors wide'"
+    key = next(c.source for c in nb.cells if "Model answer" in c.source)
+    assert "quality half can hold" not in key
+    assert "dense model fine-tuned for\nas many steps beats the pruned, fine-tuned one" in key
+    assert "measurably worse than the dense model fine-tuned as long" in key       # credited in the marking guide
+
+
+def test_exercise_answers_are_not_in_the_prose_and_who_is_named(nb, text):
+    table = next(c.source for c in nb.cells if c.cell_type == "markdown" and "| format | stores | bytes |" in c.source)
+    csr_row = next(line for line in table.splitlines() if line.startswith("| CSR |"))
+    assert "values, column indices, row pointers" in csr_row and csr_row.endswith("| exercise 2 below |")
+    assert "(R + 1)" not in table and "⌈(nnz + fillers) · gap bits / 8⌉" in table
+    # the committed run's solutions pass, so every "your" line is the learner's function; the words come from who
+    assert "your mask removes" in text and "with your mask:" in text and text.count("your csr_bytes") == 2
+    assert "the cells below use the reference implementation" not in text
+    for needle in ('mask_who = "your" if mask_fn is not prune.magnitude_mask', 'csr_who = "your" if csr_fn is not',
+                   'break_even_who = "yours" if break_even_fn is not'):
+        assert any(needle in c.source for c in nb.cells if c.cell_type == "code"), needle
+
+
+def test_learner_functions_get_copies_of_the_zoo_weights(nb):
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "mask_fn(" in cell.source:
+            for call in re.findall(r"mask_fn\((.+?), 0\.5\)", cell.source):
+                assert call.endswith(".clone()"), f"mask_fn gets {call}: a learner's function could change the model"
+
+
+def test_no_bare_seed_lines_or_torch_warnings_in_the_outputs(nb, text):
+    assert not re.search(r"^seed \d+$", text, re.MULTILINE)
+    stderr = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not any("UserWarning" in s for s in stderr)
+
+
+def test_sensitivity_plot_uses_the_paired_noise(nb, text):
+    cell = next(c.source for c in nb.cells if c.cell_type == "code" and "prune.sensitivity_scan" in c.source)
+    assert "yerr=2 * table_se[s]" in cell and "axhline(2 * dense.standard_error" not in cell
+    assert 'xlabel="prunable matrix"' in cell
+    m = re.search(rf"every increase is at least ({NUMBER}) of its standard errors above zero \(smallest: (\S+)\); the "
+                  rf"standard errors are ({NUMBER})–({NUMBER}) nats/char", text)
+    least = re.search(r"least sensitive (\S+) ", text)
+    assert m and least and _float(m[3]) <= _float(m[4]) and _float(m[1]) > 0
+
+
+def test_the_summary_and_the_table_use_the_same_time_ratio(nb, text):
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("summary_rows"))
+    html = "".join(o["data"].get("text/html", "") for o in cell.outputs if "data" in o)
+    printed = re.findall(rf"(\d+ head\(s\) fewer per layer|\d+% of MLP channels removed): ({NUMBER})× the bytes, "
+                         rf"{NUMBER}× the FLOPs, ({NUMBER})× the forward time per repeat", text)
+    assert len(printed) == 2
+    for name, bytes_ratio, time_ratio in printed:
+        assert f"{name}: {bytes_ratio} / {time_ratio}" in html
+    structured = next(c for c in nb.cells if c.cell_type == "code" and "time_quartiles" in c.source)
+    assert 'structured["forward time ratio (median per repeat)"]' in structured.source
+    assert '"forward ms: median")' not in structured.source     # no ratio of medians beside it

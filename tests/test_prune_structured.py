@@ -302,3 +302,23 @@ def test_scans_refuse_something_that_is_not_an_evaluation_set():
         prune.sensitivity_scan(model, too_long, [0.5])
     with pytest.raises(TypeError, match="b must be a torch.nn.Module"):
         prune.compare_forward_time(model, None, calib(model))
+
+
+def test_iterative_prune_hands_its_settings_to_every_rounds_fine_tune(corpus, monkeypatch):
+    """eval_iters (or any TrainConfig field) reaches each round's train(); an unknown one is refused by name."""
+    model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                          activation="relu2", tie_weights=False))
+    seen, real = [], prune.fine_tune
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune, "fine_tune", recording)
+    prune.iterative_prune(model, 0.5, rounds=2, steps_per_round=1, corpus=corpus, eval_iters=1, batch_size=2,
+                          progress=False, log=lambda *a: None)
+    assert len(seen) == 2 and all(k["eval_iters"] == 1 and k["batch_size"] == 2 for k in seen)
+    monkeypatch.setattr(prune, "fine_tune", real)
+    with pytest.raises((TypeError, ValueError), match="no_such_setting"):
+        prune.iterative_prune(model, 0.5, rounds=2, steps_per_round=1, corpus=corpus, no_such_setting=3,
+                              progress=False, log=lambda *a: None)

@@ -250,7 +250,7 @@ def test_panel_follows_its_controls():
     assert list(front.get_xdata()) == [p["bytes"] for p in s["front"]]
     dense = next(line for label, line in lines.items() if label.startswith("dense model"))
     assert (dense.get_xdata()[0], dense.get_ydata()[0]) == pytest.approx((4 * N_WEIGHTS, math.exp(1.5)))
-    assert "bytes" in right.get_xlabel() and right.get_xscale() == "log"
+    assert right.get_xlabel().startswith("model bytes, pruned matrices stored in each format") and right.get_xscale() == "log"
     assert any("KiB" in t.get_text() or "MiB" in t.get_text() for t in right.get_xticklabels())
 
 
@@ -294,3 +294,51 @@ def test_a_control_change_is_one_redraw_with_plain_tick_labels():
     for ax in panel.figure.axes:
         labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
         assert labels and "$" not in "".join(labels)       # plain text, not mathtext (slow to lay out)
+
+
+
+def test_front_uses_the_paired_noise_when_the_sweep_has_it():
+    """Rows scored on the same windows: p and q are ranked only beyond 2·(se_p + se_q) of their paired SEs."""
+    sweep = make_sweep(se=0.2)
+    unpaired = widgets.pruning_state(sweep, "magnitude", 0.5, "csr")
+    assert unpaired["front_tolerance_nats"] == pytest.approx(0.4) and unpaired["front_noise"].startswith("unpaired")
+    sweep["increase_se"] = [0.0 if s == 0 else 0.001 * (1 + s) for s in sweep["sparsity"]]
+    paired = widgets.pruning_state(sweep, "magnitude", 0.5, "csr")
+    assert paired["front_noise"].startswith("paired")
+    assert paired["front_tolerance_nats"] == pytest.approx(4 * max(0.001 * (1 + s) for s in SPARSITIES))
+    se = {s: 0.0 if s == 0 else 0.001 * (1 + s) for s in sweep["sparsity"]}
+    front = paired["front"]
+    for p in paired["points"]:                       # the rule, written out again
+        beaten = any(q["bytes"] <= p["bytes"] and (q["loss"] < p["loss"] - 2 * (se[p["sparsity"]] + se[q["sparsity"]])
+                                                   or (q["loss"] == p["loss"] and q["bytes"] < p["bytes"]))
+                     for q in paired["points"])
+        assert (p in front) == (not beaten and p == next(q for q in paired["points"]
+                                                         if (q["bytes"], q["loss"]) == (p["bytes"], p["loss"])))
+    # every pair's paired bound (< 0.008 nats) is inside the unpaired 0.4: the paired front can only be smaller
+    assert {(p["format"], p["sparsity"]) for p in front} <= {(p["format"], p["sparsity"]) for p in unpaired["front"]}
+    bad = sweep.copy()
+    bad.loc[3, "increase_se"] = -1.0
+    with pytest.raises(ValueError, match=r"sweep\['increase_se'\] at row 3 is -1.0"):
+        widgets.pruning_state(bad, "magnitude", 0.5, "csr")
+
+
+def test_paired_pareto_front_examples_and_bad_input():
+    front = widgets.pruning.paired_pareto_front
+    assert front([1, 2, 3, 4], [5, 5, 3, 4], [0, 0, 0, 0]) == pareto_front([1, 2, 3, 4], [5, 5, 3, 4])
+    # 0.1 apart: ranked when both SEs are small, not when one point's own SE is large
+    assert front([1, 2], [1.1, 1.0], [0.01, 0.01]) == [0, 1]
+    assert front([1, 2], [1.0, 1.1], [0.01, 0.01]) == [0]
+    assert front([1, 2], [1.0, 1.1], [0.01, 0.05]) == [0, 1]
+    for args, words in ((([1], [1], [-0.1]), r"ses\[0\]=-0.1"), (([1, 2], [1, 2], [0.0]), "one entry per point"),
+                        (([1], [1], [0.0], -1), "n_se=-1"), (([float("nan")], [1], [0.0]), "xs\\[0\\]=nan")):
+        with pytest.raises(ValueError, match=words):
+            front(*args)
+
+
+@given(points, st.lists(st.sampled_from([0.0, 0.1, 0.5]), min_size=25, max_size=25))
+def test_paired_front_with_zero_noise_is_the_usual_front_and_noise_only_adds(pts, ses):
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    ses = ses[:len(pts)]
+    assert widgets.pruning.paired_pareto_front(xs, ys, [0.0] * len(pts)) == pareto_front(xs, ys)
+    noisy = {pts[i] for i in widgets.pruning.paired_pareto_front(xs, ys, ses)}
+    assert {pts[i] for i in pareto_front(xs, ys)} <= noisy

@@ -5,11 +5,16 @@ A sweep is a pandas DataFrame with one row per pruned model, measured in the lab
 - loss (mean nats/char on the lab's evaluation set), loss_se (its standard error, nats/char) and
   perplexity (exp(loss));
 - one `<fmt>_bytes` column per labkit.sparse.FORMATS entry: the bytes with the pruned matrices stored in `fmt`
-  (of those matrices alone, or of the whole model with the rest dense: the panel shows whichever it is given).
+  (of those matrices alone, or of the whole model with the rest dense: the panel shows whichever it is given);
+- optionally increase_se: the standard error of the row's paired loss difference to the dense model on the same
+  windows (labkit.evaluate.paired_difference; 0 for the dense row). Given, the front's noise is built from it.
 The dense model is the row with sparsity 0 (pruning nothing gives the same model with any method).
 
 The panel draws perplexity with its ± 2·SE band, exp(loss ± 2·loss_se), and a memory-vs-quality front that
-does not rank points whose losses differ by less than that noise (`core.pareto_front` with y_tolerance).
+does not rank points whose losses differ by less than the noise. With increase_se (every row scored on the
+same windows) two rows p and q are ranked only when their losses differ by more than 2·(se_p + se_q), a bound on
+2·SE of their own paired difference (`paired_pareto_front`): near the dense model that is several times smaller
+than loss_se, far from it larger. Without it: `core.pareto_front` with y_tolerance 2·max(loss_se).
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from labkit.widgets.core import (Panel, _bytes_axis, _finite_number, human_bytes
                                  wire_panel)
 
 SWEEP_COLUMNS = ("method", "scope", "sparsity", "loss", "loss_se", "perplexity")
-NUMBER_COLUMNS = ("sparsity", "loss", "loss_se", "perplexity", *(f"{fmt}_bytes" for fmt in FORMATS))
+NUMBER_COLUMNS = ("sparsity", "loss", "loss_se", "perplexity", "increase_se", *(f"{fmt}_bytes" for fmt in FORMATS))
+PAIRED_SE = "increase_se"   # optional column: SE of the paired loss difference to the dense model (nats/char)
 SCOPES = ("layer", "global")
 METHOD_COLORS = {"magnitude": "#4C72B0", "wanda": "#55A868", "random": "#8C8C8C"}
 OTHER_COLORS = ("#8172B3", "#DA8BC3", "#937860", "#CCB974")
@@ -56,7 +62,9 @@ def check_pruning_sweep(sweep: Any) -> None:
                                 ("loss", lambda v: v >= 0, ">= 0 (nats/char)"),
                                 ("loss_se", lambda v: v >= 0, ">= 0 (nats/char)"),
                                 ("perplexity", lambda v: v >= 1, ">= 1"),
-                                *((_bytes_column(f), lambda v: v > 0, "> 0 (bytes)") for f in FORMATS)):
+                                *((_bytes_column(f), lambda v: v > 0, "> 0 (bytes)") for f in FORMATS),
+                                *(((PAIRED_SE, lambda v: v >= 0, ">= 0 (nats/char)"),) if PAIRED_SE in sweep.columns
+                                  else ())):
         for i, v in zip(sweep.index, sweep[column]):
             if not (_finite_number(v) and ok(float(v))):
                 raise ValueError(f"sweep[{column!r}] at row {i!r} is {v!r}; allowed: a finite number {allowed}")
@@ -108,6 +116,33 @@ def _percent(sparsity: float) -> str:
     return f"{100 * sparsity:.3g}%"
 
 
+def paired_pareto_front(xs, losses, ses, n_se: float = BAND_SE) -> list[int]:
+    """Indices of the points no other point beats (fewer bytes x, lower loss), sorted by x, ranking by paired noise.
+
+    `ses` are the standard errors of each point's paired loss difference to ONE common reference on the same
+    windows (nats). Since p − q = (p − ref) − (q − ref), SE(p − q) ≤ se_p + se_q; q beats p when q.x ≤ p.x
+    and q's loss is lower by more than n_se·(se_p + se_q), or equal with q.x < p.x. With all ses 0 this is
+    the usual front (core.pareto_front). Of exact duplicates only the first index is kept.
+    """
+    pareto_front(xs, losses)                         # the same checks of xs and losses, by name
+    xs, losses, ses = [float(x) for x in xs], [float(y) for y in losses], list(ses)
+    if len(ses) != len(xs):
+        raise ValueError(f"ses must have one entry per point: got {len(ses)} for {len(xs)} points")
+    for i, v in enumerate(ses):
+        if not (_finite_number(v) and v >= 0):
+            raise ValueError(f"ses[{i}]={v!r}: every standard error must be a finite number >= 0 (nats)")
+    if not (_finite_number(n_se) and n_se >= 0):
+        raise ValueError(f"n_se={n_se!r} must be a finite number >= 0")
+    pts = list(zip(xs, losses, (float(v) for v in ses)))
+
+    def beats(q, p) -> bool:
+        return q[0] <= p[0] and (q[1] < p[1] - n_se * (p[2] + q[2]) or (q[1] == p[1] and q[0] < p[0]))
+
+    keys = [(x, y) for x, y, _ in pts]
+    front = [i for i, p in enumerate(pts) if not any(beats(q, p) for q in pts) and keys.index(keys[i]) == i]
+    return sorted(front, key=lambda i: (pts[i][0], pts[i][1], i))
+
+
 def _band(loss: float, se: float) -> tuple[float, float]:
     """Perplexity at loss ∓ BAND_SE·se: the ± 2·SE band on the perplexity axis."""
     return math.exp(loss - BAND_SE * se), math.exp(loss + BAND_SE * se)
@@ -119,8 +154,10 @@ def pruning_state(sweep: Any, method: str, sparsity: float, storage: str, scope:
     `sweep` is the DataFrame (or its `sweep_table`). `scope` defaults to the method's only scope, or
     "layer" when it has both. Bytes are the sweep's `<storage>_bytes`; `ratio_vs_dense` divides them by
     the dense model's dense bytes. The front (over every storage format and sparsity of the chosen
-    method and scope) treats losses within BAND_SE·max(loss_se) of each other as equal: it never ranks
-    differences inside the noise.
+    method and scope) never ranks differences inside the noise: two rows within BAND_SE·(se_p + se_q) of
+    each other's loss, se = increase_se (paired, `paired_pareto_front`), or within BAND_SE·max(loss_se)
+    when the sweep has no increase_se. `front_noise` names which; `front_tolerance_nats` is the largest
+    gap left unranked.
     """
     table = sweep_table(sweep)
     if method not in table.methods:
@@ -153,8 +190,16 @@ def pruning_state(sweep: Any, method: str, sparsity: float, storage: str, scope:
             r = table.rows[method, scope, s]
             points.append({"format": fmt, "sparsity": s, "bytes": r[_bytes_column(fmt)],
                            "perplexity": r["perplexity"], "loss": r["loss"]})
-    tolerance = BAND_SE * max(table.rows[method, scope, s]["loss_se"] for s in allowed)
-    front = [points[i] for i in pareto_front([p["bytes"] for p in points], [p["loss"] for p in points], tolerance)]
+    paired = all(PAIRED_SE in table.rows[method, scope, s] for s in allowed)
+    if paired:
+        ses = [table.rows[method, scope, p["sparsity"]][PAIRED_SE] for p in points]
+        tolerance = BAND_SE * 2 * max(ses)
+        front = [points[i] for i in paired_pareto_front([p["bytes"] for p in points], [p["loss"] for p in points],
+                                                        ses)]
+    else:
+        tolerance = BAND_SE * max(table.rows[method, scope, s]["loss_se"] for s in allowed)
+        front = [points[i] for i in pareto_front([p["bytes"] for p in points], [p["loss"] for p in points],
+                                                 tolerance)]
 
     chosen_bytes = row[_bytes_column(storage)]
     same_weights_dense = row[_bytes_column("dense")]
@@ -172,6 +217,8 @@ def pruning_state(sweep: Any, method: str, sparsity: float, storage: str, scope:
         "ratio_vs_dense": chosen_bytes / dense_model_bytes,
         "saves_bytes": chosen_bytes < same_weights_dense,
         "curves": curves, "points": points, "front": front, "front_tolerance_nats": tolerance,
+        "front_noise": ("paired: 2·(se_p + se_q) of the differences to the dense model" if paired
+                        else "unpaired: 2·max SE of the loss"),
         "on_front": on_front,
     }
 
@@ -259,7 +306,7 @@ def pruning_figure(state: dict) -> Figure:
                label=f"chosen: {state['storage']} at {_percent(state['sparsity'])}")
     _bytes_axis(right, "x", [p["bytes"] for p in points] + [dense["bytes"]])
     _perplexity_axis(right, [p["perplexity"] for p in points] + [dense["perplexity"]])
-    right.set_xlabel("memory, pruned matrices in each format (bytes, log scale)")
+    right.set_xlabel("model bytes, pruned matrices stored in each format (log scale)")
     right.set_ylabel("validation perplexity (log scale)")
     right.set_title(f"{state['method']} ({state['scope']}): memory vs quality, lower-left is better", fontsize=10)
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)   # beside: no data hidden

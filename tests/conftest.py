@@ -73,3 +73,23 @@ def set_read_only(root: Path, read_only: bool) -> None:
     """chmod a whole tree read-only (dirs 555, files 444) or back (755 / 644)."""
     for p in [root, *root.rglob("*")]:
         p.chmod((0o555 if p.is_dir() else 0o444) if read_only else (0o755 if p.is_dir() else 0o644))
+
+
+@pytest.fixture(scope="module")
+def baby():
+    """The zoo's real baby GPT, read from the cache, one thread while a module's tests use it (tests that ask for
+    it mark themselves skipped until `python -m labkit.zoo build` has run)."""
+    import torch
+
+    from labkit import zoo
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield zoo.load("baby-gpt", progress=False)[0]
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    """The real course corpus from the cache."""
+    return data_mod.load_corpus()
+

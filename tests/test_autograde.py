@@ -7,17 +7,10 @@ import sys
 
 import pytest
 import torch
+from grading_helpers import notebook_function
 
 from labkit import grading
 from labkit.autograde import grade
-
-
-def notebook_function(source: str, name: str, **names):
-    """Define a function the way a notebook cell does (module __main__), so cloudpickle sends it by value."""
-    ns = {"__name__": "__main__", "math": math, "torch": torch, "grading": grading, **names}
-    exec(source, ns)
-    return ns[name]
-
 
 RIGHT = "def tensor_bytes(shape, dtype):\n    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()\n"
 WRONG = "def tensor_bytes(shape, dtype):\n    return math.prod(shape)\n"

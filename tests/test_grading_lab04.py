@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from grading_helpers import notebook_function
 
 from labkit import grading, prune, sparse
 from labkit.autograde import grade
 from labkit.grading.checks import _is_magnitude_mask
-
 
 # ---- the learner's answers, written here by hand ----------------------------------------------
 
@@ -284,13 +284,6 @@ def test_csr_break_even_may_not_delegate():
 
 
 # ---- in the grader's fresh process ------------------------------------------------------------
-
-def notebook_function(source: str, name: str):
-    """Define a function the way a notebook cell does (module __main__), so cloudpickle sends it by value."""
-    ns = {"__name__": "__main__", "math": math, "torch": torch}
-    exec(source, ns)
-    return ns[name]
-
 
 MASK = ("def magnitude_mask(weight, sparsity):\n"
         "    n_remove = round(sparsity * weight.numel())\n"

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from grading_helpers import notebook_function
 
 from labkit import grading
 from labkit import quantize as Q
@@ -359,13 +360,6 @@ def test_group_quantized_bytes_hidden_examples(monkeypatch):
 
 
 # ---- in the grader's fresh process ------------------------------------------------------------
-
-def notebook_function(source: str, name: str):
-    """Define a function the way a notebook cell does (module __main__), so cloudpickle sends it by value."""
-    ns = {"__name__": "__main__", "math": math, "torch": torch}
-    exec(source, ns)
-    return ns[name]
-
 
 ABSMAX = ("def absmax_quantize(w, bits):\n"
           "    levels = 2 ** (bits - 1) - 1\n"

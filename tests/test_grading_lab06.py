@@ -1,12 +1,12 @@
 """Lab 06 self-checks: a right answer passes, each typical wrong one fails with its hint, nothing raises.
 
 (That a stub reads 'not yet solved' is tested for every check at once in test_grading.py.)"""
-import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from grading_helpers import notebook_function
 
 from labkit import distill as D
 from labkit import grading
@@ -290,13 +290,6 @@ def test_teacher_targets_bytes_hidden_examples(monkeypatch):
 
 
 # ---- in the grader's fresh process ------------------------------------------------------------
-
-def notebook_function(source: str, name: str):
-    """Define a function the way a notebook cell does (module __main__), so cloudpickle sends it by value."""
-    ns = {"__name__": "__main__", "math": math, "torch": torch, "F": F}
-    exec(source, ns)
-    return ns[name]
-
 
 LOSS = ("def distillation_loss(student_logits, teacher_logits, targets, T, alpha):\n"
         "    log_q = torch.log_softmax(student_logits / T, dim=-1)\n"

@@ -4,44 +4,26 @@ Every sentence of the lab that compares two numbers is printed from them; these 
 and check that each verdict follows from the numbers printed beside it, and that the byte counts match the formulas.
 """
 import math
-import os
 import re
-from pathlib import Path
 
-import nbformat
 import pytest
-
-NOTEBOOK = Path(os.environ.get("LAB04", Path(__file__).resolve().parent.parent / "notebooks"
-                               / "04_pruning_and_sparse_storage.ipynb"))
-NUMBER = r"[-+]?\d[\d,]*\.?\d*"
-
-
-def _float(text: str) -> float:
-    return float(text.replace(",", ""))
+from lab_outputs import NUMBER, assert_rankings_follow, lab_notebook, printed_text
+from lab_outputs import to_float as _float
 
 
 @pytest.fixture(scope="module")
 def nb():
-    return nbformat.read(NOTEBOOK, as_version=4)
+    return lab_notebook("LAB04", "04_pruning_and_sparse_storage.ipynb")
 
 
 @pytest.fixture(scope="module")
 def text(nb) -> str:
-    out = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                    if o.get("output_type") == "stream" and o.get("name") == "stdout")
-    assert "this lab ran in" in out, "lab 04 has no committed outputs: build it with python -m labkit.lab build"
-    return out
+    return printed_text(nb, "lab 04")
 
 
 def test_every_ranking_follows_from_its_paired_difference(text):
     """'A beats B by d ± s' needs d > 2s; 'within the noise (d ± s)' needs |d| <= 2s."""
-    beats = re.findall(rf"beats .+? by ({NUMBER}) ± ({NUMBER}) nats/char", text)
-    ties = re.findall(rf"within the noise of this evaluation set \(({NUMBER}) ± ({NUMBER}) nats/char", text)
-    assert len(beats) + len(ties) >= 8, "lab 04 should rank its models by paired differences"
-    for d, s in beats:
-        assert _float(d) > 2 * _float(s), f"'beats by {d} ± {s}' is inside the noise"
-    for d, s in ties:
-        assert abs(_float(d)) <= 2 * _float(s), f"'within the noise ({d} ± {s})' is outside it"
+    assert_rankings_follow(text, 8, "lab 04")
 
 
 def test_key_claim_verdict_follows_from_its_numbers(text):

@@ -5,43 +5,26 @@ and check that each verdict follows from the numbers printed beside it, that the
 and that the literature it cites is named by title next to the figures it quotes.
 """
 import math
-import os
 import re
-from pathlib import Path
 
-import nbformat
 import pytest
-
-NOTEBOOK = Path(os.environ.get("LAB05", Path(__file__).resolve().parent.parent / "notebooks" / "05_quantization.ipynb"))
-NUMBER = r"[-+]?\d[\d,]*\.?\d*(?:e[-+]\d+)?"
-
-
-def _float(text: str) -> float:
-    return float(text.replace(",", ""))
+from lab_outputs import NUMBER, assert_rankings_follow, lab_notebook, printed_text
+from lab_outputs import to_float as _float
 
 
 @pytest.fixture(scope="module")
 def nb():
-    return nbformat.read(NOTEBOOK, as_version=4)
+    return lab_notebook("LAB05", "05_quantization.ipynb")
 
 
 @pytest.fixture(scope="module")
 def text(nb) -> str:
-    out = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                    if o.get("output_type") == "stream" and o.get("name") == "stdout")
-    assert "this lab ran in" in out, "lab 05 has no committed outputs: build it with python -m labkit.lab build"
-    return out
+    return printed_text(nb, "lab 05")
 
 
 def test_every_ranking_follows_from_its_paired_difference(text):
-    """'A beats B by d ± s' needs d > 2s; 'within the noise (d ± s)' needs |d| <= 2s (paired, or the paired bound)."""
-    beats = re.findall(rf"beats .+? by ({NUMBER}) ± ({NUMBER}) nats/char \(paired", text)
-    ties = re.findall(rf"within the noise of this evaluation set \(({NUMBER}) ± ({NUMBER}) nats/char, paired", text)
-    assert len(beats) + len(ties) >= 15, "lab 05 should rank its models by paired differences"
-    for d, s in beats:
-        assert _float(d) > 2 * _float(s), f"'beats by {d} ± {s}' is inside the noise"
-    for d, s in ties:
-        assert abs(_float(d)) <= 2 * _float(s), f"'within the noise ({d} ± {s})' is outside it"
+    """'A beats B by d ± s' needs d > 2s; 'within the noise (d ± s)' needs |d| <= 2s."""
+    assert_rankings_follow(text, 15, "lab 05", paired_marker=True)
 
 
 def test_claim_verdicts_follow_from_their_numbers(text):
@@ -120,7 +103,7 @@ def test_qat_is_read_against_a_float_control_trained_as_long(text):
     assert re.search(r"what QAT recovers beyond the extra steps: (QAT|the control).+(beats|within the noise)", text)
     assert "the extra steps alone, float: " in text and "the extra steps alone, at 2 bits: " in text
     assert re.search(r"QAT closed -?\d+% in \d+ steps; the control", text)
-    m = re.search(rf"QAT with (\d+) steps closed -?\d+%; (.+?) -> (more steps closed more|doubling the steps did not)",
+    m = re.search(r"QAT with (\d+) steps closed -?\d+%; (.+?) -> (more steps closed more|doubling the steps did not)",
                   text)
     assert m, "lab 05 should set its QAT run against one with half the steps"
     more = re.match(rf"(\d+) steps beats (\d+) steps by ({NUMBER}) ± ({NUMBER})", m[2])

@@ -4,23 +4,13 @@ Every sentence of the lab that compares two numbers is printed from them; these 
 and check that each verdict follows from the numbers printed beside it, and that the byte counts match the formulas.
 """
 import math
-import os
 import re
-from pathlib import Path
 
-import nbformat
 import pytest
-
-NOTEBOOK = Path(os.environ.get("LAB06", Path(__file__).resolve().parent.parent / "notebooks"
-                               / "06_knowledge_distillation.ipynb"))
-NUMBER = r"[-+]?\d[\d,]*\.?\d*(?:e[-+]?\d+)?"
-
+from lab_outputs import NUMBER, assert_rankings_follow, lab_notebook, printed_text
+from lab_outputs import to_float as _float
 
 WHO = r"(?:your|labkit's reference)"
-
-
-def _float(text: str) -> float:
-    return float(text.replace(",", ""))
 
 
 def _t_quantile(dof: float, p: float = 0.975) -> float:
@@ -48,7 +38,7 @@ def test_t_quantile_reference():
 
 @pytest.fixture(scope="module")
 def nb():
-    return nbformat.read(NOTEBOOK, as_version=4)
+    return lab_notebook("LAB06", "06_knowledge_distillation.ipynb")
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +48,7 @@ def source(nb) -> str:
 
 @pytest.fixture(scope="module")
 def text(nb) -> str:
-    out = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                    if o.get("output_type") == "stream" and o.get("name") == "stdout")
-    assert "this lab ran in" in out, "lab 06 has no committed outputs: build it with python -m labkit.lab build"
-    return out
+    return printed_text(nb, "lab 06")
 
 
 def test_hinton_et_al_is_cited(nb):
@@ -77,13 +64,7 @@ def test_no_error_outputs(nb):
 
 def test_every_paired_ranking_follows_from_its_numbers(text):
     """'A beats B by d ± s' needs d > 2s; 'within the noise (d ± s)' needs |d| <= 2s."""
-    beats = re.findall(rf"beats .+? by ({NUMBER}) ± ({NUMBER}) nats/char", text)
-    ties = re.findall(rf"within the noise of this evaluation set \(({NUMBER}) ± ({NUMBER}) nats/char", text)
-    assert len(beats) + len(ties) >= 1, "lab 06 should rank the learner's student by its paired difference"
-    for d, s in beats:
-        assert _float(d) > 2 * _float(s), f"'beats by {d} ± {s}' is inside the noise"
-    for d, s in ties:
-        assert abs(_float(d)) <= 2 * _float(s), f"'within the noise ({d} ± {s})' is outside it"
+    assert_rankings_follow(text, 1, "lab 06")
 
 
 def _seed_verdicts(text):
@@ -174,9 +155,9 @@ def test_whose_loss_is_named_consistently(text):
     """The lab names the loss it used — the learner's only when use_or_fallback returned it."""
     fallback = bool(re.search(r"distillation_loss .*: the cells below use the reference implementation", text))
     whos = set(re.findall(rf"({WHO}) loss and F\.kl_div's agree", text))
-    whos |= set(re.findall(rf"^({WHO}) loss \(T=", text, flags=re.M))
+    whos |= set(re.findall(rf"^({WHO}) loss \(T=", text, flags=re.MULTILINE))
     whos |= set(re.findall(rf"the student trained with ({WHO}) loss", text))
-    whos |= set(re.findall(rf"^({WHO}) loss vs labels only", text, flags=re.M))
+    whos |= set(re.findall(rf"^({WHO}) loss vs labels only", text, flags=re.MULTILINE))
     assert len(whos) == 1, f"the lab names the loss inconsistently: {whos}"
     assert whos == ({"labkit's reference"} if fallback else {"your"})
 

@@ -8,23 +8,10 @@ import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
 
-from labkit import data, prune, zoo
+from labkit import prune, zoo
 from labkit.evaluate import evaluation_set, paired_difference, score
 
 pytestmark = pytest.mark.skipif(not zoo.is_built("baby-gpt"), reason="the baby-gpt zoo model is not built")
-
-
-@pytest.fixture(scope="module")
-def baby():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield zoo.load("baby-gpt", progress=False)[0]
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shakespeare():
-    return data.load_corpus()
 
 
 def test_the_zoo_models_masks_are_torchs(baby):

@@ -6,26 +6,12 @@ per-channel within 0.5% of float32 perplexity, 4-bit group-32 RTN within 5%, GPT
 from __future__ import annotations
 
 import pytest
-import torch
 
-from labkit import data, prune, zoo
+from labkit import prune, zoo
 from labkit import quantize as Q
 from labkit.evaluate import evaluation_set, paired_difference
 
 pytestmark = pytest.mark.skipif(not zoo.is_built("baby-gpt"), reason="the baby-gpt zoo model is not built")
-
-
-@pytest.fixture(scope="module")
-def baby():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield zoo.load("baby-gpt", progress=False)[0]
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shakespeare():
-    return data.load_corpus()
 
 
 @pytest.fixture(scope="module")

@@ -134,16 +134,22 @@ def test_structured_speed_verdicts_follow_from_the_per_repeat_ratios(text):
 
 
 def test_baby_gpt_size_and_training_time_are_computed_not_typed(nb, text):
-    from labkit import memory, widgets, zoo
+    """The size ratio is exact (a parameter count is the same everywhere); the training time is the one the zoo
+    recorded on the machine that built the committed run (another machine retrains and records its own), so the
+    test checks that the cell prints it from the record, not its value."""
+    from labkit import memory, widgets
+    from labkit.model import GPTConfig
 
     llama = memory.gpt_param_count(widgets.preset_config("LLaMA-2-7B"))
-    _, record = zoo.load("baby-gpt")
-    n_total = record["params"]
     m = re.search(rf"LLaMA-2-7B: ({NUMBER}) parameters \(labkit.memory.gpt_param_count of its config\) = ({NUMBER})× "
                   rf"the baby GPT's ({NUMBER}); the baby GPT trained for ({NUMBER}) minutes", text)
     assert m, "lab 04 should compute LLaMA-2-7B's size ratio and print the baby GPT's training time"
-    assert int(_float(m[1])) == llama and int(_float(m[3])) == n_total
-    assert m[2] == f"{llama / n_total:,.0f}" and m[4] == f"{record['wall_s'] / 60:.1f}"
+    baby_params = memory.gpt_param_count(GPTConfig(vocab_size=84, block_size=64, n_layer=4, n_head=4, n_embd=128,
+                                                   tie_weights=False, activation="relu2"))   # the zoo's baby GPT
+    assert int(_float(m[1])) == llama and int(_float(m[3])) == baby_params
+    assert m[2] == f"{llama / baby_params:,.0f}" and _float(m[4]) > 0
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert 'record["wall_s"]' in code or "record['wall_s']" in code, "the training time must come from the zoo record"
     source = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "8,000" not in source
 

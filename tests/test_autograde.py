@@ -189,5 +189,5 @@ def test_running_the_reference_in_another_process_fails_in_the_grader():
               "    import subprocess, sys\n"
               "    code = f'from labkit.distill import teacher_targets_bytes as f; print(f({n}, {V}, {k!r}, {vb}, {ib}))'\n"
               "    return int(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout)\n")
-    with pytest.raises(AssertionError, match="starting another process"):
+    with pytest.raises(AssertionError, match="your function starts another process"):
         grade("teacher_targets_bytes", notebook_function(source, "teacher_targets_bytes"))

@@ -541,6 +541,9 @@ def run_check(name: str, fn: Callable, cases: Sequence[Case | tuple], rtol: floa
         outcome, got = (LEARNER_RUNNER or run_learner)(call, fn, args, kwargs, forbid)
         if outcome == "todo":
             return done(TODO, f"⏳ {name}: not yet solved — write the function above, then run this cell again.")
+        if outcome == "called" and str(got).endswith("(starting another process)"):
+            return done(FAIL, f"❌ {name}: your function starts another process (`{str(got).split(' ')[0]}`); an "
+                              "exercise's answer is computed here, by your function itself — write it without one.")
         if outcome == "called":
             return done(FAIL, f"❌ {name}: your function calls `{got}`, the reference implementation — "
                               "write it yourself (the check switches the reference off while it runs yours).")

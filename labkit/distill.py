@@ -37,7 +37,7 @@ import numbers
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -581,6 +581,19 @@ def _check_seeds(seeds) -> list[int]:
     return [int(s) for s in seeds]
 
 
+def _experiment_inputs(cfg: TrainConfig, teacher: LanguageModel, corpus: data_mod.Corpus | None, eval_set,
+                       log) -> tuple[data_mod.Corpus, object, Callable[[str], None]]:
+    """What every student experiment starts from: the corpus (checked against the teacher's vocabulary), the
+    evaluation set (default: a quarter of the validation split in windows of cfg.block_size) and the log."""
+    from labkit.evaluate import evaluation_set
+
+    corpus = corpus or data_mod.load_corpus(cfg.corpus)
+    check_same_vocabulary(teacher, corpus=corpus)
+    if eval_set is None:
+        eval_set = evaluation_set(corpus.val, window=cfg.block_size, every=4)
+    return corpus, eval_set, log or (lambda s: None)
+
+
 def compare_students(cfg: TrainConfig, teacher: LanguageModel, seeds: tuple[int, ...] = (0, 1, 2),
                      temperature: float = 2.0, alpha: float = 0.5, train_fraction: float = 1.0,
                      eval_set=None, top_k: int | None = None, tail: str = "drop", cached: bool = False,
@@ -593,17 +606,13 @@ def compare_students(cfg: TrainConfig, teacher: LanguageModel, seeds: tuple[int,
     set), standard_error, params, param_bytes, ms_per_iter, train_chars, ... `cached=True` reads the teacher
     from a TeacherCache (built once per seed) instead of running it every step.
     """
-    from labkit.evaluate import evaluation_set, score
+    from labkit.evaluate import score
 
     check_temperature(temperature)
     check_alpha(alpha)
     seeds = _check_seeds(seeds)
-    corpus = corpus or data_mod.load_corpus(cfg.corpus)
-    check_same_vocabulary(teacher, corpus=corpus)
+    corpus, eval_set, quiet = _experiment_inputs(cfg, teacher, corpus, eval_set, log)
     train_corpus = corpus_fraction(corpus, train_fraction)
-    if eval_set is None:
-        eval_set = evaluation_set(corpus.val, window=cfg.block_size, every=4)
-    quiet = log or (lambda s: None)
     rows = []
     for seed in seeds:
         run = dataclasses.replace(cfg, seed=int(seed))
@@ -639,16 +648,12 @@ def distillation_sweep(cfg: TrainConfig, teacher: LanguageModel, temperatures=(1
     Rows: seed, temperature (None for alpha = 0), alpha, val_loss, standard_error (nats/char on eval_set),
     ms_per_iter, params.
     """
-    from labkit.evaluate import evaluation_set, score
+    from labkit.evaluate import score
 
     temperatures = [check_temperature(t) for t in temperatures]
     alphas = [check_alpha(a) for a in alphas]
     seeds = _check_seeds(seeds)
-    corpus = corpus or data_mod.load_corpus(cfg.corpus)
-    check_same_vocabulary(teacher, corpus=corpus)
-    if eval_set is None:
-        eval_set = evaluation_set(corpus.val, window=cfg.block_size, every=4)
-    quiet = log or (lambda s: None)
+    corpus, eval_set, quiet = _experiment_inputs(cfg, teacher, corpus, eval_set, log)
     rows = []
     for seed in seeds:
         run = dataclasses.replace(cfg, seed=int(seed))

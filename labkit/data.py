@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -421,3 +421,44 @@ def iter_sequential_batches(data: np.ndarray, batch_size: int, block_size: int) 
         starts = range(first * block_size, (first + batch_size) * block_size, block_size)
         windows = torch.from_numpy(np.stack([data[s:s + block_size + 1] for s in starts]).astype(np.int64))
         yield windows[:, :-1], windows[:, 1:]
+
+
+#: version of cached_results' file layout: a change recomputes every cached result
+RESULTS_FORMAT = 1
+
+
+def cached_results(name: str, settings: dict, compute: Callable[[], list[dict]],
+                   folder: Path | str | None = None) -> list[dict]:
+    """compute()'s rows, computed once per (name, settings) and kept as JSON in labkit's data cache.
+
+    For the notebook's slow sweeps (many students), as the zoo keeps its models: the file holds the
+    settings, the rows and their sha256; a file whose checksum or settings do not match is recomputed
+    and rewritten (atomically), never used. `settings` must say everything the rows depend on
+    (e.g. the TrainConfig as a dict, seeds, T, alpha, the teacher's record sha256) and be JSON data.
+    The file goes in `folder` (default: the cache's results/ folder).
+    """
+    folder = Path(folder) if folder is not None else cache_dir() / "results"
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"name must be a short identifier (letters, digits, '-', '_'), got {name!r}")
+    try:
+        key = json.dumps({"format": RESULTS_FORMAT, "name": name, "settings": settings}, sort_keys=True)
+    except TypeError as e:
+        raise TypeError(f"settings must be JSON data (dicts, lists, numbers, strings): {e}") from None
+    path = folder / f"results-{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def checksum(rows) -> str:
+        return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+    try:
+        stored = json.loads(path.read_text())
+        if stored["key"] == key and stored["sha256"] == checksum(stored["rows"]):
+            return stored["rows"]
+    except PermissionError as e:
+        raise unreadable_cache_error(e.filename or path, e, folder) from None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing, cut short or edited: computed again below
+    rows = compute()
+    with writing_cache(f"the results {name!r}", folder):
+        atomic_write_bytes(path, json.dumps({"key": key, "sha256": checksum(rows), "rows": rows},
+                                                indent=1).encode())
+    return rows

@@ -695,37 +695,8 @@ def summarize_comparison(rows: list[dict]) -> dict:
 
 
 def cached_results(name: str, settings: dict, compute: Callable[[], list[dict]]) -> list[dict]:
-    """compute()'s rows, computed once per (name, settings) and kept as JSON in labkit's data cache.
-
-    For the notebook's slow sweeps (many students), as the zoo keeps its models: the file holds the
-    settings, the rows and their sha256; a file whose checksum or settings do not match is recomputed
-    and rewritten (atomically), never used. `settings` must say everything the rows depend on
-    (e.g. the TrainConfig as a dict, seeds, T, alpha, the teacher's record sha256) and be JSON data.
-    """
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"name must be a short identifier (letters, digits, '-', '_'), got {name!r}")
-    try:
-        key = json.dumps({"format": CACHE_FORMAT, "name": name, "settings": settings}, sort_keys=True)
-    except TypeError as e:
-        raise TypeError(f"settings must be JSON data (dicts, lists, numbers, strings): {e}") from None
-    path = cache_folder() / f"results-{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-
-    def checksum(rows) -> str:
-        return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-
-    try:
-        stored = json.loads(path.read_text())
-        if stored["key"] == key and stored["sha256"] == checksum(stored["rows"]):
-            return stored["rows"]
-    except PermissionError as e:
-        raise data_mod.unreadable_cache_error(e.filename or path, e, cache_folder()) from None
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # missing, cut short or edited: computed again below
-    rows = compute()
-    with data_mod.writing_cache(f"the results {name!r}", cache_folder()):
-        data_mod.atomic_write_bytes(path, json.dumps({"key": key, "sha256": checksum(rows), "rows": rows},
-                                                     indent=1).encode())
-    return rows
+    """compute()'s rows, computed once per (name, settings): labkit.data.cached_results in the distill cache folder."""
+    return data_mod.cached_results(name, settings, compute, folder=cache_folder())
 
 
 # ---------------------------------------------------------------------------------------------

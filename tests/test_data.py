@@ -625,3 +625,18 @@ def test_prepare_shakespeare_from_a_verified_archive_offline(data_dir, monkeypat
     c = load_corpus("shakespeare")
     assert c.meta["name"] == "shakespeare" and sha256_file(archive) in c.meta["source"]
     assert c.tokenizer.decode(c.train.tolist()) + c.tokenizer.decode(c.val.tolist()) == expected
+
+
+def test_cached_results_kept_in_the_results_folder_and_recomputed_when_settings_change(tmp_path, monkeypatch):
+    from labkit import data as data_mod
+    monkeypatch.setenv("LABKIT_DATA_DIR", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [{"x": len(calls)}]
+
+    assert data_mod.cached_results("demo", {"a": 1}, compute) == [{"x": 1}]
+    assert data_mod.cached_results("demo", {"a": 1}, compute) == [{"x": 1}] and len(calls) == 1
+    assert data_mod.cached_results("demo", {"a": 2}, compute) == [{"x": 2}]
+    assert len(list((tmp_path / "results").glob("results-demo-*.json"))) == 2

@@ -281,8 +281,8 @@ _PROCESS_STARTERS = _process_starters()              # kept alive, so their ids 
 _PROCESS_STARTER_IDS = frozenset(id(f) for f in _PROCESS_STARTERS)   # by identity: some C callables can't be hashed
 
 #: Modules whose every Python function is a tripwire while any learner's function runs: the checks' own
-#: reference helpers live here.
-ALWAYS_FORBIDDEN_MODULES = ("labkit.grading.checks",)
+#: reference helpers live here (one module per group of labs).
+ALWAYS_FORBIDDEN_MODULES = ("labkit.grading.checks", "labkit.grading.checks_compression", "labkit.grading.checks_pools")
 
 
 def forbidden_files(forbidden: Sequence[str]) -> tuple[str, ...]:

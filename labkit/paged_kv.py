@@ -1,14 +1,52 @@
-"""Paged KV cache: keys and values stored in fixed-size blocks, as vLLM stores them.
+"""Paged KV cache: keys and values stored in fixed-size blocks with a block table per sequence, as vLLM does.
 
-    kv_blocks_needed(prompt_len=40, output_len=20, block_size=16, n_sequences=4)   # blocks for 4 samples of one prompt
+    cache = PagedKVCache.for_model(model, n_blocks=64)               # block_size=16 tokens per block
+    out = paged_generate(model, prompt, n_sequences=4, max_new_tokens=30)   # == GPT.generate, token for token
+    kv_blocks_needed(prompt_len=40, output_len=20, block_size=16, n_sequences=4)   # 10 blocks (16 without sharing)
+    stats = simulate_serving(request_trace(200, seed=0), "paged", budget_tokens=65536)
 
-(The cache, the generation through it and the request simulator follow below as they land.)
+`labkit.model.KVCache` (and every server before vLLM) gives each sequence one contiguous slab sized for
+the longest context it might reach. Most of that slab is never written: the sequence stops early, and the
+slots for tokens it has not generated yet are reserved all the time it runs. A paged cache instead cuts
+the storage into blocks of `block_size` tokens (all blocks of one big tensor per layer) and gives a
+sequence a block only when its last one is full, like an operating system giving a process pages of
+memory. A per-sequence *block table* maps the sequence's logical block i to a physical block; attention
+gathers the sequence's keys and values through it. The only waste left is the unfilled tail of each
+sequence's last block: fewer than block_size slots per sequence.
+
+What this module takes from vLLM ("Efficient Memory Management for Large Language Model Serving with
+PagedAttention", Kwon et al. 2023, and the design of vLLM's block manager: its block allocator, block
+tables and copy-on-write tracking, read as documentation; no code copied):
+- blocks of 16 tokens (vLLM's default block size), taken from a free list and returned to it;
+- a reference count per physical block: several sequences' tables may point at one block, and a block is
+  free again only when its count drops to 0;
+- forking a sequence (parallel sampling: n continuations of one prompt) copies the block *table* and adds 1
+  to each block's count, so the prompt is prefilled and stored once;
+- copy on write: appending to a last block that other sequences still share first copies it to a fresh
+  block (the writer's count moves to the copy); a writer that finds a count of 1 writes in place, so the
+  last of n sharers keeps the original. Full blocks are never written again and stay shared for good.
+- (not modelled: vLLM's hashing of full blocks to share prefixes *between* requests, swapping to CPU.)
+
+The request simulator measures the claim of that paper on a synthetic trace: a contiguous cache that
+reserves the maximum context per request wastes most of what it reserves (the paper: 60–80%), a paged
+one under 4%, and so the same budget holds many more sequences at once.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
-__all__ = ["kv_blocks_needed"]
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from labkit.model import GPT, apply_rotary, sample_next, split_heads
+
+__all__ = ["kv_blocks_needed", "OutOfBlocks", "PagedKVCache", "paged_generate"]
+
+
+class OutOfBlocks(MemoryError):
+    """The paged cache has fewer free blocks than a request needs."""
 
 
 def _check_count(name: str, value, minimum: int = 0) -> int:
@@ -51,3 +89,286 @@ def kv_blocks_needed(prompt_len: int, output_len: int, block_size: int, n_sequen
         return _ceil_div(prompt_len, block_size)
     full_prompt_blocks, partial = divmod(prompt_len, block_size)
     return full_prompt_blocks + n_sequences * _ceil_div(partial + output_len, block_size)
+
+
+class PagedKVCache:
+    """Keys and values of many sequences in `n_blocks` blocks of `block_size` token slots each.
+
+    Storage per layer, for k and for v: (n_blocks, block_size, n_kv_head, head_dim). A sequence is a block
+    table (list of physical block numbers) and a length in tokens; `ref_counts[b]` counts the tables that
+    point at block b. Bytes of the storage = 2 · n_layer · n_blocks · block_size · n_kv_head · head_dim ·
+    element size, the formula `labkit.memory.kv_cache_bytes` evaluates for n_blocks · block_size tokens.
+    """
+
+    def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, block_size: int = 16, *, n_blocks: int,
+                 dtype: torch.dtype = torch.float32):
+        self.n_layer = _check_count("n_layer", n_layer, minimum=1)
+        self.n_kv_head = _check_count("n_kv_head", n_kv_head, minimum=1)
+        self.head_dim = _check_count("head_dim", head_dim, minimum=1)
+        self.block_size = _check_count("block_size", block_size, minimum=1)
+        self.n_blocks = _check_count("n_blocks", n_blocks, minimum=1)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        shape = (self.n_layer, self.n_blocks, self.block_size, self.n_kv_head, self.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype)
+        self.v = torch.zeros(shape, dtype=dtype)
+        self.free_blocks: list[int] = list(range(self.n_blocks - 1, -1, -1))  # pop() hands out block 0 first
+        self.ref_counts: list[int] = [0] * self.n_blocks
+        self.block_tables: dict[int, list[int]] = {}
+        self.lengths: dict[int, int] = {}   # tokens stored per sequence
+        self.n_copies = 0                   # blocks copied on write so far
+        self._next_seq = 0
+
+    @classmethod
+    def for_model(cls, model: GPT, n_blocks: int, block_size: int = 16) -> "PagedKVCache":
+        """A paged cache shaped for `model`'s layers and key/value heads, in its weights' dtype."""
+        if not isinstance(model, GPT):
+            raise TypeError(f"model must be a labkit.model.GPT (it has the KV cache), got {type(model).__name__}")
+        c = model.config
+        return cls(c.n_layer, c.n_kv_head, c.head_dim, block_size, n_blocks=n_blocks, dtype=model.wte.weight.dtype)
+
+    # ---- sequences -------------------------------------------------------------------------------------
+    def add_sequence(self) -> int:
+        """A new empty sequence (no blocks yet); returns its id."""
+        seq = self._next_seq
+        self._next_seq += 1
+        self.block_tables[seq], self.lengths[seq] = [], 0
+        return seq
+
+    def fork(self, seq: int) -> int:
+        """A new sequence sharing all of `seq`'s blocks (each block's reference count + 1); returns its id."""
+        table = self._table(seq)
+        child = self.add_sequence()
+        self.block_tables[child], self.lengths[child] = list(table), self.lengths[seq]
+        for block in table:
+            self.ref_counts[block] += 1
+        return child
+
+    def free(self, seq: int) -> None:
+        """Drop a sequence: each of its blocks loses a reference; blocks nobody references go back to the free list."""
+        table = self._table(seq)
+        for block in reversed(table):
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] == 0:
+                self.free_blocks.append(block)
+        del self.block_tables[seq], self.lengths[seq]
+
+    def block_table(self, seq: int) -> list[int]:
+        """The physical block numbers of `seq`'s logical blocks 0, 1, ... (a copy)."""
+        return list(self._table(seq))
+
+    def _table(self, seq: int) -> list[int]:
+        if seq not in self.block_tables:
+            raise ValueError(f"seq={seq!r} is not a live sequence of this cache; live: {sorted(self.block_tables)}")
+        return self.block_tables[seq]
+
+    # ---- writing ---------------------------------------------------------------------------------------
+    def blocks_to_append(self, seq: int, n_tokens: int) -> int:
+        """Free blocks that appending n_tokens to `seq` takes (new blocks plus a copy-on-write copy)."""
+        table, length = self._table(seq), self.lengths[seq]
+        n_tokens = _check_count("n_tokens", n_tokens)
+        if n_tokens == 0:
+            return 0
+        new = _ceil_div(length + n_tokens, self.block_size) - len(table)
+        shared_tail = length % self.block_size != 0 and self.ref_counts[table[-1]] > 1
+        return new + int(shared_tail)
+
+    def append_slots(self, seq: int, n_tokens: int) -> tuple[Tensor, Tensor]:
+        """Make room for n_tokens more tokens of `seq`; returns their (block numbers, offsets in the block).
+
+        Takes new blocks from the free list as the last one fills, and copies a shared, partly filled last
+        block first (copy on write). All or nothing: OutOfBlocks, and nothing changes, if blocks run out.
+        """
+        needed = self.blocks_to_append(seq, n_tokens)
+        if needed > len(self.free_blocks):
+            raise OutOfBlocks(f"appending {n_tokens} tokens to sequence {seq} needs {needed} free blocks of "
+                              f"{self.block_size} tokens; {len(self.free_blocks)} of {self.n_blocks} are free")
+        table, length = self.block_tables[seq], self.lengths[seq]
+        if n_tokens and length % self.block_size and self.ref_counts[table[-1]] > 1:
+            old = table[-1]                               # shared and not full: copy it before writing
+            new = self.free_blocks.pop()
+            self.k[:, new], self.v[:, new] = self.k[:, old], self.v[:, old]
+            self.ref_counts[old] -= 1
+            self.ref_counts[new] = 1
+            table[-1] = new
+            self.n_copies += 1
+        while len(table) * self.block_size < length + n_tokens:
+            block = self.free_blocks.pop()
+            self.ref_counts[block] = 1
+            table.append(block)
+        positions = torch.arange(length, length + n_tokens)
+        self.lengths[seq] = length + n_tokens
+        blocks = torch.tensor(table, dtype=torch.long)[positions // self.block_size]
+        return blocks, positions % self.block_size
+
+    def write(self, layer: int, slots: tuple[Tensor, Tensor], k: Tensor, v: Tensor) -> None:
+        """Store one layer's keys and values, k and v (n_tokens, n_kv_head, head_dim), in `slots` from append_slots."""
+        blocks, offsets = slots
+        expected = (len(blocks), self.n_kv_head, self.head_dim)
+        for name, x in (("k", k), ("v", v)):
+            if not isinstance(x, Tensor) or tuple(x.shape) != expected:
+                raise ValueError(f"{name} must be a tensor of shape (n_tokens, n_kv_head, head_dim) = {expected}, "
+                                 f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        self.k[layer, blocks, offsets] = k.to(self.k.dtype)
+        self.v[layer, blocks, offsets] = v.to(self.v.dtype)
+
+    def append(self, seq: int, k: Tensor, v: Tensor) -> None:
+        """Append tokens with keys and values of every layer, k and v (n_layer, n_tokens, n_kv_head, head_dim)."""
+        if not isinstance(k, Tensor) or k.dim() != 4 or k.size(0) != self.n_layer:
+            raise ValueError(f"k must be a tensor (n_layer={self.n_layer}, n_tokens, n_kv_head, head_dim), got "
+                             f"{tuple(k.shape) if isinstance(k, Tensor) else type(k).__name__}")
+        slots = self.append_slots(seq, k.size(1))
+        for layer in range(self.n_layer):
+            self.write(layer, slots, k[layer], v[layer])
+
+    # ---- reading ---------------------------------------------------------------------------------------
+    def keys_values(self, seq: int, layer: int) -> tuple[Tensor, Tensor]:
+        """`seq`'s keys and values of `layer`, gathered through its block table: each (n_kv_head, length, head_dim)."""
+        table, length = self._table(seq), self.lengths[seq]
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layer:
+            raise ValueError(f"layer must be an int in [0, {self.n_layer}), got {layer!r}")
+        index = torch.tensor(table, dtype=torch.long)
+        k = self.k[layer, index].reshape(-1, self.n_kv_head, self.head_dim)[:length]
+        v = self.v[layer, index].reshape(-1, self.n_kv_head, self.head_dim)[:length]
+        return k.transpose(0, 1), v.transpose(0, 1)
+
+    # ---- accounting ------------------------------------------------------------------------------------
+    @property
+    def bytes_per_block(self) -> int:
+        """Bytes one block takes: k and v of every layer for block_size tokens."""
+        return 2 * self.k[:, 0].nbytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole block storage (k and v, all blocks, used or not)."""
+        return self.k.nbytes + self.v.nbytes
+
+    def filled_slots(self) -> int:
+        """Token slots holding a key/value (a slot shared by several tables counts once)."""
+        filled: dict[int, int] = {}
+        for seq, table in self.block_tables.items():
+            length = self.lengths[seq]
+            for i, block in enumerate(table):
+                filled[block] = max(filled.get(block, 0), min(self.block_size, length - i * self.block_size))
+        return sum(filled.values())
+
+    def stats(self) -> dict:
+        """Blocks used and free, tokens stored, reserved-but-empty slots ("waste") and bytes."""
+        used = self.n_blocks - len(self.free_blocks)
+        filled = self.filled_slots()
+        reserved = used * self.block_size
+        return {
+            "n_blocks": self.n_blocks, "block_size": self.block_size, "blocks_used": used,
+            "blocks_free": len(self.free_blocks), "n_sequences": len(self.block_tables),
+            "tokens_stored": filled,                                  # physical slots written
+            "sequence_tokens": sum(self.lengths.values()),            # what per-sequence caches would store
+            "slots_reserved": reserved, "waste_slots": reserved - filled,
+            "waste_fraction": (reserved - filled) / reserved if reserved else 0.0,
+            "bytes_per_block": self.bytes_per_block, "reserved_bytes": used * self.bytes_per_block,
+            "storage_bytes": self.nbytes, "copies_on_write": self.n_copies,
+        }
+
+
+def _attention_through_cache(block, x: Tensor, cache: PagedKVCache, slots: dict[int, tuple[Tensor, Tensor]],
+                             layer: int, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    """block.attn's forward with keys/values written to and read from the paged cache, x (n_seqs, T, C).
+
+    The same operations as labkit.model.CausalSelfAttention.forward with its KVCache: qkv, split heads,
+    rotate (rotary), store this step's k/v (in the `slots` append_slots made, one entry per sequence, in x's
+    row order), attend over all stored ones, proj. The sequences have equal lengths, so their gathered
+    keys and values stack into one batch, the shape GPT.generate's batched cache has.
+    """
+    attn = block.attn
+    B, T, C = x.shape
+    q, k, v = attn.qkv(x).split([attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim,
+                                 attn.n_kv_head * attn.head_dim], dim=2)
+    q = split_heads(q, attn.n_head)
+    k, v = split_heads(k, attn.n_kv_head), split_heads(v, attn.n_kv_head)   # (B, nkv, T, hd)
+    if rope is not None:
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+    keys, values = [], []
+    for i, (seq, seq_slots) in enumerate(slots.items()):
+        cache.write(layer, seq_slots, k[i].transpose(0, 1), v[i].transpose(0, 1))
+        seq_k, seq_v = cache.keys_values(seq, layer)                  # (nkv, length, hd)
+        keys.append(seq_k), values.append(seq_v)
+    k, v = torch.stack(keys), torch.stack(values)                    # (B, nkv, length, hd)
+    groups = attn.n_head // attn.n_kv_head
+    if groups > 1:  # GQA/MQA: each key/value head serves `groups` query heads
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    # a prefill (T > 1, empty cache) is causal; one new token may look at every stored one
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+    return attn.proj(y.transpose(1, 2).reshape(B, T, attn.n_head * attn.head_dim))
+
+
+def _forward_through_cache(model: GPT, idx: Tensor, cache: PagedKVCache, seqs: list[int]) -> Tensor:
+    """Last-position logits (len(seqs), V) of `idx` (len(seqs), T): the GPT's forward reading the paged cache."""
+    T = idx.size(1)
+    start = cache.lengths[seqs[0]]
+    if T > 1 and start > 0:
+        raise ValueError("multi-token chunks are only supported into an empty sequence (a prefill)")
+    slots = {seq: cache.append_slots(seq, T) for seq in seqs}
+    x = model.wte(idx)
+    rope = None
+    if model.config.positions == "rotary":
+        rope = (model.rope_cos[start:start + T], model.rope_sin[start:start + T])
+    else:
+        x = x + model.position_embedding(start, T)
+    for layer, block in enumerate(model.blocks):
+        x = x + _attention_through_cache(block, block.ln_1(x), cache, slots, layer, rope)
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(model.ln_f(x))[:, -1, :]
+
+
+@torch.no_grad()
+def paged_generate(model: GPT, prompt: Tensor, n_sequences: int, max_new_tokens: int, temperature: float = 0.0,
+                   generator: torch.Generator | None = None, block_size: int = 16, top_k: int | None = None,
+                   cache: PagedKVCache | None = None) -> Tensor:
+    """n_sequences continuations of one prompt (T,) through a paged KV cache: (n_sequences, T + max_new_tokens).
+
+    The prompt is prefilled once into one sequence, which is forked n_sequences − 1 times (its blocks shared);
+    then every step feeds each sequence's newest token and samples all of them at once. The tokens equal
+    GPT.generate(prompt.repeat(n, 1), max_new_tokens, temperature, top_k, generator=...) with its normal cache:
+    greedy exactly; sampled too, because the draws happen in the same order (one torch.multinomial over the
+    (n, V) probabilities per step, from the same generator) — as long as the logits agree bit for bit, which
+    holds on this CPU (the test checks it) but is not promised by floating point across kernels.
+    The cache keeps P + max_new_tokens − 1 tokens per sequence (the last sampled token is never fed back):
+    without `cache`, one of exactly kv_blocks_needed(P, max_new_tokens − 1, block_size, n) blocks is made;
+    the cache (with its sequences still live) is left in `paged_generate.last_cache` for measurement.
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a labkit.model.GPT, got {type(model).__name__}")
+    if not isinstance(prompt, Tensor) or prompt.dim() != 1 or prompt.numel() == 0 or prompt.is_floating_point():
+        raise ValueError(f"prompt must be a non-empty 1-D tensor of token ids (T,), got "
+                         f"{tuple(prompt.shape) if isinstance(prompt, Tensor) else type(prompt).__name__}")
+    n_sequences = _check_count("n_sequences", n_sequences, minimum=1)
+    max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    T = prompt.numel()
+    if T + max(max_new_tokens - 1, 0) > model.block_size:
+        raise ValueError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} needs {T + max_new_tokens - 1} "
+                         f"positions; the model has block_size={model.block_size} (GPT.generate would slide a window "
+                         "and recompute, which a paged cache does not model); allowed: T + max_new_tokens - 1 <= "
+                         f"{model.block_size}")
+    if cache is None:
+        n_blocks = max(kv_blocks_needed(T, max(max_new_tokens - 1, 0), block_size, n_sequences), 1)
+        cache = PagedKVCache.for_model(model, n_blocks=n_blocks, block_size=block_size)
+    was_training = model.training
+    model.eval()
+    try:
+        idx = prompt.reshape(1, T).repeat(n_sequences, 1)
+        if max_new_tokens > 0:
+            first = cache.add_sequence()
+            logits = _forward_through_cache(model, prompt.reshape(1, T), cache, [first])
+            seqs = [first] + [cache.fork(first) for _ in range(n_sequences - 1)]
+            logits = logits.expand(n_sequences, -1)
+            for step in range(max_new_tokens):
+                if step > 0:
+                    logits = _forward_through_cache(model, idx[:, -1:], cache, seqs)
+                idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)
+    finally:
+        model.train(was_training)
+    paged_generate.last_cache = cache
+    return idx

@@ -2,8 +2,12 @@
 import math
 
 import pytest
+import torch
+from hypothesis import given, settings, strategies as st
 
-from labkit.paged_kv import kv_blocks_needed
+from labkit.memory import kv_cache_bytes
+from labkit.model import GPT, GPTConfig
+from labkit.paged_kv import OutOfBlocks, PagedKVCache, kv_blocks_needed, paged_generate
 
 
 def test_kv_blocks_needed_worked_examples():
@@ -34,3 +38,215 @@ def test_one_sequence_needs_the_same_with_or_without_sharing(prompt_len, output_
 def test_kv_blocks_needed_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         kv_blocks_needed(**kwargs)
+
+
+# ---- the paged cache ------------------------------------------------------------------------------------
+
+
+def tokens_kv(cache: PagedKVCache, n_tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random keys and values (n_layer, n_tokens, n_kv_head, head_dim) for `cache`."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (cache.n_layer, n_tokens, cache.n_kv_head, cache.head_dim)
+    return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+
+
+def small_cache(n_blocks: int = 32, block_size: int = 4) -> PagedKVCache:
+    return PagedKVCache(n_layer=2, n_kv_head=2, head_dim=3, block_size=block_size, n_blocks=n_blocks)
+
+
+def test_keys_values_gives_back_what_was_appended_in_order():
+    cache = small_cache()
+    a, b = cache.add_sequence(), cache.add_sequence()
+    ka1, va1 = tokens_kv(cache, 5, seed=1)
+    kb, vb = tokens_kv(cache, 7, seed=2)
+    ka2, va2 = tokens_kv(cache, 6, seed=3)
+    cache.append(a, ka1, va1)
+    cache.append(b, kb, vb)          # interleaved: a's blocks are not contiguous in the storage
+    cache.append(a, ka2, va2)
+    for layer in range(2):
+        k, v = cache.keys_values(a, layer)
+        assert k.shape == (2, 11, 3)
+        assert torch.equal(k, torch.cat([ka1[layer], ka2[layer]]).transpose(0, 1))
+        assert torch.equal(v, torch.cat([va1[layer], va2[layer]]).transpose(0, 1))
+        assert torch.equal(cache.keys_values(b, layer)[0], kb[layer].transpose(0, 1))
+    assert cache.block_table(a) == [0, 1, 4]   # block 0, 1 then blocks 2, 3 went to b, then 4
+    assert cache.lengths[a] == 11 and cache.stats()["blocks_used"] == 5
+
+
+def test_fork_shares_blocks_and_copy_on_write_keeps_the_parent_intact():
+    cache = small_cache(block_size=4)
+    parent = cache.add_sequence()
+    k, v = tokens_kv(cache, 6, seed=0)            # one full block + 2 tokens in a partial one
+    cache.append(parent, k, v)
+    child = cache.fork(parent)
+    assert cache.block_table(child) == cache.block_table(parent) == [0, 1]
+    assert [cache.ref_counts[b] for b in (0, 1)] == [2, 2]
+    assert cache.stats()["blocks_used"] == 2
+
+    kc, vc = tokens_kv(cache, 1, seed=5)
+    cache.append(child, kc, vc)                   # shared, partly filled last block: copied first
+    assert cache.n_copies == 1
+    assert cache.block_table(child)[0] == 0 and cache.block_table(child)[1] not in (0, 1)
+    assert [cache.ref_counts[b] for b in (0, 1)] == [2, 1]
+    assert torch.equal(cache.keys_values(parent, 0)[0], k[0].transpose(0, 1))   # parent unchanged
+    assert torch.equal(cache.keys_values(child, 1)[1], torch.cat([v[1], vc[1]]).transpose(0, 1))
+
+    kp, vp = tokens_kv(cache, 3, seed=6)
+    cache.append(parent, kp, vp)                  # now the only owner of block 1: written in place
+    assert cache.n_copies == 1 and cache.block_table(parent)[:2] == [0, 1]
+    assert torch.equal(cache.keys_values(parent, 0)[0], torch.cat([k[0], kp[0]]).transpose(0, 1))
+
+
+def test_a_full_shared_block_is_never_copied():
+    cache = small_cache(block_size=4)
+    parent = cache.add_sequence()
+    cache.append(parent, *tokens_kv(cache, 8, seed=0))
+    child = cache.fork(parent)
+    cache.append(child, *tokens_kv(cache, 1, seed=1))
+    assert cache.n_copies == 0
+    assert cache.block_table(child)[:2] == cache.block_table(parent) == [0, 1]
+
+
+def test_free_returns_blocks_only_when_nobody_references_them():
+    cache = small_cache(n_blocks=8, block_size=4)
+    parent = cache.add_sequence()
+    cache.append(parent, *tokens_kv(cache, 6, seed=0))
+    child = cache.fork(parent)
+    cache.append(child, *tokens_kv(cache, 4, seed=1))
+    used = cache.stats()["blocks_used"]
+    assert used == 4                               # blocks 0, 1 (parent), the copy of 1, one more for the child
+    cache.free(parent)
+    assert cache.stats()["blocks_used"] == 3       # only the parent's partial block 1 was its own
+    assert cache.ref_counts[0] == 1
+    cache.free(child)
+    assert cache.stats()["blocks_used"] == 0 and sorted(cache.free_blocks) == list(range(8))
+    with pytest.raises(ValueError, match="seq=0"):
+        cache.free(parent)                         # already freed
+    with pytest.raises(ValueError, match="seq=99"):
+        cache.keys_values(99, 0)
+
+
+def test_exhaustion_raises_out_of_blocks_and_changes_nothing():
+    cache = small_cache(n_blocks=3, block_size=4)
+    seq = cache.add_sequence()
+    cache.append(seq, *tokens_kv(cache, 10, seed=0))           # 3 blocks, the last one half full
+    before = (cache.block_table(seq), cache.lengths[seq], list(cache.free_blocks))
+    with pytest.raises(OutOfBlocks, match=r"needs 1 free blocks.*0 of 3 are free"):
+        cache.append(seq, *tokens_kv(cache, 3, seed=1))
+    assert isinstance(OutOfBlocks("x"), MemoryError)
+    assert (cache.block_table(seq), cache.lengths[seq], list(cache.free_blocks)) == before
+    cache.append(seq, *tokens_kv(cache, 2, seed=2))            # what still fits does
+    assert cache.lengths[seq] == 12
+
+
+def test_stats_count_waste_and_bytes_by_formula():
+    cache = small_cache(n_blocks=10, block_size=4)
+    a = cache.add_sequence()
+    cache.append(a, *tokens_kv(cache, 5, seed=0))
+    b = cache.fork(a)
+    cache.append(b, *tokens_kv(cache, 1, seed=1))
+    s = cache.stats()
+    # a: blocks 0 (4 tokens, shared) and 1 (1 token); b: block 0 and a copy of 1 holding 2 tokens
+    assert s["blocks_used"] == 3 and s["tokens_stored"] == 4 + 1 + 2 and s["sequence_tokens"] == 5 + 6
+    assert s["waste_slots"] == 3 * 4 - 7 and s["waste_fraction"] == pytest.approx(5 / 12)
+    assert s["bytes_per_block"] == kv_cache_bytes(2, 2, 3, seq_len=4)
+    assert s["storage_bytes"] == kv_cache_bytes(2, 2, 3, seq_len=40) == cache.k.nbytes + cache.v.nbytes
+    assert s["reserved_bytes"] == 3 * s["bytes_per_block"] and s["copies_on_write"] == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(prompt_len=st.integers(0, 40), output_len=st.integers(0, 30), block_size=st.integers(1, 16),
+       n_sequences=st.integers(1, 5))
+def test_kv_blocks_needed_equals_a_real_cache(prompt_len, output_len, block_size, n_sequences):
+    """Prefill once, fork, then each sequence appends output_len tokens one at a time, taking turns."""
+    def cache() -> PagedKVCache:
+        return PagedKVCache(1, 1, 1, block_size, n_blocks=n_sequences * (prompt_len + output_len) + 1)
+
+    shared = cache()
+    first = shared.add_sequence()
+    shared.append(first, torch.zeros(1, prompt_len, 1, 1), torch.zeros(1, prompt_len, 1, 1))
+    seqs = [first] + [shared.fork(first) for _ in range(n_sequences - 1)]
+    one = torch.zeros(1, 1, 1, 1)
+    for _ in range(output_len):
+        for seq in seqs:
+            shared.append(seq, one, one)
+    assert shared.stats()["blocks_used"] == kv_blocks_needed(prompt_len, output_len, block_size, n_sequences)
+
+    separate = cache()
+    for _ in range(n_sequences):
+        seq = separate.add_sequence()
+        length = prompt_len + output_len
+        separate.append(seq, torch.zeros(1, length, 1, 1), torch.zeros(1, length, 1, 1))
+    assert separate.stats()["blocks_used"] == kv_blocks_needed(prompt_len, output_len, block_size, n_sequences,
+                                                               shared_prefix=False)
+
+
+def test_cache_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="block_size"):
+        PagedKVCache(1, 1, 1, block_size=0, n_blocks=4)
+    with pytest.raises(ValueError, match="n_blocks"):
+        PagedKVCache(1, 1, 1, n_blocks=-2)
+    with pytest.raises(TypeError, match="dtype"):
+        PagedKVCache(1, 1, 1, n_blocks=2, dtype=torch.int64)
+    cache = small_cache()
+    seq = cache.add_sequence()
+    with pytest.raises(ValueError, match=r"shape \(n_tokens, n_kv_head, head_dim\)"):
+        cache.write(0, cache.append_slots(seq, 2), torch.zeros(2, 2, 4), torch.zeros(2, 2, 3))
+    with pytest.raises(ValueError, match="layer must be"):
+        cache.keys_values(seq, 2)
+
+
+# ---- generation through the paged cache -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def baby_gpt():
+    from labkit import zoo
+    model, _ = zoo.load("baby-gpt")
+    return model
+
+
+def prompt_of(model, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("prompt_len, n_sequences, max_new_tokens", [(21, 1, 12), (16, 4, 30), (21, 3, 44)])
+def test_paged_generate_greedy_equals_gpt_generate(baby_gpt, prompt_len, n_sequences, max_new_tokens):
+    prompt = prompt_of(baby_gpt, prompt_len)
+    expected = baby_gpt.generate(prompt.repeat(n_sequences, 1), max_new_tokens, temperature=0.0, use_cache=True)
+    got = paged_generate(baby_gpt, prompt, n_sequences, max_new_tokens)
+    assert got.shape == (n_sequences, prompt_len + max_new_tokens)
+    assert torch.equal(got, expected)
+    stats = paged_generate.last_cache.stats()   # sized by kv_blocks_needed, and every block used
+    assert stats["blocks_used"] == kv_blocks_needed(prompt_len, max_new_tokens - 1, 16, n_sequences)
+    assert stats["copies_on_write"] == (n_sequences - 1 if prompt_len % 16 else 0)
+
+
+def test_paged_generate_sampled_equals_gpt_generate_with_the_same_generator(baby_gpt):
+    prompt = prompt_of(baby_gpt, 21, seed=1)
+    expected = baby_gpt.generate(prompt.repeat(5, 1), 40, temperature=1.0, top_k=20, use_cache=True,
+                                 generator=torch.Generator().manual_seed(7))
+    got = paged_generate(baby_gpt, prompt, 5, 40, temperature=1.0, top_k=20,
+                         generator=torch.Generator().manual_seed(7))
+    assert torch.equal(got, expected)
+    assert len({tuple(row.tolist()) for row in got}) > 1      # the samples really diverged (so COW mattered)
+
+
+def test_paged_generate_with_grouped_query_heads_rotary_positions_and_tiny_blocks():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=40, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                          positions="rotary"))
+    prompt = prompt_of(model, 9)
+    expected = model.generate(prompt.repeat(3, 1), 25, temperature=0.0, use_cache=True)
+    assert torch.equal(paged_generate(model, prompt, 3, 25, block_size=4), expected)
+    assert paged_generate.last_cache.stats()["blocks_used"] == kv_blocks_needed(9, 24, 4, 3)
+
+
+def test_paged_generate_rejects_what_it_cannot_do(baby_gpt):
+    with pytest.raises(ValueError, match="block_size=64"):
+        paged_generate(baby_gpt, prompt_of(baby_gpt, 40), 2, 30)
+    with pytest.raises(ValueError, match="prompt must be"):
+        paged_generate(baby_gpt, prompt_of(baby_gpt, 4).reshape(1, 4), 2, 3)
+    with pytest.raises(ValueError, match="n_sequences"):
+        paged_generate(baby_gpt, prompt_of(baby_gpt, 4), 0, 3)
+    with pytest.raises(OutOfBlocks):
+        paged_generate(baby_gpt, prompt_of(baby_gpt, 17), 4, 10,
+                       cache=PagedKVCache.for_model(baby_gpt, n_blocks=4))

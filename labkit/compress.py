@@ -29,16 +29,21 @@ byte is padded with zero bits.
 """
 from __future__ import annotations
 
+import bz2
 import heapq
+import lzma
 import math
 import numbers
 import struct
+import time
 import zlib
 from collections import Counter
+from collections.abc import Iterable
 
 __all__ = [
     "CorruptStream", "BitWriter", "BitReader", "entropy_bits", "huffman_code_lengths", "canonical_codes",
-    "HuffmanCode", "huffman_encode", "huffman_decode", "HUFFMAN_MAGIC", "MAX_ALPHABET",
+    "HuffmanCode", "huffman_encode", "huffman_decode", "lz77_tokens", "lz77_detokenize", "lz77_compress",
+    "lz77_decompress", "compare_coders", "HUFFMAN_MAGIC", "LZ77_MAGIC", "MAX_ALPHABET", "LZ77_LIMITS",
 ]
 
 
@@ -113,7 +118,7 @@ def _check_frequencies(frequencies) -> dict[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 def entropy_bits(symbols_or_counts) -> float:
-    """Shannon entropy in bits/symbol of bytes, a sequence or 1-D integer tensor of symbols, or a {symbol: count} dict."""
+    """Shannon entropy in bits/symbol of bytes, a sequence or 1-D integer tensor of symbols, or {symbol: count}."""
     if isinstance(symbols_or_counts, dict):
         counts = [c for c in _check_frequencies(symbols_or_counts).values() if c > 0]
         if not counts:
@@ -328,7 +333,7 @@ class HuffmanCode:
         return max(self.lengths) + 1 if self.lengths else 0
 
     def encoded_bytes(self, symbols, include_table: bool = True) -> int:
-        """Bytes the symbols take coded: the packed bits rounded up to whole bytes, plus the table unless told not to."""
+        """Bytes the symbols take coded: the packed bits in whole bytes, plus the length table unless told not to."""
         _, n_bits = self.encode(symbols)
         return (n_bits + 7) // 8 + (self.table_bytes if include_table else 0)
 
@@ -404,3 +409,268 @@ def huffman_decode(data: bytes) -> bytes | list[int]:
     if _symbols_crc(data[:_HUFFMAN_HEADER.size - 4], table, symbols) != crc:
         raise CorruptStream("checksum mismatch: the stream decodes, but not to the symbols that were encoded")
     return bytes(symbols) if alphabet_size <= 256 else symbols
+
+
+# ---------------------------------------------------------------------------------------------
+# LZ77: replace a repeat by (offset, length) pointing back into a sliding window
+# ---------------------------------------------------------------------------------------------
+
+#: The allowed range of each LZ77 setting. DEFLATE (zlib) uses window 32768, max_length 258, min_match 3.
+LZ77_LIMITS = {"window": (1, 1 << 20), "min_match": (2, 32), "max_length": (2, 65535)}
+
+
+def _check_lz77_settings(window, max_length, min_match) -> tuple[int, int, int]:
+    window = _check_int(window, "window", *LZ77_LIMITS["window"])
+    min_match = _check_int(min_match, "min_match", *LZ77_LIMITS["min_match"])
+    max_length = _check_int(max_length, "max_length", max(min_match, LZ77_LIMITS["max_length"][0]),
+                            LZ77_LIMITS["max_length"][1])
+    return window, max_length, min_match
+
+
+def lz77_tokens(data: bytes, window: int = 4096, max_length: int = 258, min_match: int = 3, *,
+                max_chain: int = 64) -> list[tuple[int, int, int | None]]:
+    """The LZ77 tokens of `data`: (0, 0, byte) for a literal, (offset, length, None) to copy `length` bytes
+    starting `offset` bytes back (1 <= offset <= window, min_match <= length <= max_length).
+
+    Literals and matches are separate tokens, as in DEFLATE (Storer and Szymanski's variant of LZ77), rather than
+    the 1977 paper's (offset, length, next byte) triples. Greedy parsing: at each position take the longest match
+    found among the last `max_chain` earlier positions starting with the same `min_match` bytes."""
+    data = _as_bytes(data)
+    window, max_length, min_match = _check_lz77_settings(window, max_length, min_match)
+    max_chain = _check_int(max_chain, "max_chain", 1)
+    n = len(data)
+    # The hash chain. Comparing position i with every one of the `window` positions before it would cost
+    # n * window byte comparisons (4e8 for 100 kB). A match of at least min_match bytes must start with the same
+    # min_match bytes, so remember, for each such key, the latest position where it occurred (`head`), and for each
+    # position the previous one with the same key (`previous`): following the chain visits only real candidates,
+    # newest (smallest offset) first.
+    head: dict[bytes, int] = {}
+    previous = [-1] * n
+
+    def remember(i: int) -> None:
+        key = data[i:i + min_match]
+        previous[i] = head.get(key, -1)
+        head[key] = i
+
+    tokens: list[tuple[int, int, int | None]] = []
+    i = 0
+    while i < n:
+        best_length, best_offset = 0, 0
+        if i + min_match <= n:
+            limit = min(max_length, n - i)
+            candidate, steps = head.get(data[i:i + min_match], -1), 0
+            while candidate >= 0 and i - candidate <= window and steps < max_chain:
+                # Quick reject: to beat the best match so far, the candidate must agree one byte past its end.
+                if data[candidate + best_length] == data[i + best_length]:
+                    length = 0
+                    while length < limit and data[candidate + length] == data[i + length]:
+                        length += 1  # may run past i: an overlapping match ("abababab" = "ab" + copy 6 from 2 back)
+                    if length > best_length:
+                        best_length, best_offset = length, i - candidate
+                        if length == limit:  # cannot do better
+                            break
+                candidate, steps = previous[candidate], steps + 1
+            remember(i)
+        if best_length >= min_match:
+            tokens.append((best_offset, best_length, None))
+            for j in range(i + 1, min(i + best_length, n - min_match + 1)):
+                remember(j)  # positions inside the match can start later matches too
+            i += best_length
+        else:
+            tokens.append((0, 0, data[i]))
+            i += 1
+    return tokens
+
+
+def lz77_detokenize(tokens: Iterable[tuple[int, int, int | None]]) -> bytes:
+    """The bytes that LZ77 tokens stand for; CorruptStream for a token that points before the start."""
+    out = bytearray()
+    for k, token in enumerate(tokens):
+        try:
+            offset, length, literal = token
+        except (TypeError, ValueError):
+            raise TypeError(f"tokens[{k}]={token!r} must be a tuple (offset, length, literal)") from None
+        if literal is not None:
+            if not (isinstance(literal, numbers.Integral) and 0 <= literal <= 255) or offset or length:
+                raise ValueError(f"tokens[{k}]={token!r}: a literal token is (0, 0, byte) with byte in [0, 255]")
+            out.append(literal)
+            continue
+        if not (isinstance(offset, numbers.Integral) and isinstance(length, numbers.Integral)) or length < 1:
+            raise ValueError(f"tokens[{k}]={token!r}: a match token is (offset >= 1, length >= 1, None)")
+        if not 1 <= offset <= len(out):
+            raise CorruptStream(f"tokens[{k}]={token!r} points {offset} bytes back, but only {len(out)} bytes "
+                                "precede it")
+        start = len(out) - offset
+        if length <= offset:
+            out += out[start:start + length]
+        else:  # the copy overlaps what it is writing: byte by byte, so each copied byte can be copied again
+            for j in range(length):
+                out.append(out[start + j])
+    return bytes(out)
+
+
+LZ77_MAGIC = b"LKZ7"
+# magic, mode (0 stored, 1 tokens), window, max_length, min_match, n_bytes, CRC-32
+_LZ77_HEADER = struct.Struct("<4sBIHBII")
+_STORED, _TOKENS = 0, 1
+
+
+def _token_bits(window: int, max_length: int, min_match: int) -> tuple[int, int]:
+    """Bits for (offset - 1) and (length - min_match) in a packed match token."""
+    return (window - 1).bit_length(), (max_length - min_match).bit_length()
+
+
+def lz77_compress(data: bytes, window: int = 4096, max_length: int = 258, min_match: int = 3) -> bytes:
+    """`data` as a self-contained LZ77 stream: a header, then bit-packed tokens (or the raw bytes, if smaller)."""
+    data = _as_bytes(data)
+    window, max_length, min_match = _check_lz77_settings(window, max_length, min_match)
+    if len(data) >= 1 << 32:
+        raise ValueError(f"data: {len(data)} bytes; at most 2**32 - 1 fit one stream")
+    offset_bits, length_bits = _token_bits(window, max_length, min_match)
+    writer = BitWriter()
+    for offset, length, literal in lz77_tokens(data, window, max_length, min_match):
+        if literal is not None:  # flag 0, then the byte: 9 bits
+            writer.write(literal, 9)
+        else:  # flag 1, then offset and length, each stored minus its smallest value
+            writer.write(1, 1)
+            writer.write(offset - 1, offset_bits)
+            writer.write(length - min_match, length_bits)
+    payload, mode = writer.getvalue(), _TOKENS
+    if len(payload) >= len(data):
+        # Random bytes have no repeats: every literal would cost 9 bits. Store them as they are instead (DEFLATE's
+        # "stored block"), so LZ77 never makes data more than a header larger.
+        payload, mode = data, _STORED
+    fields = _LZ77_HEADER.pack(LZ77_MAGIC, mode, window, max_length, min_match, len(data), 0)[:-4]
+    return fields + struct.pack("<I", zlib.crc32(data, zlib.crc32(fields))) + payload
+
+
+def lz77_decompress(blob: bytes) -> bytes:
+    """The bytes of an `lz77_compress` stream; CorruptStream if it is truncated, damaged or fails its checksum."""
+    blob = _as_bytes(blob, "blob")
+    if len(blob) < _LZ77_HEADER.size:
+        raise CorruptStream(f"an LZ77 stream has a {_LZ77_HEADER.size}-byte header; got {len(blob)} bytes")
+    magic, mode, window, max_length, min_match, n_bytes, crc = _LZ77_HEADER.unpack_from(blob)
+    if magic != LZ77_MAGIC:
+        raise CorruptStream(f"not an LZ77 stream: magic {magic!r}, expected {LZ77_MAGIC!r}")
+    try:
+        _check_lz77_settings(window, max_length, min_match)
+    except ValueError as e:
+        raise CorruptStream(f"damaged header: {e}") from None
+    payload = blob[_LZ77_HEADER.size:]
+    if mode == _STORED:
+        if len(payload) != n_bytes:
+            raise CorruptStream(f"a stored stream of {n_bytes} bytes holds {len(payload)} bytes")
+        out = payload
+    elif mode == _TOKENS:
+        offset_bits, length_bits = _token_bits(window, max_length, min_match)
+        # Each token has at least min(9, 1 + offset_bits + length_bits) bits and makes at most max_length bytes:
+        # a header claiming more bytes than that is damaged (checked before any work).
+        most = 8 * len(payload) // min(9, 1 + offset_bits + length_bits) * max_length
+        if n_bytes > most:
+            raise CorruptStream(f"truncated: {len(payload)} payload bytes cannot hold {n_bytes} bytes of data")
+        reader, buffer = BitReader(payload), bytearray()
+        while len(buffer) < n_bytes:
+            if reader.read_bit() == 0:
+                buffer.append(reader.read(8))
+                continue
+            offset, length = reader.read(offset_bits) + 1, reader.read(length_bits) + min_match
+            if offset > len(buffer):
+                raise CorruptStream(f"a match points {offset} bytes back at byte {len(buffer)}: before the start")
+            if len(buffer) + length > n_bytes:
+                raise CorruptStream(f"a match of {length} bytes at byte {len(buffer)} runs past the end ({n_bytes})")
+            start = len(buffer) - offset
+            for j in range(length):  # byte by byte: the copy may overlap itself (see lz77_detokenize)
+                buffer.append(buffer[start + j])
+        if (reader.position + 7) // 8 != len(payload) or (reader.position % 8 and
+                                                           reader.read(8 - reader.position % 8) != 0):
+            raise CorruptStream(f"{len(payload)} payload bytes, but the tokens end at bit {reader.position}")
+        out = bytes(buffer)
+    else:
+        raise CorruptStream(f"damaged header: mode {mode} (0 = stored, 1 = tokens)")
+    if zlib.crc32(out, zlib.crc32(blob[:_LZ77_HEADER.size - 4])) != crc:
+        raise CorruptStream("checksum mismatch: the stream decodes, but not to the bytes that were compressed")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# LZ77 + Huffman (DEFLATE's idea in miniature) and the comparison with the standard library
+# ---------------------------------------------------------------------------------------------
+
+_LZH_MAGIC = b"LKZH"
+
+
+def _lz77_huffman_compress(data: bytes, window: int = 4096, max_length: int = 258, min_match: int = 3) -> bytes:
+    """LZ77 tokens, then Huffman codes for them: DEFLATE's two steps, each written out above."""
+    # As in DEFLATE, literals and match lengths share one alphabet (0..255 a byte, 256 + k a length min_match + k),
+    # so that the code learns how often a match happens at all. Offsets (up to 2**20) are split into a high part,
+    # Huffman coded because small offsets are common, and the low 8 bits, which are nearly uniform.
+    litlen, offset_high, offset_low = [], [], bytearray()
+    for offset, length, literal in lz77_tokens(data, window, max_length, min_match):
+        if literal is not None:
+            litlen.append(literal)
+        else:
+            litlen.append(256 + length - min_match)
+            offset_high.append((offset - 1) >> 8)
+            offset_low.append((offset - 1) & 0xFF)
+    parts = [huffman_encode(litlen, 256 + max_length - min_match + 1),
+             huffman_encode(offset_high, max(1, (window - 1) >> 8) + 1), bytes(offset_low)]
+    header = _LZH_MAGIC + struct.pack("<HB3I", max_length, min_match, *(len(p) for p in parts))
+    return header + b"".join(parts)
+
+
+def _lz77_huffman_decompress(blob: bytes) -> bytes:
+    """The bytes of a `_lz77_huffman_compress` stream (CorruptStream if damaged)."""
+    head = struct.Struct("<4sHB3I")
+    if len(blob) < head.size or blob[:4] != _LZH_MAGIC:
+        raise CorruptStream("not an LZ77 + Huffman stream (too short or wrong magic)")
+    _, max_length, min_match, *sizes = head.unpack_from(blob)
+    if head.size + sum(sizes) != len(blob):
+        raise CorruptStream(f"the parts' sizes {sizes} do not add up to the {len(blob) - head.size} bytes left")
+    cuts = [head.size, head.size + sizes[0], head.size + sizes[0] + sizes[1], len(blob)]
+    litlen, offset_high = (huffman_decode(blob[a:b]) for a, b in zip(cuts[:2], cuts[1:3]))
+    offset_low = blob[cuts[2]:]
+    if len(offset_high) != len(offset_low):
+        raise CorruptStream("the offset parts disagree in length")
+    tokens, k = [], 0
+    for symbol in litlen:
+        if symbol < 256:
+            tokens.append((0, 0, symbol))
+        else:
+            if k >= len(offset_low):
+                raise CorruptStream("more matches than offsets")
+            tokens.append(((offset_high[k] << 8 | offset_low[k]) + 1, symbol - 256 + min_match, None))
+            k += 1
+    if k != len(offset_low):
+        raise CorruptStream("more offsets than matches")
+    return lz77_detokenize(tokens)  # its CorruptStream catches an offset before the start
+
+
+def compare_coders(data: bytes, progress: bool = True) -> list[dict]:
+    """One row per coder on the same bytes: coder, bytes, ratio (raw/coded), bits_per_byte, encode_ms, decode_ms
+    and roundtrip_ok (its output decoded and compared with `data`). Times are one run each (wall clock, ms)."""
+    from tqdm.auto import tqdm
+
+    data = _as_bytes(data)
+    if not data:
+        raise ValueError("compare_coders: data is empty; give at least one byte")
+    coders = [
+        ("raw", bytes, bytes),
+        ("huffman", huffman_encode, huffman_decode),
+        ("lz77", lz77_compress, lz77_decompress),
+        ("lz77 + huffman", _lz77_huffman_compress, _lz77_huffman_decompress),
+        ("zlib -9", lambda d: zlib.compress(d, 9), zlib.decompress),  # DEFLATE: LZ77 (32 kB window) + Huffman
+        ("lzma", lzma.compress, lzma.decompress),  # LZ77-style matches + range coding with context models (-6)
+        ("bz2", lambda d: bz2.compress(d, 9), bz2.decompress),  # Burrows-Wheeler transform + move-to-front + Huffman
+    ]
+    rows = []
+    for name, encode, decode in tqdm(coders, desc="coders", disable=not progress):
+        start = time.perf_counter()
+        coded = encode(data)
+        encode_ms = 1000 * (time.perf_counter() - start)
+        start = time.perf_counter()
+        decoded = decode(coded)
+        decode_ms = 1000 * (time.perf_counter() - start)
+        rows.append({"coder": name, "bytes": len(coded), "ratio": len(data) / len(coded),
+                     "bits_per_byte": 8 * len(coded) / len(data), "encode_ms": encode_ms, "decode_ms": decode_ms,
+                     "roundtrip_ok": bytes(decoded) == data})
+    return rows

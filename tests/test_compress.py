@@ -268,3 +268,176 @@ def test_one_symbol_code_rejects_the_unused_bit():
     assert code.decode(bytes([0b00000000]), 3) == [7, 7, 7]
     with pytest.raises(CorruptStream, match="match no code"):
         code.decode(bytes([0b01000000]), 3)
+
+
+# --- LZ77 ------------------------------------------------------------------------------------
+
+def brute_force_tokens(data: bytes, window: int, max_length: int, min_match: int) -> list[tuple]:
+    """Greedy LZ77 without a hash chain: try every offset 1..window, keep the first (smallest) longest match."""
+    tokens, i = [], 0
+    while i < len(data):
+        best_length, best_offset = 0, 0
+        for offset in range(1, min(window, i) + 1):
+            length = 0
+            while length < min(max_length, len(data) - i) and data[i - offset + length] == data[i + length]:
+                length += 1
+            if length > best_length:
+                best_length, best_offset = length, offset
+        if best_length >= min_match:
+            tokens.append((best_offset, best_length, None))
+            i += best_length
+        else:
+            tokens.append((0, 0, data[i]))
+            i += 1
+    return tokens
+
+
+def test_lz77_tokens_textbook_example():
+    assert compress.lz77_tokens(b"abcabcabcabc") == [(0, 0, 97), (0, 0, 98), (0, 0, 99), (3, 9, None)]
+    assert compress.lz77_tokens(b"aaaaaa") == [(0, 0, 97), (1, 5, None)]  # a match may overlap itself
+    assert compress.lz77_tokens(b"") == []
+    assert compress.lz77_detokenize([(0, 0, 97), (1, 5, None)]) == b"aaaaaa"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(b"abc"), max_size=120).map(bytes), st.integers(1, 40), st.integers(2, 4),
+       st.integers(0, 30))
+def test_lz77_hash_chain_finds_the_longest_match(data, window, min_match, extra):
+    """With a chain long enough to see the whole window, the hash chain finds what trying every offset finds."""
+    max_length = min_match + extra
+    assert (compress.lz77_tokens(data, window, max_length, min_match, max_chain=10**6)
+            == brute_force_tokens(data, window, max_length, min_match))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(special_bytes, st.sampled_from([(4096, 258, 3), (1, 2, 2), (16, 20, 4), (1 << 20, 65535, 32)]))
+def test_lz77_roundtrip(data, setting):
+    window, max_length, min_match = setting
+    tokens = compress.lz77_tokens(data, window, max_length, min_match)
+    assert compress.lz77_detokenize(tokens) == data
+    for offset, length, literal in tokens:
+        assert (offset, length) == (0, 0) if literal is not None else (1 <= offset <= window
+                                                                        and min_match <= length <= max_length)
+    blob = compress.lz77_compress(data, window, max_length, min_match)
+    assert compress.lz77_decompress(blob) == data
+    assert len(blob) <= len(data) + compress._LZ77_HEADER.size  # never worse than raw + the header
+
+
+def test_lz77_random_bytes_are_stored_not_expanded():
+    data = random.Random(0).randbytes(20_000)
+    blob = compress.lz77_compress(data)
+    assert len(blob) == len(data) + compress._LZ77_HEADER.size  # 9-bit literals would be 1.125x: stored instead
+    assert compress.lz77_decompress(blob) == data
+
+
+def test_lz77_compresses_repetitive_text():
+    data = corpus_like_bytes(5000)
+    blob = compress.lz77_compress(data)
+    assert len(blob) < len(data) / 3 and compress.lz77_decompress(blob) == data
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(window=0), ValueError, r"window=0 .*\[1, 1048576\]"),
+    (dict(window=(1 << 20) + 1), ValueError, r"window=1048577 .*\[1, 1048576\]"),
+    (dict(window=2.5), TypeError, "window=2.5"),
+    (dict(min_match=1), ValueError, r"min_match=1 .*\[2, 32\]"),
+    (dict(max_length=2), ValueError, r"max_length=2 .*\[3, 65535\]"),  # below min_match=3
+    (dict(max_length=65536), ValueError, r"max_length=65536 .*\[3, 65535\]"),
+])
+def test_lz77_settings_out_of_range(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        compress.lz77_tokens(b"abcabc", **kwargs)
+    with pytest.raises(error, match=words):
+        compress.lz77_compress(b"abcabc", **kwargs)
+
+
+@pytest.mark.parametrize("tokens, error, words", [
+    ([(1, 3, None)], CorruptStream, "before the start|only 0 bytes"),
+    ([(0, 0, 97), (2, 3, None)], CorruptStream, "2 bytes back"),
+    ([(0, 0, 300)], ValueError, "literal"),
+    ([(1, 0, None)], ValueError, "match"),
+    ([(1, 2)], TypeError, "tuple"),
+])
+def test_lz77_detokenize_bad_tokens(tokens, error, words):
+    with pytest.raises(error, match=words):
+        compress.lz77_detokenize(tokens)
+
+
+def test_lz77_truncated_and_wrong_magic_are_rejected():
+    blob = compress.lz77_compress(corpus_like_bytes())
+    for cut in [0, 5, 19, 20, 21, len(blob) // 2, len(blob) - 1]:
+        with pytest.raises(CorruptStream):
+            compress.lz77_decompress(blob[:cut])
+    with pytest.raises(CorruptStream):
+        compress.lz77_decompress(blob + b"\x00")
+    with pytest.raises(CorruptStream, match="magic"):
+        compress.lz77_decompress(compress.HUFFMAN_MAGIC + blob[4:])
+
+
+@pytest.mark.parametrize("data", [corpus_like_bytes(300), random.Random(1).randbytes(60)],
+                         ids=["tokens", "stored"])
+def test_lz77_every_single_bit_flip_is_rejected(data):
+    blob = compress.lz77_compress(data, window=64, max_length=32)
+    for bit in range(8 * len(blob)):
+        damaged = bytearray(blob)
+        damaged[bit // 8] ^= 0x80 >> (bit % 8)
+        with pytest.raises(CorruptStream):
+            compress.lz77_decompress(bytes(damaged))
+
+
+def test_lz77_offset_before_the_start_is_corruption():
+    # a hand-made token stream whose first token is a match: flag 1, offset 5, length 3
+    w = BitWriter()
+    w.write(1, 1), w.write(4, 12), w.write(0, 8)
+    fields = compress._LZ77_HEADER.pack(compress.LZ77_MAGIC, 1, 4096, 258, 3, 3, 0)[:-4]
+    with pytest.raises(CorruptStream, match="before the start"):
+        compress.lz77_decompress(fields + bytes(4) + w.getvalue())
+
+
+def test_lz77_huge_length_claim_fails_fast():
+    blob = bytearray(compress.lz77_compress(b"abcabcabcabc" * 10))
+    struct.pack_into("<I", blob, 12, 2**32 - 1)  # n_bytes
+    with pytest.raises(CorruptStream, match="cannot hold"):
+        compress.lz77_decompress(bytes(blob))
+
+
+# --- LZ77 + Huffman and the comparison with the standard library -------------------------------
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(special_bytes)
+def test_lz77_huffman_roundtrip(data):
+    assert compress._lz77_huffman_decompress(compress._lz77_huffman_compress(data)) == data
+
+
+def text_like_bytes(n: int = 15_000, seed: int = 0) -> bytes:
+    """Words from a vocabulary of 300 made-up words: repeats for LZ77, skewed letters for Huffman."""
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"etaoinshrdlu") for _ in range(rng.randint(2, 8))) + b" " for _ in range(300)]
+    return b"".join(rng.choice(words) for _ in range(n // 2))[:n]
+
+
+def test_compare_coders_rows():
+    data = text_like_bytes()
+    rows = compress.compare_coders(data, progress=False)
+    assert [r["coder"] for r in rows] == ["raw", "huffman", "lz77", "lz77 + huffman", "zlib -9", "lzma", "bz2"]
+    by_coder = {r["coder"]: r for r in rows}
+    assert all(r["roundtrip_ok"] is True for r in rows)
+    assert by_coder["raw"]["bytes"] == len(data) and by_coder["raw"]["ratio"] == 1.0
+    assert by_coder["huffman"]["bytes"] == len(huffman_encode(data))
+    assert by_coder["lz77"]["bytes"] == len(compress.lz77_compress(data))
+    assert by_coder["zlib -9"]["bytes"] == len(__import__("zlib").compress(data, 9))
+    for r in rows:
+        assert r["ratio"] == pytest.approx(len(data) / r["bytes"])
+        assert r["bits_per_byte"] == pytest.approx(8 * r["bytes"] / len(data))
+        assert r["encode_ms"] >= 0 and r["decode_ms"] >= 0
+    # Huffman alone cannot beat the entropy of single bytes; the two ideas together beat each one alone
+    assert by_coder["huffman"]["bits_per_byte"] >= entropy_bits(data)
+    assert by_coder["lz77 + huffman"]["bytes"] < min(by_coder["lz77"]["bytes"], by_coder["huffman"]["bytes"])
+    assert max(r["bytes"] for r in rows if r["coder"] != "raw") < len(data)
+
+
+def test_compare_coders_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        compress.compare_coders(b"", progress=False)
+    with pytest.raises(TypeError, match="data must be bytes"):
+        compress.compare_coders("text", progress=False)

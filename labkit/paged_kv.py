@@ -33,16 +33,21 @@ one under 4%, and so the same budget holds many more sequences at once.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labkit.memory import kv_cache_bytes
 from labkit.model import GPT, apply_rotary, sample_next, split_heads
 
-__all__ = ["kv_blocks_needed", "OutOfBlocks", "PagedKVCache", "paged_generate"]
+__all__ = ["kv_blocks_needed", "OutOfBlocks", "PagedKVCache", "paged_generate", "Request", "MIXES", "POLICIES",
+           "LLAMA2_7B_KV_BYTES_PER_TOKEN", "request_trace", "simulate_serving", "request_blocks"]
 
 
 class OutOfBlocks(MemoryError):
@@ -372,3 +377,221 @@ def paged_generate(model: GPT, prompt: Tensor, n_sequences: int, max_new_tokens:
         model.train(was_training)
     paged_generate.last_cache = cache
     return idx
+
+
+# ---- serving simulator ----------------------------------------------------------------------------------
+MIXES = ("chat", "long", "mixed")
+POLICIES = ("contiguous", "paged", "paged+sharing")
+# keys and values of one token in a LLaMA-2-7B-shaped model in fp16: 2 · 32 layers · 32 heads · 128 · 2 bytes
+LLAMA2_7B_KV_BYTES_PER_TOKEN = kv_cache_bytes(n_layer=32, n_kv_head=32, head_dim=128, seq_len=1, dtype="fp16")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a serving trace: n_samples continuations of one prompt (lengths in tokens, time in steps)."""
+    id: int
+    arrival_step: int
+    prompt_len: int
+    output_len: int   # generated tokens per sample whose keys/values are stored
+    n_samples: int = 1
+
+
+def _lognormal_lengths(rng: np.random.Generator, n: int, median: float, sigma: float) -> np.ndarray:
+    return np.maximum(1, np.round(rng.lognormal(math.log(median), sigma, n))).astype(int)
+
+
+def request_trace(n_requests: int, seed: int = 0, mix: str = "chat", max_context: int = 2048,
+                  arrivals_per_step: float = 1.0, parallel_fraction: float = 0.25) -> list[Request]:
+    """A synthetic serving trace: Poisson arrivals (per decoding step), prompt/output lengths of a mix.
+
+    Lengths are log-normal, clipped so prompt + output <= max_context:
+    - "chat": prompts of median 120 tokens, answers of median 250 (means ≈ 165 and ≈ 340, close to the
+      ShareGPT conversations of the vLLM paper: 161 and 338 on average);
+    - "long": documents to summarise or question, prompts of median 1000 tokens, answers of median 150;
+    - "mixed": each request is "long" with probability 0.3, else "chat".
+    A `parallel_fraction` of the requests ask for 2 or 4 samples of one prompt (parallel sampling), whose
+    prompt a "paged+sharing" cache stores once. Deterministic for a given seed.
+    """
+    n_requests = _check_count("n_requests", n_requests, minimum=1)
+    seed = _check_count("seed", seed)
+    max_context = _check_count("max_context", max_context, minimum=2)
+    if mix not in MIXES:
+        raise ValueError(f"mix={mix!r}; allowed: {MIXES}")
+    if isinstance(arrivals_per_step, bool) or not isinstance(arrivals_per_step, numbers.Real) \
+            or not 0 < arrivals_per_step < math.inf:
+        raise ValueError(f"arrivals_per_step must be a number > 0, got {arrivals_per_step!r}")
+    if isinstance(parallel_fraction, bool) or not isinstance(parallel_fraction, numbers.Real) \
+            or not 0 <= parallel_fraction <= 1:
+        raise ValueError(f"parallel_fraction must be in [0, 1], got {parallel_fraction!r}")
+    rng = np.random.default_rng(seed)
+    arrivals = np.floor(np.cumsum(rng.exponential(1 / arrivals_per_step, n_requests))).astype(int)
+    long = rng.random(n_requests) < {"chat": 0.0, "long": 1.0, "mixed": 0.3}[mix]
+    prompt = np.where(long, _lognormal_lengths(rng, n_requests, 1000, 0.4), _lognormal_lengths(rng, n_requests, 120, 0.8))
+    output = np.where(long, _lognormal_lengths(rng, n_requests, 150, 0.6), _lognormal_lengths(rng, n_requests, 250, 0.8))
+    prompt = np.minimum(prompt, max_context - 1)
+    output = np.minimum(output, max_context - prompt)
+    samples = np.where(rng.random(n_requests) < parallel_fraction, rng.choice([2, 4], n_requests), 1)
+    return [Request(i, int(a), int(p), int(o), int(s))
+            for i, (a, p, o, s) in enumerate(zip(arrivals, prompt, output, samples))]
+
+
+def request_blocks(policy: str, prompt_len: np.ndarray, generated: np.ndarray, n_samples: np.ndarray,
+                   block_size: int, max_context: int) -> tuple[np.ndarray, np.ndarray]:
+    """(reserved, filled) token slots of requests with `generated` tokens per sample stored, under `policy`.
+
+    contiguous: every sample reserves max_context slots at admission (what servers before vLLM did);
+    paged: every sample holds ceil((prompt + generated) / block_size) blocks of its own;
+    paged+sharing: kv_blocks_needed(prompt, generated, block_size, n_samples) blocks: the prompt's full
+    blocks once, the partial prompt block copied by each sample once it writes. Filled slots count a
+    shared slot once and a copied one again (the copy is real storage).
+    """
+    own_tokens = n_samples * (prompt_len + generated)
+    if policy == "contiguous":
+        return n_samples * max_context, own_tokens
+    if policy == "paged":
+        return n_samples * -(-(prompt_len + generated) // block_size) * block_size, own_tokens
+    full, partial = np.divmod(prompt_len, block_size)
+    writing = generated > 0
+    blocks = np.where(writing, full + n_samples * -(-(partial + generated) // block_size),
+                      -(-prompt_len // block_size))
+    filled = np.where(writing, full * block_size + n_samples * (partial + generated), prompt_len)
+    return blocks * block_size, filled
+
+
+def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: int | None = None,
+                     budget_tokens: int | None = None, block_size: int = 16,
+                     kv_bytes_per_token: int = LLAMA2_7B_KV_BYTES_PER_TOKEN, max_context: int = 2048,
+                     watermark: float = 0.01, fast_forward: bool = True) -> dict:
+    """Serve `trace` one decoding step at a time in a fixed KV budget; the memory timeline and its waste.
+
+    Each step (iteration-level scheduling, as Orca and vLLM do): every running sample stores one more
+    token; a paged cache that no longer fits preempts the most recently arrived request (its blocks are
+    freed and it starts again later, as vLLM's recompute preemption does); waiting requests are admitted
+    first come first served while their admission memory fits (contiguous: max_context slots per sample;
+    paged: the prompt's blocks, keeping `watermark` of the blocks free, vLLM's default 1%); the step is
+    recorded; requests whose samples have all output_len tokens finish and free their memory. A request
+    that could never fit the whole budget is rejected. Give the budget as budget_bytes or budget_tokens.
+    Stretches of steps where only growth happens are computed at once (fast_forward=False: one step at a
+    time, the same timeline, slower: the tests compare the two).
+    Returns the per-step timeline (reserved and used bytes, running sequences and requests, waiting
+    requests) and its summary: waste_fraction = Σ(reserved − used) / Σ reserved over the steps, the
+    maximum and mean number of sequences running at once, finished/rejected requests, preemptions.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy={policy!r}; allowed: {POLICIES}")
+    block_size = _check_count("block_size", block_size, minimum=1)
+    kv_bytes_per_token = _check_count("kv_bytes_per_token", kv_bytes_per_token, minimum=1)
+    max_context = _check_count("max_context", max_context, minimum=1)
+    if (budget_bytes is None) == (budget_tokens is None):
+        raise ValueError(f"give exactly one of budget_bytes and budget_tokens, got budget_bytes={budget_bytes!r}, "
+                         f"budget_tokens={budget_tokens!r}")
+    if budget_tokens is None:
+        budget_tokens = _check_count("budget_bytes", budget_bytes, minimum=1) // kv_bytes_per_token
+    budget_tokens = _check_count("budget_tokens", budget_tokens, minimum=1)
+    if isinstance(watermark, bool) or not isinstance(watermark, numbers.Real) or not 0 <= watermark < 1:
+        raise ValueError(f"watermark must be a fraction in [0, 1), got {watermark!r}")
+    if not isinstance(trace, (list, tuple)) or not trace or not all(isinstance(r, Request) for r in trace):
+        raise TypeError("trace must be a non-empty list of Request (see request_trace)")
+    for r in trace:
+        if r.prompt_len < 1 or r.output_len < 1 or r.n_samples < 1 or r.arrival_step < 0 \
+                or r.prompt_len + r.output_len > max_context:
+            raise ValueError(f"request {r} needs prompt_len, output_len, n_samples >= 1, arrival_step >= 0 and "
+                             f"prompt_len + output_len <= max_context={max_context}")
+
+    # capacity in token slots: a paged cache has whole blocks only
+    capacity = budget_tokens if policy == "contiguous" else budget_tokens // block_size * block_size
+    admit_limit = capacity if policy == "contiguous" else capacity - math.ceil(watermark * capacity / block_size) * block_size
+    order = sorted(range(len(trace)), key=lambda i: (trace[i].arrival_step, trace[i].id))
+    prompt = np.array([trace[i].prompt_len for i in order])
+    output = np.array([trace[i].output_len for i in order])
+    samples = np.array([trace[i].n_samples for i in order])
+    arrival = np.array([trace[i].arrival_step for i in order])
+    generated = np.zeros(len(order), dtype=int)
+    final, _ = request_blocks(policy, prompt, output, samples, block_size, max_context)
+    start, start_filled = request_blocks(policy, prompt, np.zeros_like(prompt), samples, block_size, max_context)
+    never = final > capacity                       # could not run even alone
+    rejected_before = np.concatenate([[0], np.cumsum(never)])   # rejected among the first k arrivals
+    waiting = [i for i in range(len(order)) if not never[i]]   # request positions, in arrival order
+    running = np.zeros(0, dtype=int)
+    finish_step = np.full(len(order), -1)
+    timeline = {"step": [], "reserved_bytes": [], "used_bytes": [], "running_sequences": [],
+                "running_requests": [], "waiting_requests": []}
+    preemptions, n_finished, step = 0, 0, 0
+
+    def record(steps, reserved_slots, used_slots) -> None:
+        arrived = np.searchsorted(arrival, steps, side="right")
+        n_waiting = arrived - rejected_before[arrived] - len(running) - n_finished
+        columns = (steps, reserved_slots * kv_bytes_per_token, used_slots * kv_bytes_per_token,
+                   np.full(len(steps), samples[running].sum()), np.full(len(steps), len(running)), n_waiting)
+        for key, column in zip(timeline, columns):
+            timeline[key].extend(np.asarray(column, dtype=np.int64).tolist())
+
+    while waiting or len(running):
+        if not len(running) and arrival[waiting[0]] > step:
+            step = int(arrival[waiting[0]])        # idle until the next request arrives
+        # fast-forward the steps in which nothing but growth happens (no finish, admission or preemption):
+        # the same rules as the step below, evaluated for many steps at once
+        quiet = int((output[running] - generated[running]).min()) - 1 if len(running) and fast_forward else 0
+        if quiet > 0:
+            ahead = np.arange(1, min(quiet, 512) + 1)
+            grown = generated[running][:, None] + ahead[None, :]
+            reserved, used = request_blocks(policy, prompt[running][:, None], grown, samples[running][:, None],
+                                            block_size, max_context)
+            reserved_sum = np.broadcast_to(reserved, grown.shape).sum(axis=0)
+            steps = step + ahead - 1
+            event = reserved_sum > capacity
+            if waiting:
+                event |= (arrival[waiting[0]] <= steps) & (reserved_sum + start[waiting[0]] <= admit_limit)
+            n_quiet = int(np.argmax(event)) if event.any() else len(ahead)
+            if n_quiet:
+                record(steps[:n_quiet], reserved_sum[:n_quiet], used.sum(axis=0)[:n_quiet])
+                generated[running] += n_quiet
+                step += n_quiet
+        generated[running] += 1
+        reserved, used = request_blocks(policy, prompt[running], generated[running], samples[running],
+                                        block_size, max_context)
+        total = int(reserved.sum())
+        while total > capacity:                    # paged caches grow: preempt the latest arrival
+            victim = int(np.argmax(running))
+            total -= int(reserved[victim])
+            generated[running[victim]] = 0
+            bisect.insort(waiting, int(running[victim]))
+            running = np.delete(running, victim)
+            reserved, used = np.delete(reserved, victim), np.delete(used, victim)
+            preemptions += 1
+        used_total = int(used.sum())
+        admitted = []
+        while waiting and arrival[waiting[0]] <= step and total + start[waiting[0]] <= admit_limit:
+            i = waiting.pop(0)
+            admitted.append(i)
+            total += int(start[i])
+            used_total += int(start_filled[i])
+        if admitted:
+            running = np.concatenate([running, admitted])
+        record(np.array([step]), np.array([total]), np.array([used_total]))
+        done = generated[running] >= output[running]
+        if done.any():
+            finish_step[running[done]] = step
+            n_finished += int(done.sum())
+            running = running[~done]
+        step += 1
+    finish_step = finish_step[np.argsort(order)]   # back to the trace's order
+    reserved_sum = sum(timeline["reserved_bytes"])
+    running_seqs, queued = np.array(timeline["running_sequences"]), np.array(timeline["waiting_requests"]) > 0
+    finished = finish_step >= 0
+    latency = finish_step[finished] - np.array([r.arrival_step for r in trace])[finished]
+    return {
+        "policy": policy, "block_size": block_size, "budget_tokens": budget_tokens,
+        "budget_bytes": budget_tokens * kv_bytes_per_token, "kv_bytes_per_token": kv_bytes_per_token,
+        "max_context": max_context, "timeline": timeline, "n_steps": len(timeline["step"]),
+        "waste_fraction": (reserved_sum - sum(timeline["used_bytes"])) / reserved_sum if reserved_sum else 0.0,
+        "peak_reserved_bytes": max(timeline["reserved_bytes"], default=0),
+        "max_concurrent_sequences": max(timeline["running_sequences"], default=0),
+        "mean_concurrent_sequences": float(np.mean(timeline["running_sequences"])) if timeline["step"] else 0.0,
+        # while requests wait (memory, not demand, is the limit): how many sequences the budget holds
+        "mean_concurrent_sequences_queued": float(np.mean(running_seqs[queued])) if queued.any() else None,
+        "max_concurrent_requests": max(timeline["running_requests"], default=0),
+        "finished_requests": int(finished.sum()), "rejected_requests": int(never.sum()),
+        "preemptions": preemptions, "last_step": int(finish_step.max()) if finished.any() else -1,
+        "mean_latency_steps": float(latency.mean()) if len(latency) else 0.0,
+    }

@@ -208,6 +208,7 @@ class PagedKVCache:
 
     def write(self, layer: int, slots: tuple[Tensor, Tensor], k: Tensor, v: Tensor) -> None:
         """Store one layer's keys and values, k and v (n_tokens, n_kv_head, head_dim), in `slots` from append_slots."""
+        self._check_layer(layer)
         blocks, offsets = slots
         expected = (len(blocks), self.n_kv_head, self.head_dim)
         for name, x in (("k", k), ("v", v)):
@@ -230,12 +231,15 @@ class PagedKVCache:
     def keys_values(self, seq: int, layer: int) -> tuple[Tensor, Tensor]:
         """`seq`'s keys and values of `layer`, gathered through its block table: each (n_kv_head, length, head_dim)."""
         table, length = self._table(seq), self.lengths[seq]
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layer:
-            raise ValueError(f"layer must be an int in [0, {self.n_layer}), got {layer!r}")
+        self._check_layer(layer)
         index = torch.tensor(table, dtype=torch.long)
         k = self.k[layer, index].reshape(-1, self.n_kv_head, self.head_dim)[:length]
         v = self.v[layer, index].reshape(-1, self.n_kv_head, self.head_dim)[:length]
         return k.transpose(0, 1), v.transpose(0, 1)
+
+    def _check_layer(self, layer: int) -> None:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layer:
+            raise ValueError(f"layer must be an int in [0, {self.n_layer}), got {layer!r}")
 
     # ---- accounting ------------------------------------------------------------------------------------
     @property
@@ -250,12 +254,19 @@ class PagedKVCache:
 
     def filled_slots(self) -> int:
         """Token slots holding a key/value (a slot shared by several tables counts once)."""
+        return sum(entry["filled"] for entry in self.block_map())
+
+    def block_map(self) -> list[dict]:
+        """Every physical block in storage order: its reference count, filled slots and the sequences using it."""
+        owners: dict[int, list[int]] = {}
         filled: dict[int, int] = {}
         for seq, table in self.block_tables.items():
-            length = self.lengths[seq]
             for i, block in enumerate(table):
-                filled[block] = max(filled.get(block, 0), min(self.block_size, length - i * self.block_size))
-        return sum(filled.values())
+                owners.setdefault(block, []).append(seq)
+                tokens = min(self.block_size, self.lengths[seq] - i * self.block_size)
+                filled[block] = max(filled.get(block, 0), tokens)
+        return [{"block": b, "ref_count": self.ref_counts[b], "filled": filled.get(b, 0),
+                 "sequences": owners.get(b, [])} for b in range(self.n_blocks)]
 
     def stats(self) -> dict:
         """Blocks used and free, tokens stored, reserved-but-empty slots ("waste") and bytes."""
@@ -551,6 +562,7 @@ def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: 
         reserved, used = request_blocks(policy, prompt[running], generated[running], samples[running],
                                         block_size, max_context)
         total = int(reserved.sum())
+        preempted = total > capacity
         while total > capacity:                    # paged caches grow: preempt the latest arrival
             victim = int(np.argmax(running))
             total -= int(reserved[victim])
@@ -561,7 +573,8 @@ def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: 
             preemptions += 1
         used_total = int(used.sum())
         admitted = []
-        while waiting and arrival[waiting[0]] <= step and total + start[waiting[0]] <= admit_limit:
+        # no admissions in a step that had to preempt (as vLLM's scheduler): memory is short right now
+        while not preempted and waiting and arrival[waiting[0]] <= step and total + start[waiting[0]] <= admit_limit:
             i = waiting.pop(0)
             admitted.append(i)
             total += int(start[i])

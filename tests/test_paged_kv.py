@@ -381,3 +381,24 @@ def test_request_trace_rejects_bad_arguments():
         request_trace(10, arrivals_per_step=0)
     with pytest.raises(TypeError, match="trace"):
         simulate_serving([], "paged", budget_tokens=10)
+
+
+def test_block_map_shows_sharing():
+    cache = small_cache(n_blocks=5, block_size=4)
+    a = cache.add_sequence()
+    cache.append(a, *tokens_kv(cache, 6, seed=0))
+    b = cache.fork(a)
+    cache.append(b, *tokens_kv(cache, 1, seed=1))
+    entries = cache.block_map()
+    assert [e["block"] for e in entries] == list(range(5))
+    assert entries[0] == {"block": 0, "ref_count": 2, "filled": 4, "sequences": [a, b]}
+    assert entries[1] == {"block": 1, "ref_count": 1, "filled": 2, "sequences": [a]}
+    assert entries[2] == {"block": 2, "ref_count": 1, "filled": 3, "sequences": [b]}   # b's copy of block 1
+    assert entries[3]["sequences"] == [] and entries[3]["ref_count"] == 0
+
+
+def test_simulation_does_not_depend_on_the_order_of_the_trace_list():
+    trace = request_trace(60, seed=5, mix="mixed")
+    shuffled = [trace[i] for i in np.random.default_rng(0).permutation(len(trace))]
+    assert simulate_serving(shuffled, "paged", budget_tokens=20_000) == \
+        simulate_serving(trace, "paged", budget_tokens=20_000)

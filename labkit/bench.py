@@ -9,6 +9,8 @@
     python -m labkit.bench sparse --shape 512x2048 --batch 16 --repeats 31
     python -m labkit.bench quantize              # the zoo GPT per quantization scheme: bytes, perplexity; GPTQ vs
                                                  # RTN; torch.ao dynamic int8's bytes, perplexity and latency ratio
+    python -m labkit.bench compress              # labkit.compress's Huffman / LZ77 vs zlib, lzma, bz2 on 100 kB of
+                                                 # the corpus: ratio, encode/decode MB/s, entropy vs Huffman length
 
 Absolute timings on a shared 2-core machine are noisy; compare the ratios printed by one run. A
 ratio to nanoGPT is printed only when nanoGPT ran in the same run (--nanogpt), on this machine.
@@ -268,6 +270,45 @@ def print_quantize(out: dict) -> None:
           f"{d['time_ratio_vs_float32']:.3f} (medians of {d['repeats']} interleaved repeats, {d['threads']} thread)")
 
 
+def bench_compress(n_bytes: int = 100_000, repeats: int = 3, progress: bool = True) -> dict:
+    """labkit.compress's coders and the standard library's on the first `n_bytes` characters of the training split:
+    bytes, ratio, and the median encode/decode time of `repeats` runs (MB/s of raw data)."""
+    from collections import Counter
+    from statistics import median
+
+    import numpy as np
+
+    from labkit import compress
+
+    tokens = data_mod.load_corpus().split("train")[:n_bytes]
+    data = np.asarray(tokens, dtype=np.uint8).tobytes()  # character ids: the vocabulary has < 256 characters
+    runs = [compress.compare_coders(data, progress=progress) for _ in range(repeats)]
+    rows = []
+    for k, row in enumerate(runs[0]):
+        encode_ms = median(run[k]["encode_ms"] for run in runs)
+        decode_ms = median(run[k]["decode_ms"] for run in runs)
+        rows.append({**row, "encode_ms": round(encode_ms, 2), "decode_ms": round(decode_ms, 2),
+                     "encode_mb_per_s": round(len(data) / 1e3 / encode_ms, 3) if encode_ms > 0 else None,
+                     "decode_mb_per_s": round(len(data) / 1e3 / decode_ms, 3) if decode_ms > 0 else None,
+                     "roundtrip_ok": all(run[k]["roundtrip_ok"] for run in runs)})
+    counts = dict(Counter(data))
+    return {"n_bytes": len(data), "repeats": repeats, "entropy_bits": round(compress.entropy_bits(counts), 5),
+            "huffman_average_bits": round(compress.HuffmanCode.from_frequencies(counts).average_length(counts), 5),
+            "coders": rows}
+
+
+def print_compress(out: dict) -> None:
+    """The coder comparison as a table."""
+    print(f"{out['n_bytes']:,} bytes of the training split (character ids); medians of {out['repeats']} runs")
+    print(f"entropy {out['entropy_bits']:.4f} bits/char; Huffman average length {out['huffman_average_bits']:.4f}")
+    print(f"{'coder':<16} {'bytes':>8} {'ratio':>7} {'bits/byte':>9} {'encode MB/s':>12} {'decode MB/s':>12} ok")
+    for r in out["coders"]:
+        if r["coder"] == "raw":
+            continue
+        print(f"{r['coder']:<16} {r['bytes']:>8,} {r['ratio']:>7.3f} {r['bits_per_byte']:>9.3f} "
+              f"{r['encode_mb_per_s']:>12.3f} {r['decode_mb_per_s']:>12.3f} {r['roundtrip_ok']}")
+
+
 def sparse_shape_type(text: str) -> tuple[int, int]:
     """An argparse type for --shape: ROWSxCOLS, both >= 1, COLS a multiple of 4 (for 2:4)."""
     import argparse
@@ -294,24 +335,28 @@ positive_int_type.__name__ = "int"
 
 def main(argv=None):
     p = OneLineErrorParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["train", "ablation", "optimizer", "sparse", "quantize"])
+    p.add_argument("what", choices=["train", "ablation", "optimizer", "sparse", "quantize", "compress"])
     p.add_argument("--nanogpt", default=None, help="a nanoGPT checkout to run side by side (train only)")
     p.add_argument("--iters", type=setting_type("max_iters"), default=None,
-                   help="training steps, >= 1 (default 2000; 'optimizer': 100); not for 'sparse' or 'quantize', which train nothing")
+                   help="training steps, >= 1 (default 2000; 'optimizer': 100); "
+                        "not for 'sparse', 'quantize' or 'compress', which train nothing")
     p.add_argument("--seed", type=setting_type("seed"), default=1337)
     p.add_argument("--threads", type=setting_type("threads"), default=None, help=">= 1; default: torch's")
     p.add_argument("--shape", type=sparse_shape_type, default=None,
                    help="sparse only: ROWSxCOLS (default 1024x1024)")
     p.add_argument("--batch", type=positive_int_type, default=None, help="sparse only: rows of x (default 64)")
-    p.add_argument("--repeats", type=positive_int_type, default=None, help="sparse only: timings each (default 15)")
+    p.add_argument("--repeats", type=positive_int_type, default=None,
+                   help="sparse and compress only: timings each (default 15; compress: 3)")
     args = p.parse_args(argv)
-    if args.iters is not None and args.what in ("sparse", "quantize"):
+    if args.iters is not None and args.what in ("sparse", "quantize", "compress"):
         p.error(f"argument --iters: {args.what!r} trains nothing, so it takes no --iters")
     optimizer_steps = 100 if args.iters is None else args.iters     # 'optimizer' times 100 steps by default
     args.iters = 2000 if args.iters is None else args.iters
     for option in ("shape", "batch", "repeats"):
-        if getattr(args, option) is not None and args.what != "sparse":
-            p.error(f"argument --{option}: only 'sparse' takes it, not {args.what!r}")
+        takers = ("sparse", "compress") if option == "repeats" else ("sparse",)
+        if getattr(args, option) is not None and args.what not in takers:
+            takes = "'sparse' and 'compress' take" if option == "repeats" else "'sparse' takes"
+            p.error(f"argument --{option}: only {takes} it, not {args.what!r}")
     if args.nanogpt is not None:  # before any training, not after it
         if args.what != "train":
             p.error(f"argument --nanogpt: only 'train' runs nanoGPT side by side, not {args.what!r}")
@@ -344,6 +389,9 @@ def main(argv=None):
     elif args.what == "quantize":
         out = bench_quantize(threads=args.threads or 1, seed=args.seed)
         print_quantize(out)
+    elif args.what == "compress":
+        out = bench_compress(repeats=args.repeats or 3)
+        print_compress(out)
     else:
         out = bench_optimizer(optimizer_steps)
     print(json_line(out))

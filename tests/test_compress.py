@@ -14,8 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labkit import compress
-from labkit.compress import (BitReader, BitWriter, CorruptStream, HuffmanCode, canonical_codes, entropy_bits,
-                             huffman_code_lengths, huffman_decode, huffman_encode)
+from labkit.compress import (
+    BitReader,
+    BitWriter,
+    CorruptStream,
+    HuffmanCode,
+    canonical_codes,
+    entropy_bits,
+    huffman_code_lengths,
+    huffman_decode,
+    huffman_encode,
+)
 
 # Byte strings that matter for a coder: empty, one repeated symbol, every byte value, skewed and random text.
 special_bytes = st.one_of(
@@ -441,3 +450,29 @@ def test_compare_coders_bad_input():
         compress.compare_coders(b"", progress=False)
     with pytest.raises(TypeError, match="data must be bytes"):
         compress.compare_coders("text", progress=False)
+
+
+# --- python -m labkit.bench compress -----------------------------------------------------------
+
+def test_bench_compress_on_the_synthetic_corpus(corpus, monkeypatch, capsys):
+    from labkit import bench
+
+    monkeypatch.setattr(bench.data_mod, "load_corpus", lambda *a, **k: corpus)
+    out = bench.main(["compress", "--repeats", "2"])
+    assert out["n_bytes"] == 100_000 and out["repeats"] == 2
+    assert out["entropy_bits"] <= out["huffman_average_bits"] < out["entropy_bits"] + 1
+    assert [r["coder"] for r in out["coders"]][:2] == ["raw", "huffman"]
+    assert all(r["roundtrip_ok"] for r in out["coders"])
+    printed = capsys.readouterr().out
+    assert "lz77 + huffman" in printed and "zlib -9" in printed
+
+
+@pytest.mark.parametrize("args, words", [(["compress", "--iters", "3"], "trains nothing"),
+                                         (["compress", "--shape", "4x8"], "only 'sparse' takes it"),
+                                         (["train", "--repeats", "2"], "only 'sparse' and 'compress' take it")])
+def test_bench_compress_bad_arguments_exit_2(args, words, capsys):
+    from labkit import bench
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(args)
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err

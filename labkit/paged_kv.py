@@ -437,8 +437,10 @@ def request_trace(n_requests: int, seed: int = 0, mix: str = "chat", max_context
     rng = np.random.default_rng(seed)
     arrivals = np.floor(np.cumsum(rng.exponential(1 / arrivals_per_step, n_requests))).astype(int)
     long = rng.random(n_requests) < {"chat": 0.0, "long": 1.0, "mixed": 0.3}[mix]
-    prompt = np.where(long, _lognormal_lengths(rng, n_requests, 1000, 0.4), _lognormal_lengths(rng, n_requests, 120, 0.8))
-    output = np.where(long, _lognormal_lengths(rng, n_requests, 150, 0.6), _lognormal_lengths(rng, n_requests, 250, 0.8))
+    prompt = np.where(long, _lognormal_lengths(rng, n_requests, 1000, 0.4),
+                      _lognormal_lengths(rng, n_requests, 120, 0.8))
+    output = np.where(long, _lognormal_lengths(rng, n_requests, 150, 0.6),
+                      _lognormal_lengths(rng, n_requests, 250, 0.8))
     prompt = np.minimum(prompt, max_context - 1)
     output = np.minimum(output, max_context - prompt)
     samples = np.where(rng.random(n_requests) < parallel_fraction, rng.choice([2, 4], n_requests), 1)
@@ -486,7 +488,9 @@ def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: 
     time, the same timeline, slower: the tests compare the two).
     Returns the per-step timeline (reserved and used bytes, running sequences and requests, waiting
     requests) and its summary: waste_fraction = Σ(reserved − used) / Σ reserved over the steps, the
-    maximum and mean number of sequences running at once, finished/rejected requests, preemptions.
+    maximum and mean number of sequences running at once (the mean over the recorded steps: idle gaps
+    before an arrival are skipped; and over the steps where arrived requests wait, when memory and not
+    demand is the limit: None if none waited), finished/rejected requests, preemptions, latency in steps.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy={policy!r}; allowed: {POLICIES}")
@@ -511,7 +515,8 @@ def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: 
 
     # capacity in token slots: a paged cache has whole blocks only
     capacity = budget_tokens if policy == "contiguous" else budget_tokens // block_size * block_size
-    admit_limit = capacity if policy == "contiguous" else capacity - math.ceil(watermark * capacity / block_size) * block_size
+    kept_free = 0 if policy == "contiguous" else math.ceil(watermark * capacity / block_size) * block_size
+    admit_limit = capacity - kept_free
     order = sorted(range(len(trace)), key=lambda i: (trace[i].arrival_step, trace[i].id))
     prompt = np.array([trace[i].prompt_len for i in order])
     output = np.array([trace[i].output_len for i in order])

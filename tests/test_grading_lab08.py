@@ -1,0 +1,493 @@
+"""Lab 08 self-checks: a right answer passes, each typical wrong one fails with its hint, nothing raises,
+the input lists are left alone, the references can't be called, and hidden examples beat a table of answers.
+
+(That a stub reads 'not yet solved' is tested for every check at once in test_grading.py.)"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from grading_helpers import notebook_function
+
+from labkit import arena, grading, paged_kv
+from labkit.autograde import grade
+from labkit.grading import core
+from labkit.grading.checks_pools import (check_arena_lower_bound, check_first_fit, check_kv_blocks_needed,
+                                         check_release)
+
+# ---- the learner's answers, written here by hand ----------------------------------------------
+
+def my_first_fit(free_blocks, size):
+    for i, (offset, hole) in enumerate(free_blocks):
+        if hole >= size:
+            rest = [(offset + size, hole - size)] if hole > size else []
+            return offset, free_blocks[:i] + rest + free_blocks[i + 1:]
+    raise MemoryError(f"no hole of {size} bytes")
+
+
+def my_release(free_blocks, offset, size):
+    for o, s in free_blocks:
+        if o < offset + size and offset < o + s:
+            raise ValueError("double free")
+    holes = []
+    for o, s in sorted(free_blocks + [(offset, size)]):
+        if holes and holes[-1][0] + holes[-1][1] == o:
+            holes[-1] = (holes[-1][0], holes[-1][1] + s)
+        else:
+            holes.append((o, s))
+    return holes
+
+
+def my_arena_lower_bound(lifetimes):
+    steps = sorted({first for _, first, _ in lifetimes})       # the peak comes at some tensor's first step
+    return max((sum(size for size, f, l in lifetimes if f <= t < l) for t in steps), default=0)
+
+
+def my_kv_blocks_needed(prompt_len, output_len, block_size, n_sequences):
+    if output_len == 0:
+        return -(-prompt_len // block_size)
+    full, partial = divmod(prompt_len, block_size)
+    return full + n_sequences * -(-(partial + output_len) // block_size)
+
+
+def first_fit_lists(free_blocks, size):
+    """The same, but holes as [offset, size] lists and numpy ints: they behave the same in the allocator."""
+    offset, holes = my_first_fit([tuple(h) for h in free_blocks], size)
+    return np.int64(offset), [[o, np.int64(s)] for o, s in holes]
+
+
+# ---- first_fit ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("right", [my_first_fit, first_fit_lists])
+def test_first_fit_right_answers_pass(right, capsys):
+    result = check_first_fit(right)
+    assert result and result.status == grading.PASS
+    assert "passed (8 examples)" in capsys.readouterr().out
+
+
+def _first_index(free, size):
+    return next(i for i, (_, s) in enumerate(free) if s >= size)
+
+
+def best_fit(free, size):
+    fits = [h for h in free if h[1] >= size]
+    if not fits:
+        raise MemoryError
+    o, s = min(fits, key=lambda h: h[1])
+    i = free.index((o, s))
+    return o, free[:i] + ([(o + size, s - size)] if s > size else []) + free[i + 1:]
+
+
+def strict_first_fit(free, size):
+    for i, (o, s) in enumerate(free):
+        if s > size:
+            return o, free[:i] + [(o + size, s - size)] + free[i + 1:]
+    raise MemoryError
+
+
+def mutating_first_fit(free, size):
+    offset, holes = my_first_fit(free, size)
+    free[:] = holes
+    return offset, free
+
+
+def appended_first_fit(free, size):
+    i = _first_index(free, size)
+    o, s = free[i]
+    return o, free[:i] + free[i + 1:] + ([(o + size, s - size)] if s > size else [])
+
+
+def no_memory_error(free, size):
+    try:
+        return my_first_fit(free, size)
+    except MemoryError:
+        return -1, free
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (best_fit, "that is BEST fit"),
+    (strict_first_fit, "compare with >=, not >"),
+    (lambda f, s: (f[_first_index(f, s)][0], f[:_first_index(f, s)] + f[_first_index(f, s) + 1:]), "vanished"),
+    (lambda f, s: (f[_first_index(f, s)][0], list(f)), "still in the free list unchanged"),
+    (lambda f, s: (f[_first_index(f, s)][0], [(o + s, h - s) if i == _first_index(f, s) else (o, h)
+                                              for i, (o, h) in enumerate(f)]), "a hole of 0 bytes"),
+    (lambda f, s: (lambda i: (f[i][0] + f[i][1] - s, f[:i] + ([(f[i][0], f[i][1] - s)] if f[i][1] > s else [])
+                              + f[i + 1:]))(_first_index(f, s)), "START of the hole"),
+    (lambda f, s: (lambda i: (f[i][0], f[:i] + [(f[i][0] + s, f[i][1])] + f[i + 1:]))(_first_index(f, s)),
+     "kept its old size"),
+    (appended_first_fit, "not sorted by offset"),
+    (mutating_first_fit, "don't change the free list you are given"),
+    (no_memory_error, "raise MemoryError"),
+    (lambda f, s: my_first_fit(f, s)[0], "return a pair (offset, new_free_blocks)"),
+    (lambda f, s: my_first_fit(f, s)[::-1], "return a pair (offset, new_free_blocks)"),
+    (lambda f, s: (float(my_first_fit(f, s)[0]), my_first_fit(f, s)[1]), "whole bytes"),
+    (lambda f, s: (torch.tensor(my_first_fit(f, s)[0]), my_first_fit(f, s)[1]), "whole bytes"),
+], ids=["best fit", "> not >=", "hole dropped", "hole kept", "0-byte hole", "end of hole", "size kept", "unsorted",
+        "mutated", "no MemoryError", "offset only", "swapped", "float", "tensor"])
+def test_first_fit_mistakes_get_their_hints(wrong, hint):
+    result = check_first_fit(wrong, quiet=True)
+    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+
+
+def test_first_fit_names_the_example_and_both_answers():
+    message = check_first_fit(best_fit, quiet=True).message
+    assert "first_fit([(0, 64), (128, 32), (256, 768)], 32)" in message
+    assert "expected '(0, [(32, 32), (128, 32), (256, 768)])', got '(128, [(0, 64), (256, 768)])'" in message
+
+
+def test_a_right_answer_that_changes_its_input_still_fails():
+    # the allocator keeps the list it passed in: an answer that edits it in place is wrong even when its value is right
+    result = check_first_fit(mutating_first_fit, quiet=True)
+    assert not result and "the free list passed in was changed" in result.message
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda f, s: None, "returned None — did you forget `return`?"),
+    (lambda f, s: np.int64(3), "return a pair"),
+    (lambda f, s: f[5], "your function raised IndexError"),
+    (lambda f, s: 1 / 0, "raised ZeroDivisionError"),
+])
+def test_first_fit_none_numpy_and_crash_are_reported_not_raised(answer, words):
+    result = check_first_fit(answer, quiet=True)
+    assert result.status == grading.FAIL and words in result.message, result.message
+
+
+# ---- release ------------------------------------------------------------------------------------
+
+def test_release_right_answer_passes(capsys):
+    assert check_release(my_release)
+    assert "passed (9 examples)" in capsys.readouterr().out
+
+
+def merge(free, offset, size, left=True, right=True):
+    holes = sorted(free + [(offset, size)])
+    i = holes.index((offset, size))
+    if right and i + 1 < len(holes) and offset + size == holes[i + 1][0]:
+        holes[i:i + 2] = [(offset, size + holes[i + 1][1])]
+    if left and i > 0 and sum(holes[i - 1]) == offset:
+        holes[i - 1:i + 1] = [(holes[i - 1][0], holes[i - 1][1] + holes[i][1])]
+    return holes
+
+
+def no_double_free_check(free, offset, size):
+    try:
+        return my_release(free, offset, size)
+    except ValueError:
+        return sorted(free + [(offset, size)])
+
+
+def mutating_release(free, offset, size):
+    holes = my_release(free, offset, size)
+    free.clear()
+    free.extend(holes)
+    return free
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda f, o, s: merge(f, o, s, left=False), "not merged with the hole BEFORE it"),
+    (lambda f, o, s: merge(f, o, s, right=False), "not merged with the hole AFTER it"),
+    (lambda f, o, s: merge(f, o, s, left=False, right=False), "not merged with the hole BEFORE it"),
+    (lambda f, o, s: [h for h in my_release(f, o, s) if h[0] > o] + [h for h in my_release(f, o, s) if h[0] <= o],
+     "not sorted by offset"),
+    (no_double_free_check, "double free"),
+    (mutating_release, "don't change the free list you are given"),
+    (lambda f, o, s: [(a, float(b)) for a, b in my_release(f, o, s)], "whole bytes"),
+], ids=["no left merge", "no right merge", "no merge", "unsorted", "double free", "mutated", "float"])
+def test_release_mistakes_get_their_hints(wrong, hint):
+    result = check_release(wrong, quiet=True)
+    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+
+
+def test_release_with_no_merging_on_a_gap_between_two_holes_gets_the_merge_both_hint():
+    def no_merge_only_when_both(f, o, s):
+        touches_both = any(a + b == o for a, b in f) and any(a == o + s for a, _ in f)
+        return merge(f, o, s, False, False) if touches_both else my_release(f, o, s)
+    result = check_release(no_merge_only_when_both, quiet=True)
+    assert not result and "holes that touch were not merged" in result.message, result.message
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda f, o, s: None, "returned None — did you forget `return`?"),
+    (lambda f, o, s: np.float64(1.5), "whole bytes"),
+    (lambda f, o, s: f[7], "your function raised IndexError"),
+])
+def test_release_none_numpy_and_crash_are_reported_not_raised(answer, words):
+    result = check_release(answer, quiet=True)
+    assert result.status == grading.FAIL and words in result.message, result.message
+
+
+# ---- arena_lower_bound --------------------------------------------------------------------------
+
+def test_arena_lower_bound_right_answer_passes_and_hands_on_an_int(capsys):
+    assert check_arena_lower_bound(my_arena_lower_bound)
+    assert "passed (8 examples)" in capsys.readouterr().out
+    fn = grading.use_or_fallback(lambda ls: np.int64(my_arena_lower_bound(ls)), check_arena_lower_bound,
+                                 arena.peak_live_bytes)
+    assert type(fn([(50, 0, 3), (100, 1, 4)])) is int and fn([(50, 0, 3), (100, 1, 4)]) == 150
+
+
+def inclusive(lifetimes):
+    end = max((l for *_, l in lifetimes), default=0)
+    return max((sum(s for s, f, l in lifetimes if f <= t <= l) for t in range(end + 1)), default=0)
+
+
+def sorts_in_place(lifetimes):
+    lifetimes.sort()
+    return my_arena_lower_bound(lifetimes)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda ls: sum(s for s, _, _ in ls), "NO reuse"),
+    (inclusive, "half-open"),
+    (lambda ls: max((s for s, _, _ in ls), default=0), "largest single tensor"),
+    (lambda ls: max((sum(1 for _, f, l in ls if f <= t < l) for t in range(20)), default=0), "counts tensors"),
+    (lambda ls: sum(s for s, f, l in ls if f <= 0 < l), "first step"),
+], ids=["sum", "inclusive end", "largest", "count", "first step"])
+def test_arena_lower_bound_mistakes_get_their_hints(wrong, hint):
+    result = check_arena_lower_bound(wrong, quiet=True)
+    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+
+
+def test_arena_lower_bound_may_not_sort_its_input_in_place():
+    # the lab places tensors by their index in that list afterwards: sorting it would mix them up
+    result = check_arena_lower_bound(sorts_in_place, quiet=True)
+    assert not result and "changed the `lifetimes` list" in result.message and "sorted(lifetimes)" in result.message
+    assert check_arena_lower_bound(lambda ls: my_arena_lower_bound(sorted(ls)), quiet=True)
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda ls: None, "returned None — did you forget `return`?"),
+    (lambda ls: float(my_arena_lower_bound(ls)), "return an int"),
+    (lambda ls: max(s for s, _, _ in ls) * 0 + max(ls)[9], "your function raised IndexError"),
+])
+def test_arena_lower_bound_none_float_and_crash_are_reported(answer, words):
+    result = check_arena_lower_bound(answer, quiet=True)
+    assert result.status == grading.FAIL and words in result.message, result.message
+
+
+def test_arena_lower_bound_accepts_numpy_and_tensor_integers():
+    assert check_arena_lower_bound(lambda ls: np.int64(my_arena_lower_bound(ls)), quiet=True)
+    assert check_arena_lower_bound(lambda ls: torch.tensor(my_arena_lower_bound(ls)), quiet=True)
+
+
+# ---- kv_blocks_needed ---------------------------------------------------------------------------
+
+def test_kv_blocks_needed_right_answer_passes(capsys):
+    assert check_kv_blocks_needed(my_kv_blocks_needed)
+    assert "passed (9 examples)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda p, o, b, n: n * math.ceil((p + o) / b), "once PER SEQUENCE"),
+    (lambda p, o, b, n: p // b + n * ((p % b + o) // b), "round UP"),
+    (lambda p, o, b, n: math.ceil(p / b) + n * math.ceil(o / b), "copy on write"),
+    (lambda p, o, b, n: p // b + n * math.ceil(o / b), "partly filled block was left out"),
+    (lambda p, o, b, n: p // b + n * math.ceil((p % b + o) / b), "nothing is copied"),
+    (lambda p, o, b, n: p + n * o, "tokens, not blocks"),
+], ids=["per sequence", "floor", "partial shared", "partial forgotten", "output 0", "tokens"])
+def test_kv_blocks_needed_mistakes_get_their_hints(wrong, hint):
+    result = check_kv_blocks_needed(wrong, quiet=True)
+    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda p, o, b, n: None, "did you forget `return`?"),
+    (lambda p, o, b, n: my_kv_blocks_needed(p, o, b, n) / 1, "return an int"),
+    (lambda p, o, b, n: [][0], "IndexError"),
+])
+def test_kv_blocks_needed_none_float_and_crash_are_reported(answer, words):
+    result = check_kv_blocks_needed(answer, quiet=True)
+    assert result.status == grading.FAIL and words in result.message, result.message
+
+
+# ---- the references can't be called, however they are reached -------------------------------------
+
+def test_arena_lower_bound_may_not_delegate():
+    result = check_arena_lower_bound(lambda ls: arena.peak_live_bytes(ls), quiet=True)
+    assert result.status == grading.FAIL and "labkit.arena.peak_live_bytes" in result.message, result.message
+    result = check_arena_lower_bound(arena.peak_live_bytes, quiet=True)                    # handing it in
+    assert result.status == grading.FAIL and "labkit.arena.peak_live_bytes" in result.message
+    result = check_arena_lower_bound(lambda ls: max(arena.live_bytes_timeline(ls), default=0), quiet=True)
+    assert result.status == grading.FAIL and "labkit.arena" in result.message
+
+
+def test_kv_blocks_needed_may_not_delegate():
+    result = check_kv_blocks_needed(lambda p, o, b, n: paged_kv.kv_blocks_needed(p, o, b, n), quiet=True)
+    assert result.status == grading.FAIL and "labkit.paged_kv.kv_blocks_needed" in result.message
+    result = check_kv_blocks_needed(paged_kv.kv_blocks_needed, quiet=True)
+    assert result.status == grading.FAIL and "labkit.paged_kv.kv_blocks_needed" in result.message
+    # a private helper of the module trips too (module-wide tripwire)
+    result = check_kv_blocks_needed(lambda p, o, b, n: my_kv_blocks_needed(paged_kv._check_count("p", p), o, b, n),
+                                    quiet=True)
+    assert result.status == grading.FAIL and "labkit.paged_kv" in result.message
+
+
+def test_first_fit_and_release_may_not_delegate():
+    pools = pytest.importorskip("labkit.pools")
+    result = check_first_fit(lambda f, s: pools.first_fit(f, s), quiet=True)
+    assert result.status == grading.FAIL and "labkit.pools" in result.message, result.message
+    result = check_first_fit(pools.first_fit, quiet=True)
+    assert result.status == grading.FAIL and "labkit.pools" in result.message, result.message
+    result = check_release(lambda f, o, s: pools.release(f, o, s), quiet=True)
+    assert result.status == grading.FAIL and "labkit.pools" in result.message, result.message
+    result = check_release(pools.release, quiet=True)
+    assert result.status == grading.FAIL and "labkit.pools" in result.message, result.message
+
+
+def test_the_checks_own_closed_forms_trip_too():
+    from labkit.grading import checks_pools
+    result = check_first_fit(checks_pools._first_fit, quiet=True)
+    assert result.status == grading.FAIL and "labkit.grading.checks_pools" in result.message, result.message
+    result = check_kv_blocks_needed(lambda *a: checks_pools._kv_blocks_needed(*a), quiet=True)
+    assert result.status == grading.FAIL and "checks_pools._kv_blocks_needed" in result.message, result.message
+
+
+# ---- hidden examples --------------------------------------------------------------------------------
+
+CHECKS = [(check_first_fit, my_first_fit), (check_release, my_release),
+          (check_arena_lower_bound, my_arena_lower_bound), (check_kv_blocks_needed, my_kv_blocks_needed)]
+
+
+@pytest.mark.parametrize("check, right", CHECKS, ids=lambda c: getattr(c, "__name__", ""))
+def test_hidden_examples_pass_a_right_answer_and_defeat_a_table_of_the_public_ones(check, right, monkeypatch):
+    for seed in range(25):
+        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
+        result = check(right, quiet=True)
+        assert result, (seed, result.message)
+    public = {}
+
+    def key(args):
+        return repr(args)
+
+    def recording(*args):
+        return public.setdefault(key(args), right(*args))
+
+    monkeypatch.setattr(core, "HIDDEN_SEED", None)
+    assert check(recording, quiet=True)
+    monkeypatch.setattr(core, "HIDDEN_SEED", 11)
+
+    def table(*args):
+        if key(args) not in public:
+            return None
+        return public[key(args)]
+
+    assert not check(table, quiet=True)
+
+
+def examples_of(check, right):
+    """The arguments of every example `check` runs (public and three hidden seeds' worth), via a spy."""
+    seen = []
+
+    def spy(*args):
+        seen.append(tuple(list(a) if isinstance(a, list) else a for a in args))
+        return right(*args)
+
+    for seed in (None, 1, 2, 3, 4, 5):
+        old, core.HIDDEN_SEED = core.HIDDEN_SEED, seed
+        try:
+            assert check(spy, quiet=True)
+        finally:
+            core.HIDDEN_SEED = old
+    return seen
+
+
+def test_hidden_examples_cover_the_edge_cases():
+    ff = examples_of(check_first_fit, my_first_fit)
+    assert any(all(s < size for _, s in free) for free, size in ff)                  # nothing fits
+    assert any(any(s == size for _, s in free) for free, size in ff)                 # an exact fit
+    rel = examples_of(check_release, my_release)
+    touching = [(f, o, s) for f, o, s in rel if any(a + b == o for a, b in f) and any(a == o + s for a, _ in f)]
+    assert touching and any(any(a < o + s and o < a + b for a, b in f) for f, o, s in rel)  # merges both; double free
+
+
+# ---- the lab's references give the checks' answers ---------------------------------------------
+
+def test_labkit_arena_and_paged_kv_agree_with_the_checks():
+    for (lives,) in examples_of(check_arena_lower_bound, my_arena_lower_bound):
+        assert arena.peak_live_bytes(lives) == my_arena_lower_bound(lives), lives
+    for p, o, b, n in examples_of(check_kv_blocks_needed, my_kv_blocks_needed):
+        assert paged_kv.kv_blocks_needed(p, o, b, n, shared_prefix=True) == my_kv_blocks_needed(p, o, b, n)
+
+
+def test_labkit_pools_agrees_with_the_checks():
+    pools = pytest.importorskip("labkit.pools")
+    for free, size in examples_of(check_first_fit, my_first_fit):
+        try:
+            expected = my_first_fit(list(free), size)
+        except MemoryError:
+            with pytest.raises(MemoryError):
+                pools.first_fit(list(free), size)
+            continue
+        offset, holes = pools.first_fit(list(free), size)
+        assert (offset, [tuple(h) for h in holes]) == expected, (free, size)
+    for free, offset, size in examples_of(check_release, my_release):
+        try:
+            expected = my_release(list(free), offset, size)
+        except ValueError:
+            with pytest.raises(ValueError):
+                pools.release(list(free), offset, size)
+            continue
+        assert [tuple(h) for h in pools.release(list(free), offset, size)] == expected, (free, offset, size)
+
+
+# ---- in the grader's fresh process ------------------------------------------------------------------
+
+FIRST_FIT = ("def first_fit(free_blocks, size):\n"
+             "    for i, (offset, hole) in enumerate(free_blocks):\n"
+             "        if hole >= size:\n"
+             "            rest = [(offset + size, hole - size)] if hole > size else []\n"
+             "            return offset, free_blocks[:i] + rest + free_blocks[i + 1:]\n"
+             "    raise MemoryError(f'no hole of {size} bytes')\n")
+RELEASE = ("def release(free_blocks, offset, size):\n"
+           "    if any(o < offset + size and offset < o + s for o, s in free_blocks):\n"
+           "        raise ValueError('double free')\n"
+           "    holes = []\n"
+           "    for o, s in sorted(free_blocks + [(offset, size)]):\n"
+           "        if holes and holes[-1][0] + holes[-1][1] == o:\n"
+           "            holes[-1] = (holes[-1][0], holes[-1][1] + s)\n"
+           "        else:\n"
+           "            holes.append((o, s))\n"
+           "    return holes\n")
+LOWER_BOUND = ("def arena_lower_bound(lifetimes):\n"
+               "    steps = {first for _, first, _ in lifetimes}\n"
+               "    return max((sum(s for s, f, l in lifetimes if f <= t < l) for t in steps), default=0)\n")
+KV_BLOCKS = ("def kv_blocks_needed(prompt_len, output_len, block_size, n_sequences):\n"
+             "    if output_len == 0:\n"
+             "        return -(-prompt_len // block_size)\n"
+             "    full, partial = divmod(prompt_len, block_size)\n"
+             "    return full + n_sequences * -(-(partial + output_len) // block_size)\n")
+
+
+EXPORTED = pytest.mark.skipif(not hasattr(grading, "check_first_fit"), reason="grade() finds checks in labkit.grading")
+
+
+@EXPORTED
+def test_graded_cells_pass_right_answers_in_a_fresh_process():
+    assert grade("first_fit", notebook_function(FIRST_FIT, "first_fit")) is None
+    assert grade("release", notebook_function(RELEASE, "release")) is None
+    assert grade("arena_lower_bound", notebook_function(LOWER_BOUND, "arena_lower_bound")) is None
+    assert grade("kv_blocks_needed", notebook_function(KV_BLOCKS, "kv_blocks_needed")) is None
+
+
+@EXPORTED
+def test_graded_cells_fail_wrong_answers_with_the_hint():
+    with pytest.raises(AssertionError, match="that is BEST fit"):
+        grade("first_fit", notebook_function(FIRST_FIT.replace(
+            "    for i, (offset, hole) in enumerate(free_blocks):\n",
+            "    for i, (offset, hole) in sorted(enumerate(free_blocks), key=lambda p: p[1][1]):\n"), "first_fit"))
+    with pytest.raises(AssertionError, match="the free list passed in was changed"):
+        grade("first_fit", notebook_function(FIRST_FIT.replace(
+            "            return offset,", "            free_blocks.append((0, 0)); return offset,"), "first_fit"))
+    with pytest.raises(AssertionError, match="double free"):
+        grade("release", notebook_function(RELEASE.replace("raise ValueError('double free')", "pass"), "release"))
+    with pytest.raises(AssertionError, match="half-open"):
+        grade("arena_lower_bound", notebook_function(LOWER_BOUND.replace("f <= t < l", "f <= t <= l")
+                                                     .replace("{first for _, first, _ in lifetimes}",
+                                                              "range(max((l for *_, l in lifetimes), default=0) + 1)"),
+                                                     "arena_lower_bound"))
+    with pytest.raises(AssertionError, match="changed the `lifetimes` list"):
+        grade("arena_lower_bound", notebook_function(LOWER_BOUND.replace("    steps", "    lifetimes.sort()\n    steps"),
+                                                     "arena_lower_bound"))
+    with pytest.raises(AssertionError, match="once PER SEQUENCE"):
+        grade("kv_blocks_needed", notebook_function(
+            "def kv_blocks_needed(p, o, b, n):\n    return n * -(-(p + o) // b)\n", "kv_blocks_needed"))

@@ -402,3 +402,8 @@ def test_simulation_does_not_depend_on_the_order_of_the_trace_list():
     shuffled = [trace[i] for i in np.random.default_rng(0).permutation(len(trace))]
     assert simulate_serving(shuffled, "paged", budget_tokens=20_000) == \
         simulate_serving(trace, "paged", budget_tokens=20_000)
+
+
+def test_paged_generate_with_no_new_tokens_returns_the_prompt_per_sequence(baby_gpt):
+    prompt = prompt_of(baby_gpt, 7)
+    assert torch.equal(paged_generate(baby_gpt, prompt, 3, 0), baby_gpt.generate(prompt.repeat(3, 1), 0))

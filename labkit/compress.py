@@ -78,7 +78,12 @@ def _as_symbols(symbols, name: str = "symbols") -> list[int]:
         dtype = str(symbols.dtype)
         if "int" not in dtype:
             raise TypeError(f"{name} must hold integers; got dtype {dtype}")
-        symbols = symbols.tolist()
+        negative = (symbols < 0).nonzero()
+        negative = negative[0] if isinstance(negative, tuple) else negative.flatten()  # numpy gives a tuple
+        if len(negative):
+            i = int(negative[0])
+            raise ValueError(f"{name}[{i}]={int(symbols[i])}: symbols must be non-negative integers")
+        return symbols.tolist()  # checked all at once: the loop below costs ~0.2 s per million symbols
     try:
         out = list(symbols)
     except TypeError:
@@ -210,7 +215,7 @@ class BitWriter:
     def __init__(self) -> None:
         self._out = bytearray()
         self._pending = 0  # bits not yet making a whole byte, as an int ...
-        self._n_pending = 0  # ... and how many of them (always < 8 between calls)
+        self._n_pending = 0  # ... and how many of them (< 64 between calls)
         self.n_bits = 0  # bits written so far
 
     def write(self, value: int, n_bits: int) -> None:
@@ -218,16 +223,17 @@ class BitWriter:
         self._pending = (self._pending << n_bits) | value
         self._n_pending += n_bits
         self.n_bits += n_bits
-        while self._n_pending >= 8:  # flush every whole byte: the oldest bits are the highest
-            self._n_pending -= 8
-            self._out.append((self._pending >> self._n_pending) & 0xFF)
-        self._pending &= (1 << self._n_pending) - 1
+        if self._n_pending >= 64:  # flush the whole bytes, oldest (highest) bits first, a batch at a time
+            n_bytes = self._n_pending // 8
+            self._n_pending -= 8 * n_bytes
+            self._out += (self._pending >> self._n_pending).to_bytes(n_bytes, "big")
+            self._pending &= (1 << self._n_pending) - 1
 
     def getvalue(self) -> bytes:
         """The bytes written so far, the last one padded with zero bits."""
-        if self._n_pending:
-            return bytes(self._out) + bytes([(self._pending << (8 - self._n_pending)) & 0xFF])
-        return bytes(self._out)
+        padding = -self._n_pending % 8
+        tail = (self._pending << padding).to_bytes((self._n_pending + padding) // 8, "big")
+        return bytes(self._out) + tail
 
 
 class BitReader:

@@ -73,6 +73,7 @@ def test_entropy_known_values():
     (b"", ValueError, "empty"), ([], ValueError, "empty"), ({}, ValueError, "empty"), ({1: 0}, ValueError, "zero"),
     ({1: -2}, ValueError, "negative"), ("text", TypeError, "str"), ([1, -1], ValueError, "non-negative"),
     (torch.tensor([0.5]), TypeError, "integers"), (torch.zeros(2, 2, dtype=torch.long), ValueError, "1-D"),
+    (torch.tensor([3, -4]), ValueError, r"\[1\]=-4"), (np.array([-1, 2]), ValueError, r"\[0\]=-1"),
 ])
 def test_entropy_bad_input(bad, error, words):
     with pytest.raises(error, match=words):
@@ -173,6 +174,21 @@ def test_bit_writer_packs_msb_first_and_reader_reads_back():
     assert r.read(1) == 0  # padding
     with pytest.raises(CorruptStream, match="ended"):
         BitReader(data).read(25)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 40).flatmap(lambda n: st.tuples(st.integers(0, 2**n - 1), st.just(n))), max_size=60))
+def test_bit_writer_matches_a_string_of_bits(writes):
+    """Against the slow, obvious packing: write each value as '0'/'1' characters, pad, read 8 at a time."""
+    w = BitWriter()
+    for value, n in writes:
+        w.write(value, n)
+    bits = "".join(format(value, f"0{n}b") if n else "" for value, n in writes)
+    bits += "0" * (-len(bits) % 8)
+    assert w.n_bits == sum(n for _, n in writes)
+    assert w.getvalue() == bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+    r = BitReader(w.getvalue())
+    assert [r.read(n) for _, n in writes] == [value for value, _ in writes]
 
 
 # --- encode / decode -------------------------------------------------------------------------

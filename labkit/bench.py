@@ -287,9 +287,10 @@ def bench_compress(n_bytes: int = 100_000, repeats: int = 3, progress: bool = Tr
     for k, row in enumerate(runs[0]):
         encode_ms = median(run[k]["encode_ms"] for run in runs)
         decode_ms = median(run[k]["decode_ms"] for run in runs)
+        timed = row["coder"] != "raw" and encode_ms > 0 and decode_ms > 0  # "raw" is a copy: no speed to speak of
         rows.append({**row, "encode_ms": round(encode_ms, 2), "decode_ms": round(decode_ms, 2),
-                     "encode_mb_per_s": round(len(data) / 1e3 / encode_ms, 3) if encode_ms > 0 else None,
-                     "decode_mb_per_s": round(len(data) / 1e3 / decode_ms, 3) if decode_ms > 0 else None,
+                     "encode_mb_per_s": round(len(data) / 1e3 / encode_ms, 3) if timed else None,
+                     "decode_mb_per_s": round(len(data) / 1e3 / decode_ms, 3) if timed else None,
                      "roundtrip_ok": all(run[k]["roundtrip_ok"] for run in runs)})
     counts = dict(Counter(data))
     return {"n_bytes": len(data), "repeats": repeats, "entropy_bits": round(compress.entropy_bits(counts), 5),

@@ -24,8 +24,18 @@ the hand-written ones teach. Every stream this module writes is self-contained (
 CRC-32 of the original data), and every decoder rejects a truncated or damaged stream with `CorruptStream` instead
 of looping forever or returning wrong data.
 
-Bits are packed most significant bit first (the first bit written is the top bit of the first byte), and the last
-byte is padded with zero bits.
+The streams, byte by byte (integers little-endian; bits packed most significant bit first, the first bit written
+being the top bit of the first byte, and the last byte padded with zero bits):
+
+    huffman_encode   "LKHF" | n_symbols u32 | alphabet_size u32 | table entries T u32 | CRC-32 u32
+                     | T code lengths, one byte each (0 = symbol unused) | the packed codes
+    lz77_compress    "LKZ7" | mode u8 (0 stored, 1 tokens) | window u32 | max_length u16 | min_match u8
+                     | n_bytes u32 | CRC-32 u32 | the raw bytes (stored) or the packed tokens:
+                     literal = bit 0 + 8 bits; match = bit 1 + (offset - 1) + (length - min_match), in just enough
+                     bits for `window` and `max_length`
+
+The CRC-32 (zlib.crc32: a checksum, not a coder) covers the header and the decoded data, so damage that still
+decodes to something is caught too. `huffman_decode` gives bytes back when alphabet_size <= 256, else a list of ints.
 """
 from __future__ import annotations
 

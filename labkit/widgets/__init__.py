@@ -27,3 +27,5 @@ from labkit.widgets.quantization import (FAMILY_STYLES, SchemeTable, check_quant
 from labkit.widgets.distillation import (ResultTable, check_distillation_results, check_teacher_probs,  # noqa: F401
                                          distillation_figure, distillation_panel, distillation_state, result_table,
                                          soft_target_examples, soft_targets_at)
+from labkit.widgets.compression import (CompressionTable, check_compression_sweep, compression_figure,  # noqa: F401
+                                        compression_panel, compression_state, compression_table)

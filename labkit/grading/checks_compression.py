@@ -1,0 +1,343 @@
+"""The self-checks of lab 07 (compression and storage), one per exercise; the pattern of labkit.grading.checks.
+
+Each check builds its examples and their expected answers first (from a closed form, or an independent
+construction written here), then runs the learner's function through `run_check` with labkit's lab-07
+modules switched off (`LAB07_REFERENCES`: every function of labkit.compress, labkit.deep_compression and
+labkit.stream is a tripwire while the learner's function runs). This module is itself one of
+core.ALWAYS_FORBIDDEN_MODULES: its helpers trip too.
+
+Huffman code lengths are not unique when frequencies tie, so `check_huffman_code_lengths` accepts ANY optimal
+prefix code: right symbols, whole positive lengths, Kraft sum <= 1 and the smallest possible total of
+frequency × length bits. An answer that is such a code is shown to the comparison as the check's own optimal
+code; any other answer is compared as given, symbol by symbol, with a hint for the mistake it matches.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import numbers
+from fractions import Fraction
+from typing import Any, Callable
+
+import torch
+
+from labkit.grading.checks import INT, _choice, _int_eq, _per_case_ratio, _randint
+from labkit.grading.core import Case, CheckResult, Mistake, Returns, checks_safely, kind_of, run_check
+
+#: What a learner must not call in any lab-07 exercise: labkit's coders, the Deep Compression pipeline and the
+#: streaming module (every function defined in them trips while the learner's function runs).
+LAB07_REFERENCES = ("labkit.compress.*", "labkit.deep_compression.*", "labkit.stream.*")
+
+
+# =============================================================================================
+# lab 07, exercise 1: Huffman code lengths
+
+
+def _optimal_lengths(frequencies: dict[int, int]) -> dict[int, int]:
+    """One optimal prefix code's lengths (bits) for the symbols of frequency > 0: Huffman's merge, written here.
+
+    Written independently of labkit.compress: the heap holds (weight, tie-break, the symbols below), each merge
+    puts every symbol below the two rarest subtrees one bit deeper. One symbol still gets 1 bit; {} -> {}.
+    """
+    used = sorted(s for s, f in frequencies.items() if f > 0)
+    if len(used) <= 1:
+        return {s: 1 for s in used}
+    depth = dict.fromkeys(used, 0)
+    heap = [(frequencies[s], s, (s,)) for s in used]
+    heapq.heapify(heap)
+    while len(heap) > 1:
+        w1, t1, below1 = heapq.heappop(heap)
+        w2, t2, below2 = heapq.heappop(heap)
+        for s in below1 + below2:
+            depth[s] += 1
+        heapq.heappush(heap, (w1 + w2, min(t1, t2), below1 + below2))
+    return depth
+
+
+def _largest_first_lengths(frequencies: dict[int, int]) -> dict[int, int]:
+    """The mistake of merging the two MOST frequent subtrees each step (a max-heap instead of a min-heap)."""
+    used = sorted(s for s, f in frequencies.items() if f > 0)
+    if len(used) <= 1:
+        return {s: 1 for s in used}
+    depth = dict.fromkeys(used, 0)
+    heap = [(-frequencies[s], s, (s,)) for s in used]
+    heapq.heapify(heap)
+    while len(heap) > 1:
+        w1, t1, below1 = heapq.heappop(heap)
+        w2, t2, below2 = heapq.heappop(heap)
+        for s in below1 + below2:
+            depth[s] += 1
+        heapq.heappush(heap, (w1 + w2, min(t1, t2), below1 + below2))
+    return depth
+
+
+def _total_bits(lengths: dict[int, int], frequencies: dict[int, int]) -> int:
+    """Bits of the whole message coded with these lengths: sum of frequency × length."""
+    return sum(frequencies.get(s, 0) * n for s, n in lengths.items())
+
+
+def _kraft(lengths: dict[int, int]) -> Fraction:
+    """Kraft's sum, sum of 2^-length, exactly: a prefix code with these lengths exists iff it is <= 1."""
+    return sum((Fraction(1, 2 ** n) for n in lengths.values()), Fraction(0))
+
+
+def _is_optimal_code(lengths: dict[int, int], frequencies: dict[int, int]) -> bool:
+    """True when `lengths` (int symbols -> int bits) is an optimal prefix code for `frequencies`."""
+    used = {s for s, f in frequencies.items() if f > 0}
+    if set(lengths) != used or any(n < 1 for n in lengths.values()):
+        return False
+    return _kraft(lengths) <= 1 and _total_bits(lengths, frequencies) == _total_bits(
+        _optimal_lengths(frequencies), frequencies)
+
+
+def _table(lengths: dict[int, int], size: int) -> torch.Tensor:
+    """The lengths as one int64 entry per symbol 0..size-1, 0 where a symbol has no codeword.
+
+    This is the table canonical Huffman stores (DEFLATE sends exactly these numbers): the check compares it
+    entry by entry, so a difference is reported as 'symbol s: expected a, got b'.
+    """
+    table = torch.zeros(size, dtype=torch.int64)
+    for s, n in lengths.items():
+        table[s] = n
+    return table
+
+
+def _table_size(frequencies: dict[int, int]) -> int:
+    return max(frequencies, default=-1) + 1
+
+
+def _as_lengths(got: Any, frequencies: dict[int, int]) -> dict[int, int]:
+    """The learner's answer as {int symbol: int length}, or a TypeError/ValueError saying what the lab needs instead."""
+    if not isinstance(got, dict):
+        raise TypeError(f"huffman_code_lengths returned {kind_of(got)}; the lab needs a dict {{symbol: code length "
+                        f"in bits}} (it builds the canonical codes from it)")
+    out = {}
+    for s, n in got.items():
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise TypeError(f"the returned dict has the key {s!r}; its keys must be the symbols of `frequencies` "
+                            "(ints)")
+        if s not in frequencies:
+            raise ValueError(f"the returned dict has a length for symbol {s}, which is not in `frequencies`: only "
+                             "symbols with a frequency > 0 get a codeword")
+        if isinstance(n, str) or (isinstance(n, (tuple, list)) and len(n) == 2):
+            raise TypeError(f"the returned dict maps symbol {s} to {n!r}: that looks like the codeword itself; "
+                            "return each codeword's LENGTH in bits (an int), e.g. {0: 1, 1: 2, 2: 2}")
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"the returned dict maps symbol {s} to {kind_of(n)}; a code length is a whole number of "
+                            "bits (an int)")
+        out[int(s)] = int(n)
+    return out
+
+
+def _lengths_call(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """Call the learner's huffman_code_lengths and turn its dict into the per-symbol table the check compares.
+
+    Any optimal prefix code is right (ties make several), so an optimal answer is replaced by the check's own
+    optimal code; anything else is compared as given. A dict edited in place is refused: the lab passes the
+    weights' own counts, which later cells use.
+    """
+    frequencies = args[0] if args else kwargs["frequencies"]
+    before = dict(frequencies)
+    got = fn(*args, **kwargs)
+    if dict(frequencies) != before:
+        raise ValueError("huffman_code_lengths changed its `frequencies` dict in place (the lab passes the "
+                         "weights' own counts, which later cells use): read it, don't pop or edit it — work on a "
+                         "copy, e.g. dict(frequencies)")
+    if got is None:
+        return None
+    lengths = _as_lengths(got, before)
+    if _is_optimal_code(lengths, before):
+        lengths = _optimal_lengths(before)
+    return _table(lengths, _table_size(before))
+
+
+def _lengths_case(description: str, frequencies: dict[int, int]) -> Case:
+    best = _optimal_lengths(frequencies)
+    used = len(best)
+    about = (f"{used} symbol{'s' if used != 1 else ''} with frequency > 0, an optimal code takes "
+             f"{_total_bits(best, frequencies):,} bits in all (Σ frequency × length)" if used else "no symbol to code")
+    return Case(f"huffman_code_lengths({frequencies}): {description} — {about}", (dict(frequencies),), {},
+                _table(best, _table_size(frequencies)))
+
+
+def _lengths_of(got: Any) -> dict[int, int] | None:
+    """The learner's answer back as {symbol: length} from the compared table (symbols of length 0 left out)."""
+    if not (isinstance(got, torch.Tensor) and got.dim() == 1 and not got.is_floating_point()):
+        return None
+    return {s: int(n) for s, n in enumerate(got.tolist()) if n != 0}
+
+
+@checks_safely("huffman_code_lengths")
+def check_huffman_code_lengths(fn: Callable[[dict[int, int]], dict[int, int]], quiet: bool = False) -> CheckResult:
+    """Exercise: {symbol: length in bits} of an optimal prefix (Huffman) code for the symbols of frequency > 0.
+
+    Ties make several optimal codes: any is accepted (right symbols, lengths >= 1, Kraft sum <= 1, the least
+    total bits). One symbol gets length 1 (a codeword needs a bit); {} gives {}.
+    """
+    examples = [
+        ("the module docstring's example: a, b, c, d as 0..3", {0: 5, 1: 2, 2: 1, 3: 1}),
+        ("four equal frequencies: every symbol gets 2 bits", {0: 1, 1: 1, 2: 1, 3: 1}),
+        ("ties: two different optimal codes exist (all 2 bits, or 1, 2, 3, 3 bits): either passes",
+         {0: 2, 1: 1, 2: 1, 3: 2}),
+        ("symbols 1 and 3 never occur: they get no codeword", {0: 10, 1: 0, 2: 3, 3: 0, 4: 3}),
+        ("one symbol only: it still needs a 1-bit codeword", {7: 42}),
+        ("two symbols, very unequal: one bit each whatever the counts", {0: 1, 1: 1000}),
+        ("Fibonacci frequencies: the most lopsided tree, 6 bits deep", {0: 1, 1: 1, 2: 2, 3: 3, 4: 5, 5: 8, 6: 13}),
+        ("the bytes of b'abracadabra' (a = 97 ... r = 114)", {97: 5, 98: 2, 99: 1, 100: 1, 114: 2}),
+        ("no symbols at all: an empty dict", {}),
+    ]
+    cases = [_lengths_case(what, f) for what, f in examples]
+
+    def got_is(wrong: Callable[[dict[int, int]], dict[int, int]]) -> Callable[..., bool]:
+        """A matcher: the answer is exactly wrong(frequencies), and that is not an optimal code."""
+        def m(got: Any, frequencies: dict[int, int]) -> bool:
+            lengths, bad = _lengths_of(got), wrong(frequencies)
+            return lengths == {s: n for s, n in bad.items() if n != 0} and not _is_optimal_code(bad, frequencies)
+        return m
+
+    def used(frequencies: dict[int, int]) -> list[int]:
+        return sorted(s for s, f in frequencies.items() if f > 0)
+
+    def balanced(frequencies: dict[int, int]) -> dict[int, int]:
+        n = len(used(frequencies))
+        return {s: max(1, math.ceil(math.log2(n))) for s in used(frequencies)}
+
+    def shannon(frequencies: dict[int, int]) -> dict[int, int]:
+        total = sum(frequencies.values())
+        return {s: max(1, math.ceil(math.log2(total / frequencies[s]))) for s in used(frequencies)}
+
+    def one_deeper(frequencies: dict[int, int]) -> dict[int, int]:
+        return {s: n + 1 for s, n in _optimal_lengths(frequencies).items()}
+
+    def codes_as_ints(frequencies: dict[int, int]) -> dict[int, int]:
+        """The canonical codewords of the optimal lengths, as ints (what canonical codes are, not their lengths)."""
+        best, codes, code, previous = _optimal_lengths(frequencies), {}, 0, 0
+        for s in sorted(best, key=lambda s: (best[s], s)):
+            code <<= best[s] - previous
+            codes[s], code, previous = code, code + 1, best[s]
+        return codes
+
+    def zero_frequency_included(got: Any, frequencies: dict[int, int]) -> bool:
+        lengths = _lengths_of(got)
+        return lengths is not None and any(frequencies.get(s, 0) == 0 for s in lengths)
+
+    def single_symbol_zero(got: Any, frequencies: dict[int, int]) -> bool:
+        lengths = _lengths_of(got)
+        return lengths == {} and len(used(frequencies)) == 1
+
+    def symbol_missing(got: Any, frequencies: dict[int, int]) -> bool:
+        lengths = _lengths_of(got)
+        return lengths is not None and any(s not in lengths for s in used(frequencies))
+
+    def not_prefix(got: Any, frequencies: dict[int, int]) -> bool:
+        lengths = _lengths_of(got)
+        return lengths is not None and any(n > 0 for n in lengths.values()) and all(
+            n > 0 for n in lengths.values()) and _kraft(lengths) > 1
+
+    def not_optimal(got: Any, frequencies: dict[int, int]) -> bool:
+        lengths = _lengths_of(got)
+        return (lengths is not None and set(lengths) == set(used(frequencies))
+                and all(n > 0 for n in lengths.values()) and _kraft(lengths) <= 1
+                and not _is_optimal_code(lengths, frequencies))
+
+    mistakes = [
+        Mistake("a symbol that never occurs (frequency 0) gets no codeword: leave it out of the dict",
+                zero_frequency_included),
+        Mistake("a single symbol still needs a 1-bit codeword ({symbol: 1}): with 0 bits the coded stream would be "
+                "empty and could not say how many symbols it holds", single_symbol_zero),
+        Mistake("those look like the canonical codewords as ints, not their lengths: return how many BITS each "
+                "codeword has", got_is(codes_as_ints)),
+        Mistake("every symbol with a frequency > 0 needs a codeword of at least 1 bit: one is missing from your "
+                "dict (or got length 0)", symbol_missing),
+        Mistake("these are the lengths of a balanced code (⌈log2 n⌉ bits for every symbol): Huffman gives frequent "
+                "symbols SHORTER codes — merge the two least frequent subtrees, again and again", got_is(balanced)),
+        Mistake("you merged the two MOST frequent subtrees: Huffman merges the two LEAST frequent ones each step "
+                "(a min-heap: heapq.heappop twice, push their sum)", got_is(_largest_first_lengths)),
+        Mistake("these are Shannon's lengths ⌈log2(total / frequency)⌉: a valid prefix code, but Huffman's merge "
+                "finds shorter ones", got_is(shannon)),
+        Mistake("every length is one too long: a codeword's length is the number of merges above its symbol (edges "
+                "from the root), not the number of nodes on the path", got_is(one_deeper)),
+        Mistake("these lengths cannot form a prefix code: Σ 2^(−length) over the symbols exceeds 1 (Kraft's "
+                "inequality) — some codeword would have to be the start of another", not_prefix),
+        Mistake("a prefix code, but not an optimal one: its Σ frequency × length is larger than Huffman's — merge "
+                "the two LEAST frequent subtrees each step, and count each symbol's depth", not_optimal),
+    ]
+    returns = Returns("tensor", dtypes=(torch.int64,), axes=("symbol",),
+                      why="the lab builds canonical codes from your lengths and codes the model's weights with them")
+
+    def hidden(g: torch.Generator) -> Case:
+        n = _randint(g, 1, 10)
+        symbols = sorted(set(_randint(g, 0, 15) for _ in range(n)))
+        frequencies = {s: (0 if _randint(g, 0, 5) == 0 else _randint(g, 1, _choice(g, [4, 30, 1000])))
+                       for s in symbols}
+        if not any(frequencies.values()):
+            frequencies[symbols[-1]] = 1
+        return _lengths_case("random frequencies", frequencies)
+
+    return run_check("huffman_code_lengths", fn, cases, returns=returns, mistakes=mistakes, quiet=quiet,
+                     hidden=hidden, call=_lengths_call, forbid=LAB07_REFERENCES,
+                     reference="labkit.compress.huffman_code_lengths")
+
+
+# =============================================================================================
+# lab 07, exercise 3: bytes of a replay buffer
+
+
+def _replay_buffer_bytes(capacity_sequences: int, seq_len: int, token_bytes: int) -> int:
+    """capacity windows of seq_len + 1 tokens (the inputs and, shifted by one, their next tokens) of token_bytes each."""
+    return capacity_sequences * (seq_len + 1) * token_bytes
+
+
+@checks_safely("replay_buffer_bytes")
+def check_replay_buffer_bytes(fn: Callable[[int, int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes (int) of a replay buffer holding capacity_sequences training windows of seq_len + 1 tokens.
+
+    A window of seq_len + 1 tokens gives seq_len inputs and their seq_len next tokens (the targets are the
+    inputs shifted by one), so it stores seq_len + 1 token ids of token_bytes each (labkit.stream.ReplayBuffer).
+    """
+    examples = [
+        ("the lab's buffer: 256 windows of 64 characters, uint8 token ids", (256, 64, 1)),
+        ("one window of 8 tokens, uint8 ids: 9 tokens (8 inputs + the last target)", (1, 8, 1)),
+        ("an empty buffer (capacity 0)", (0, 64, 1)),
+        ("1,000 windows of 128 tokens with GPT-2's 50,257-token vocabulary: uint16 ids", (1_000, 128, 2)),
+        ("10,000 windows of 2,048 tokens, int32 ids", (10_000, 2_048, 4)),
+        ("64 windows of 256 tokens stored as torch's default int64", (64, 256, 8)),
+    ]
+    cases = [Case(f"replay_buffer_bytes(capacity_sequences={c:,}, seq_len={t:,}, token_bytes={b}): {what}",
+                  (c, t, b), {}, _replay_buffer_bytes(c, t, b)) for what, (c, t, b) in examples]
+
+    def is_any(*values_of: Callable[[int, int, int], int]) -> Callable[..., bool]:
+        """A matcher: the answer equals one of these wrong formulas (each different from the right answer)."""
+        def m(got: Any, c: int, t: int, b: int) -> bool:
+            right = _replay_buffer_bytes(c, t, b)
+            return any(v(c, t, b) != right and _int_eq(got, v(c, t, b)) for v in values_of)
+        return m
+
+    mistakes = [
+        Mistake("a window holds seq_len + 1 tokens: seq_len inputs, and the targets are the same tokens shifted by "
+                "one, which needs one more token at the end", is_any(lambda c, t, b: c * t * b)),
+        Mistake("the targets are the inputs shifted by one: store one window of seq_len + 1 tokens, not the inputs "
+                "and the targets as two arrays of seq_len",
+                is_any(lambda c, t, b: 2 * c * t * b, lambda c, t, b: 2 * c * (t + 1) * b)),
+        Mistake("that is 8× too many: token_bytes is already in bytes — don't multiply by 8 (that is bits), nor "
+                "count each id as torch's 8-byte int64",
+                is_any(lambda c, t, b: 8 * _replay_buffer_bytes(c, t, b), lambda c, t, b: 8 * c * t * b)),
+        Mistake("token_bytes is already in bytes: don't divide by 8",
+                lambda got, c, t, b: _per_case_ratio(1 / 8, _replay_buffer_bytes)(got, c, t, b)
+                or is_any(lambda *a: _replay_buffer_bytes(*a) // 8)(got, c, t, b)),
+        Mistake("that counts tokens: multiply by token_bytes, the bytes of one token id",
+                is_any(lambda c, t, b: c * (t + 1), lambda c, t, b: c * t)),
+        Mistake("that is one window's bytes: the buffer holds capacity_sequences windows",
+                is_any(lambda c, t, b: (t + 1) * b, lambda c, t, b: t * b)),
+        Mistake("the ids were counted as torch's int64 (8 bytes): each token takes token_bytes",
+                is_any(lambda c, t, b: 8 * c * (t + 1))),
+    ]
+
+    def hidden(g: torch.Generator) -> Case:
+        c, t, b = _randint(g, 0, 100_000), _randint(g, 1, 4_096), _choice(g, [1, 2, 4, 8])
+        return Case(f"replay_buffer_bytes(capacity_sequences={c:,}, seq_len={t:,}, token_bytes={b})", (c, t, b), {},
+                    _replay_buffer_bytes(c, t, b))
+
+    return run_check("replay_buffer_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
+                     forbid=("labkit.stream.replay_buffer_bytes", "labkit.stream.ReplayBuffer") + LAB07_REFERENCES,
+                     reference="labkit.stream.replay_buffer_bytes")

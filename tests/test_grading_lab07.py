@@ -1,0 +1,391 @@
+"""Lab 07 self-checks: a right answer passes, each typical wrong one fails with its hint, nothing raises.
+
+(That a stub reads 'not yet solved', and None / a crash is reported, is tested for every check at once in
+test_grading.py.)"""
+import heapq
+import math
+
+import numpy as np
+import pytest
+import torch
+from grading_helpers import notebook_function
+
+from labkit import compress as C
+from labkit import grading
+from labkit import stream as S
+from labkit.autograde import grade
+from labkit.grading import checks_compression as CC
+
+# ---- the learner's answers, written here by hand ----------------------------------------------
+
+
+def my_huffman_code_lengths(frequencies):
+    """A min-heap of (weight, counter, symbols below); each merge makes the symbols below one bit deeper."""
+    used = {s: f for s, f in frequencies.items() if f > 0}
+    if len(used) == 1:
+        return {s: 1 for s in used}
+    heap = [(f, i, [s]) for i, (s, f) in enumerate(sorted(used.items()))]
+    heapq.heapify(heap)
+    depth, counter = dict.fromkeys(used, 0), len(heap)
+    while len(heap) > 1:
+        w1, _, a = heapq.heappop(heap)
+        w2, _, b = heapq.heappop(heap)
+        for s in a + b:
+            depth[s] += 1
+        counter += 1
+        heapq.heappush(heap, (w1 + w2, counter, a + b))
+    return depth
+
+
+def two_queue_huffman(frequencies):
+    """Van Leeuwen's two queues (leaves sorted once, merged nodes in order of creation) and a tree walk: no heap."""
+    leaves = sorted((f, s) for s, f in frequencies.items() if f > 0)
+    if not leaves:
+        return {}
+    if len(leaves) == 1:
+        return {leaves[0][1]: 1}
+    first = [(f, ("leaf", s)) for f, s in leaves]
+    merged = []
+
+    def take():
+        if merged and (not first or merged[0][0] < first[0][0]):
+            return merged.pop(0)
+        return first.pop(0)
+
+    while len(first) + len(merged) > 1:
+        a, b = take(), take()
+        merged.append((a[0] + b[0], ("node", a[1], b[1])))
+    lengths, todo = {}, [(merged[0][1], 0)]
+    while todo:
+        node, d = todo.pop()
+        if node[0] == "leaf":
+            lengths[node[1]] = d
+        else:
+            todo += [(node[1], d + 1), (node[2], d + 1)]
+    return lengths
+
+
+def my_replay_buffer_bytes(capacity_sequences, seq_len, token_bytes):
+    return capacity_sequences * (seq_len + 1) * token_bytes
+
+
+def examples_of(check, right):
+    """The arguments of every example `check` runs (public and three hidden seeds' worth), via a spy."""
+    from labkit.grading import core
+    seen = []
+
+    def spy(*args):
+        seen.append(tuple(dict(a) if isinstance(a, dict) else a for a in args))
+        return right(*args)
+
+    for seed in (None, 1, 2, 3):
+        old, core.HIDDEN_SEED = core.HIDDEN_SEED, seed
+        try:
+            assert check(spy, quiet=True)
+        finally:
+            core.HIDDEN_SEED = old
+    return seen
+
+
+def kraft(lengths):
+    return sum(2.0 ** -n for n in lengths.values())
+
+
+# ---- huffman_code_lengths -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("right", [my_huffman_code_lengths, two_queue_huffman])
+def test_huffman_right_answers_pass(right, capsys):
+    result = grading.check_huffman_code_lengths(right)
+    assert result and result.status == grading.PASS
+    assert "passed (9 examples)" in capsys.readouterr().out
+
+
+def test_huffman_accepts_any_optimal_code_when_frequencies_tie():
+    ties = {0: 2, 1: 1, 2: 1, 3: 2}
+    a, b = {0: 2, 1: 2, 2: 2, 3: 2}, {0: 2, 1: 3, 2: 3, 3: 1}        # both 12 bits, both Kraft sums 1
+    assert sum(ties[s] * n for s, n in a.items()) == sum(ties[s] * n for s, n in b.items()) == 12
+    for code in (a, b):
+        answer = lambda f, code=code: dict(code) if f == ties else my_huffman_code_lengths(f)
+        assert grading.check_huffman_code_lengths(answer, quiet=True), code
+    # numpy ints are ints to canonical_codes too: accepted, and the lab can use them
+    assert grading.check_huffman_code_lengths(lambda f: {np.int64(s): np.int32(n) for s, n in
+                                                         my_huffman_code_lengths(f).items()}, quiet=True)
+
+
+def test_huffman_check_agrees_with_labkit_and_with_the_entropy_bound():
+    # every example (public and hidden): labkit's reference is an optimal code of the same total bits as ours,
+    # a prefix code (Kraft sum <= 1, = 1 with two or more symbols) within 1 bit/symbol of the entropy
+    for (frequencies,) in examples_of(grading.check_huffman_code_lengths, my_huffman_code_lengths):
+        ref, mine = C.huffman_code_lengths(frequencies), my_huffman_code_lengths(frequencies)
+        total = sum(frequencies.values())
+        assert set(ref) == set(mine) == {s for s, f in frequencies.items() if f > 0}
+        assert sum(frequencies[s] * n for s, n in ref.items()) == sum(frequencies[s] * n for s, n in mine.items())
+        if len(ref) >= 2:
+            assert math.isclose(kraft(ref), 1.0) and math.isclose(kraft(mine), 1.0)
+            h = C.entropy_bits(frequencies)
+            average = sum(frequencies[s] * n for s, n in ref.items()) / total
+            assert h <= average < h + 1
+        assert CC._is_optimal_code(ref, frequencies)
+
+
+def largest_first(frequencies):
+    used = {s: f for s, f in frequencies.items() if f > 0}
+    if len(used) == 1:
+        return {s: 1 for s in used}
+    heap = [(-f, i, [s]) for i, (s, f) in enumerate(sorted(used.items()))]
+    heapq.heapify(heap)
+    depth, counter = dict.fromkeys(used, 0), len(heap)
+    while len(heap) > 1:
+        w1, _, a = heapq.heappop(heap)
+        w2, _, b = heapq.heappop(heap)
+        for s in a + b:
+            depth[s] += 1
+        counter += 1
+        heapq.heappush(heap, (w1 + w2, counter, a + b))
+    return depth
+
+
+def canonical_code_ints(frequencies):
+    """The canonical codewords of the Huffman lengths, as ints (sorted by (length, symbol), counting up)."""
+    lengths, codes, code, previous = my_huffman_code_lengths(frequencies), {}, 0, 0
+    for s in sorted(lengths, key=lambda s: (lengths[s], s)):
+        code <<= lengths[s] - previous
+        codes[s], code, previous = code, code + 1, lengths[s]
+    return codes
+
+
+def with_first(frequencies, wrong):
+    """Right everywhere except on the first public example, where `wrong` answers (to reach one hint)."""
+    return wrong if frequencies == {0: 5, 1: 2, 2: 1, 3: 1} else my_huffman_code_lengths(frequencies)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda f: {s: max(1, math.ceil(math.log2(sum(1 for v in f.values() if v)))) for s, v in f.items() if v},
+     "lengths of a balanced code"),
+    (largest_first, "you merged the two MOST frequent subtrees"),
+    (lambda f: {s: (n if n else 1) for s, n in {**dict.fromkeys(f, 0), **my_huffman_code_lengths(f)}.items()},
+     "frequency 0) gets no codeword"),
+    (lambda f: {s: n for s, n in my_huffman_code_lengths(f).items() if s != max(my_huffman_code_lengths(f))},
+     "one is missing from your dict"),
+    (lambda f: {s: 0 for s in my_huffman_code_lengths(f)} if len(my_huffman_code_lengths(f)) == 1
+     else my_huffman_code_lengths(f), "a single symbol still needs a 1-bit codeword"),
+    (lambda f: {s: max(1, math.ceil(math.log2(sum(f.values()) / f[s]))) for s in my_huffman_code_lengths(f)},
+     "Shannon's lengths"),
+    (lambda f: {s: n + 1 for s, n in my_huffman_code_lengths(f).items()}, "every length is one too long"),
+    (canonical_code_ints, "canonical codewords as ints"),
+    (lambda f: {s: 1 for s in my_huffman_code_lengths(f)}, "cannot form a prefix code"),
+    (lambda f: with_first(f, {0: 2, 1: 2, 2: 2, 3: 3}), "a prefix code, but not an optimal one"),
+], ids=["balanced", "largest merged", "zero frequency", "symbol missing", "one symbol 0 bits", "Shannon",
+        "one deeper", "codes as ints", "Kraft > 1", "not optimal"])
+def test_huffman_mistakes_get_their_hints(wrong, hint):
+    result = grading.check_huffman_code_lengths(wrong, quiet=True)
+    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+
+
+def test_huffman_a_wrong_length_is_shown_symbol_by_symbol():
+    result = grading.check_huffman_code_lengths(lambda f: with_first(f, {0: 1, 1: 2, 2: 2, 3: 3}), quiet=True)
+    assert not result and "an optimal code takes 15 bits in all" in result.message
+    assert "symbol 2: expected 3, got 2 (1 of 4 values differ)" in result.message, result.message
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda f: None, "returned None — did you forget `return`?"),
+    (lambda f: sorted(my_huffman_code_lengths(f).values()), "returned list"),
+    (lambda f: {s: float(n) for s, n in my_huffman_code_lengths(f).items()}, "a whole number of bits (an int)"),
+    (lambda f: {s: torch.tensor(n) for s, n in my_huffman_code_lengths(f).items()}, "a whole number of bits"),
+    (lambda f: {s: "0" * n for s, n in my_huffman_code_lengths(f).items()}, "looks like the codeword itself"),
+    (lambda f: {chr(s): n for s, n in my_huffman_code_lengths(f).items()}, "its keys must be the symbols"),
+    (lambda f: {**my_huffman_code_lengths(f), 99: 9}, "symbol 99, which is not in `frequencies`"),
+    (lambda f: max(f.values()) and my_huffman_code_lengths(f), "raised ValueError: max() arg is an empty"),
+])
+def test_huffman_none_wrong_types_and_crash_are_reported_not_raised(answer, words):
+    result = grading.check_huffman_code_lengths(answer, quiet=True)
+    assert result.status == grading.FAIL and words in result.message, result.message
+
+
+def test_huffman_codeword_pairs_are_named():
+    pairs = lambda f: {s: (0, n) for s, n in my_huffman_code_lengths(f).items()}      # canonical_codes' shape
+    result = grading.check_huffman_code_lengths(pairs, quiet=True)
+    assert not result and "looks like the codeword itself" in result.message
+
+
+def test_huffman_editing_the_frequencies_in_place_is_refused():
+    def pops_zeros(frequencies):
+        for s in [s for s, f in frequencies.items() if f == 0]:
+            del frequencies[s]
+        return my_huffman_code_lengths(frequencies)
+
+    result = grading.check_huffman_code_lengths(pops_zeros, quiet=True)
+    assert not result and "changed its `frequencies` dict in place" in result.message, result.message
+    assert grading.check_huffman_code_lengths(lambda f: my_huffman_code_lengths(dict(f)), quiet=True)
+
+
+@pytest.mark.parametrize("delegate, name", [
+    (C.huffman_code_lengths, "labkit.compress.huffman_code_lengths"),
+    (lambda f: C.huffman_code_lengths(f), "labkit.compress.huffman_code_lengths"),
+    (lambda f: dict(C.HuffmanCode.from_frequencies(f).lengths) if f else {}, "labkit.compress"),
+    (lambda f: C._check_frequencies(f) and my_huffman_code_lengths(f), "labkit.compress._check_frequencies"),
+    (lambda f: CC._optimal_lengths(f), "labkit.grading.checks_compression._optimal_lengths"),
+])
+def test_huffman_may_not_delegate(delegate, name):
+    result = grading.check_huffman_code_lengths(delegate, quiet=True)
+    assert result.status == grading.FAIL and name in result.message and "reference" in result.message, \
+        result.message
+
+
+def test_huffman_heapq_and_collections_stay_allowed():
+    from collections import Counter
+    assert grading.check_huffman_code_lengths(lambda f: my_huffman_code_lengths(Counter(f)), quiet=True)
+
+
+def test_huffman_fallback_names_labkits_reference(capsys):
+    fn = grading.use_or_fallback(lambda f: None, grading.check_huffman_code_lengths, C.huffman_code_lengths)
+    assert fn is C.huffman_code_lengths and "`labkit.compress.huffman_code_lengths`" in capsys.readouterr().out
+    assert grading.use_or_fallback(my_huffman_code_lengths, grading.check_huffman_code_lengths,
+                                   C.huffman_code_lengths) is my_huffman_code_lengths
+
+
+def test_huffman_hidden_examples_pass_a_right_answer_and_catch_a_table(monkeypatch):
+    from labkit.grading import core
+    for seed in range(20):
+        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
+        assert grading.check_huffman_code_lengths(my_huffman_code_lengths, quiet=True), seed
+    public = {}
+    monkeypatch.setattr(core, "HIDDEN_SEED", None)
+    key = lambda f: tuple(sorted(f.items()))
+    grading.check_huffman_code_lengths(lambda f: public.setdefault(key(f), my_huffman_code_lengths(f)), quiet=True)
+    assert len(public) == 9
+    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
+    # right on the public examples, every symbol 4 bits anywhere else
+    table = lambda f: public[key(f)] if key(f) in public else {s: 4 for s, v in f.items() if v}
+    result = grading.check_huffman_code_lengths(table, quiet=True)
+    assert not result and "hidden example (grader's seed 7)" in result.message
+
+
+# ---- replay_buffer_bytes ------------------------------------------------------------------------
+
+def test_replay_buffer_bytes_right_answer_passes(capsys):
+    assert grading.check_replay_buffer_bytes(my_replay_buffer_bytes)
+    assert "passed (6 examples)" in capsys.readouterr().out
+    assert grading.check_replay_buffer_bytes(lambda *a: np.int64(my_replay_buffer_bytes(*a)), quiet=True)
+    fn = grading.use_or_fallback(lambda *a: torch.tensor(my_replay_buffer_bytes(*a)),
+                                 grading.check_replay_buffer_bytes, S.replay_buffer_bytes)
+    assert type(fn(256, 64, 1)) is int and fn(256, 64, 1) == 16_640
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_replay_buffer_bytes_is_what_a_real_buffer_stores(dtype):
+    token_bytes = np.dtype(dtype).itemsize
+    for capacity, seq_len in ((1, 8), (16, 64), (5, 3)):
+        buffer = S.ReplayBuffer(capacity, seq_len, seed=0, dtype=dtype)
+        for i in range(3 * capacity):                   # past its capacity: the storage does not grow
+            buffer.add(np.full(seq_len + 1, i % 7, dtype=dtype))
+        assert buffer.nbytes == my_replay_buffer_bytes(capacity, seq_len, token_bytes) \
+            == S.replay_buffer_bytes(capacity, seq_len, token_bytes)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda c, t, b: c * t * b, "a window holds seq_len + 1 tokens"),
+    (lambda c, t, b: 2 * c * t * b, "not the inputs and the targets as two arrays"),
+    (lambda c, t, b: 8 * my_replay_buffer_bytes(c, t, b), "don't multiply by 8 (that is bits)"),
+    (lambda c, t, b: my_replay_buffer_bytes(c, t, b) // 8, "don't divide by 8"),
+    (lambda c, t, b: c * (t + 1), "that counts tokens"),
+    (lambda c, t, b: (t + 1) * b, "that is one window's bytes"),
+    (lambda c, t, b: 8 * c * (t + 1), "int64"),
+], ids=["no +1", "x and y", "bits", "divided by 8", "tokens", "one window", "int64"])
+def test_replay_buffer_bytes_mistakes_get_their_hints(wrong, hint):
+    result = grading.check_replay_buffer_bytes(wrong, quiet=True)
+    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda *a: None, "did you forget `return`?"),
+    (lambda *a: float(my_replay_buffer_bytes(*a)), "return an int"),
+    (lambda c, t, b: c * (t + 1) * b / 1, "return an int"),
+    (lambda c, t, b: [c, t, b], "returned list [256, 64, 1]; expected a number"),
+    (lambda c, t, b: my_replay_buffer_bytes(c, t, b) // (c - c), "raised ZeroDivisionError"),
+])
+def test_replay_buffer_bytes_none_float_and_crash_are_reported(answer, words):
+    result = grading.check_replay_buffer_bytes(answer, quiet=True)
+    assert result.status == grading.FAIL and words in result.message, result.message
+
+
+@pytest.mark.parametrize("delegate, name", [
+    (lambda *a: S.replay_buffer_bytes(*a), "labkit.stream.replay_buffer_bytes"),
+    (S.replay_buffer_bytes, "labkit.stream.replay_buffer_bytes"),
+    (lambda c, t, b: S.ReplayBuffer(max(c, 1), t, dtype={1: np.uint8, 2: np.uint16, 4: np.int32,
+                                                           8: np.int64}[b]).nbytes * c // max(c, 1),
+     "labkit.stream.ReplayBuffer"),
+])
+def test_replay_buffer_bytes_may_not_delegate(delegate, name):
+    result = grading.check_replay_buffer_bytes(delegate, quiet=True)
+    assert result.status == grading.FAIL and name in result.message, result.message
+
+
+def test_replay_buffer_bytes_hidden_examples(monkeypatch):
+    from labkit.grading import core
+    for seed in range(20):
+        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
+        assert grading.check_replay_buffer_bytes(my_replay_buffer_bytes, quiet=True), seed
+    answers = {}
+    monkeypatch.setattr(core, "HIDDEN_SEED", None)
+    grading.check_replay_buffer_bytes(lambda *a: answers.setdefault(a, my_replay_buffer_bytes(*a)), quiet=True)
+    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
+    assert not grading.check_replay_buffer_bytes(lambda *a: answers.get(a, 0), quiet=True)
+
+
+# ---- in the grader's fresh process ------------------------------------------------------------
+
+HUFFMAN = ("import heapq\n"
+           "def huffman_code_lengths(frequencies):\n"
+           "    used = {s: f for s, f in frequencies.items() if f > 0}\n"
+           "    if len(used) == 1:\n"
+           "        return {s: 1 for s in used}\n"
+           "    heap = [(f, i, [s]) for i, (s, f) in enumerate(sorted(used.items()))]\n"
+           "    heapq.heapify(heap)\n"
+           "    depth, counter = dict.fromkeys(used, 0), len(heap)\n"
+           "    while len(heap) > 1:\n"
+           "        w1, _, a = heapq.heappop(heap)\n"
+           "        w2, _, b = heapq.heappop(heap)\n"
+           "        for s in a + b:\n"
+           "            depth[s] += 1\n"
+           "        counter += 1\n"
+           "        heapq.heappush(heap, (w1 + w2, counter, a + b))\n"
+           "    return depth\n")
+REPLAY = ("def replay_buffer_bytes(capacity_sequences, seq_len, token_bytes):\n"
+          "    return capacity_sequences * (seq_len + 1) * token_bytes\n")
+
+
+def test_graded_cells_pass_right_answers_in_a_fresh_process():
+    assert grade("huffman_code_lengths", notebook_function(HUFFMAN, "huffman_code_lengths")) is None
+    assert grade("replay_buffer_bytes", notebook_function(REPLAY, "replay_buffer_bytes")) is None
+
+
+def test_graded_cells_fail_wrong_answers_with_the_hint():
+    with pytest.raises(AssertionError, match="you merged the two MOST frequent subtrees"):
+        grade("huffman_code_lengths", notebook_function(HUFFMAN.replace("(f, i, [s])", "(-f, i, [s])"),
+                                                        "huffman_code_lengths"))
+    with pytest.raises(AssertionError, match="a single symbol still needs a 1-bit codeword"):
+        grade("huffman_code_lengths", notebook_function(HUFFMAN.replace("{s: 1 for s in used}", "{s: 0 for s in used}"),
+                                                        "huffman_code_lengths"))
+    with pytest.raises(AssertionError, match="returned list"):       # the type is named over there too
+        grade("huffman_code_lengths", notebook_function(HUFFMAN.replace("    return depth", "    return list(depth)"),
+                                                        "huffman_code_lengths"))
+    with pytest.raises(AssertionError, match="a window holds seq_len \\+ 1 tokens"):
+        grade("replay_buffer_bytes", notebook_function(REPLAY.replace("(seq_len + 1)", "seq_len"),
+                                                       "replay_buffer_bytes"))
+
+
+def test_a_delegating_function_fails_in_the_grader_too():
+    source = ("import labkit.compress\n"
+              "def huffman_code_lengths(frequencies):\n"
+              "    return labkit.compress.huffman_code_lengths(frequencies)\n")
+    with pytest.raises(AssertionError, match="labkit.compress.huffman_code_lengths"):
+        grade("huffman_code_lengths", notebook_function(source, "huffman_code_lengths"))
+
+
+# ---- labkit's references (the lab's fallbacks) give the checks' answers -------------------------
+
+def test_labkit_references_agree_with_the_checks():
+    for args in examples_of(grading.check_replay_buffer_bytes, my_replay_buffer_bytes):
+        assert S.replay_buffer_bytes(*args) == my_replay_buffer_bytes(*args), args

@@ -1,0 +1,176 @@
+"""Lab 07's Deep Compression panel, driven without a browser (a small sweep built here with the contract's columns)."""
+import math
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd
+import pytest
+
+from labkit import widgets
+from labkit.widgets import compression as WC
+
+STAGES = ("fp32", "pruned", "pruned + fine-tuned", "weight sharing (k-means)", "relative index", "Huffman")
+FP32_BYTES = 817_280 * 4                       # the baby GPT's parameters in fp32
+PAPER = {"prune": 9.0, "prune + quantize": 27.0, "prune + quantize + Huffman": 35.0}
+
+
+def stage_bytes(stage: str, sparsity: float, bits: int) -> int:
+    """A plausible size per stage: fp32 values + 4-bit gaps for the kept weights, then bits-bit codes, then ~15% less."""
+    kept = round((1 - sparsity) * 817_280)
+    return {"fp32": FP32_BYTES, "pruned": kept * 4 + kept // 2, "pruned + fine-tuned": kept * 4 + kept // 2,
+            "weight sharing (k-means)": math.ceil(kept * (bits + 4) / 8) + 4 * 2 ** bits,
+            "relative index": math.ceil(kept * (bits + 4) / 8) + 4 * 2 ** bits,
+            "Huffman": round(0.85 * math.ceil(kept * (bits + 4) / 8)) + 4 * 2 ** bits}[stage]
+
+
+def make_sweep(sparsities=(0.5, 0.7, 0.9), bits=(3, 4, 5), se=0.004) -> pd.DataFrame:
+    """A sweep shaped like deep_compression.pipeline_sweep's: loss rises with sparsity and with fewer bits."""
+    rows = []
+    for s in sparsities:
+        for b in bits:
+            for i, stage in enumerate(STAGES):
+                increase = 0.0 if stage == "fp32" else 0.002 * i + 0.05 * s ** 3 + 0.02 / b
+                if stage == "pruned + fine-tuned":
+                    increase /= 3
+                loss = 1.50 + increase
+                n = stage_bytes(stage, s, b)
+                rows.append({"sparsity": s, "bits": b, "stage": stage, "bytes": n, "ratio": FP32_BYTES / n,
+                             "loss": loss, "loss_se": 0.01, "perplexity": math.exp(loss), "increase": increase,
+                             "increase_se": 0.0 if stage == "fp32" else se})
+    return pd.DataFrame(rows)
+
+
+def test_state_reads_the_chosen_setting_fp32_first_and_says_what_it_means():
+    sweep = make_sweep()
+    # settings in any order, and the fp32 rows last: fp32 is still drawn first, the stages in the sweep's order
+    reordered = sweep.sort_values(["sparsity", "bits"], ascending=False, kind="stable")
+    reordered = pd.concat([reordered[reordered.stage != "fp32"], reordered[reordered.stage == "fp32"]])
+    state = widgets.compression_state(reordered, 0.9, 4, paper_ratios=PAPER)
+    assert [s["stage"] for s in state["stages"]] == list(STAGES)
+    assert [s["stage"] for s in state["stages"]][0] == "fp32" and len(state["stages"]) == len(STAGES)
+    final = sweep[(sweep.sparsity == 0.9) & (sweep.bits == 4) & (sweep.stage == "Huffman")].iloc[0]
+    assert state["final_bytes"] == final["bytes"] and state["ratio"] == pytest.approx(FP32_BYTES / final["bytes"])
+    assert state["perplexity_rise"] == pytest.approx(final["perplexity"] / math.exp(1.5) - 1)
+    text = state["text"]
+    assert f"{state['ratio']:.1f}× smaller than fp32" in text and "3.12 MiB" in text
+    assert f"perplexity {final['perplexity']:.3f} vs {math.exp(1.5):.3f}" in text
+    assert f"({100 * state['perplexity_rise']:+.1f}%)" in text and "The paper reached 35× on AlexNet." in text
+    # measurable: its paired increase is beyond 2·SE; the verdict on the lab's target follows from the numbers
+    assert state["measurable_rise"] and "a measurable rise" in text
+    meets = state["ratio"] >= 12 and state["perplexity_rise"] <= 0.05
+    assert state["meets_target"] == meets and ("It meets" if meets else "It misses") in text
+
+
+def test_a_rise_inside_the_noise_is_called_noise_and_the_target_can_be_met():
+    sweep = make_sweep(se=0.05)
+    state = widgets.compression_state(sweep, 0.7, 5, paper_ratios=PAPER)
+    assert not state["measurable_rise"] and "within the noise" in state["text"]
+    assert state["meets_target"] and "It meets the lab's target (≥ 12× at ≤ 5% perplexity rise)" in state["text"]
+
+
+def test_the_papers_ratios_sit_beside_pruning_sharing_and_huffman():
+    state = widgets.compression_state(make_sweep(), 0.5, 3, paper_ratios=PAPER)
+    beside = {s["stage"]: s["paper_ratio"] for s in state["stages"] if s["paper_ratio"] is not None}
+    assert beside == {"pruned": 9.0, "weight sharing (k-means)": 27.0, "Huffman": 35.0}
+    for s in state["stages"]:
+        if s["paper_ratio"]:
+            assert s["paper_bytes"] == pytest.approx(FP32_BYTES / s["paper_ratio"])
+    # the keys may come in any order and spelling of the paper's figures
+    reordered = {"+ Huffman": 35, "+ quantization": 27, "pruning": 9}
+    state = widgets.compression_state(make_sweep(), 0.5, 3, paper_ratios=reordered)
+    assert {s["stage"]: s["paper_ratio"] for s in state["stages"] if s["paper_ratio"]} == beside
+
+
+@pytest.mark.parametrize("change, error, words", [
+    (lambda d: d.drop(columns=["increase_se"]), ValueError, "lacks the column(s) ['increase_se']"),
+    (lambda d: d.assign(bytes=d["bytes"] * 0), ValueError, "sweep['bytes'] at row 0 is 0"),
+    (lambda d: d.assign(perplexity=d["perplexity"] * 2), ValueError, "is not exp(loss)"),
+    (lambda d: d.assign(ratio=d["ratio"] * 1.5), ValueError, "is not fp32 bytes / bytes"),
+    (lambda d: d[d.stage != "fp32"], ValueError, "no 'fp32' row for sparsity=0.5, bits=3"),
+    (lambda d: d[d.stage == "fp32"], ValueError, "only the 'fp32' row"),
+    (lambda d: pd.concat([d, d.iloc[[3]]]), ValueError, "two rows for sparsity=0.5, bits=3, stage="),
+    (lambda d: d.assign(bits=d["bits"].astype(float)), ValueError, "sweep['bits'] at row 0 is 3.0"),
+    (lambda d: d.assign(sparsity=1.0), ValueError, "allowed: a finite number in [0, 1)"),
+    (lambda d: d.iloc[0:0], ValueError, "sweep has no rows"),
+    (lambda d: d.to_dict("records"), TypeError, "must be a pandas DataFrame"),
+])
+def test_a_bad_sweep_is_refused_with_a_clear_error(change, error, words):
+    with pytest.raises(error) as info:
+        widgets.compression_table(change(make_sweep()))
+    assert words in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"sparsity": 0.6, "bits": 4}, "sparsity=0.6 is not in the sweep; allowed: [0.5, 0.7, 0.9]"),
+    ({"sparsity": 0.5, "bits": 8}, "bits=8 is not in the sweep at sparsity 0.5; allowed: [3, 4, 5]"),
+    ({"sparsity": 0.5, "bits": 4.0}, "bits=4.0 is not in the sweep"),
+    ({"sparsity": "0.5", "bits": 4}, "sparsity='0.5' is not in the sweep"),
+])
+def test_bad_choices_are_refused(kwargs, words):
+    with pytest.raises(ValueError) as info:
+        widgets.compression_state(make_sweep(), paper_ratios=PAPER, **kwargs)
+    assert words in str(info.value)
+
+
+def test_figure_axes_say_what_and_in_which_unit_and_fp32_comes_first():
+    state = widgets.compression_state(make_sweep(), 0.9, 4, paper_ratios=PAPER)
+    fig = widgets.compression_figure(state)
+    bars_ax, ppl_ax = fig.axes
+    assert "bytes" in bars_ax.get_ylabel() and "log" in bars_ax.get_ylabel() and bars_ax.get_yscale() == "log"
+    assert "perplexity" in ppl_ax.get_ylabel() and "stage" in bars_ax.get_xlabel()
+    labels = [t.get_text() for t in bars_ax.get_xticklabels()]
+    assert labels[0].startswith("fp32\n1.0×") and labels[-1].startswith("Huffman\n")
+    heights = [p.get_height() for p in bars_ax.patches]
+    assert heights == [s["bytes"] for s in state["stages"]]
+    assert all("$" not in t.get_text() for t in bars_ax.get_yticklabels())      # plain 'KiB' labels, no mathtext
+    legend = [t.get_text() for t in bars_ax.get_legend().get_texts()]
+    assert any("paper's AlexNet ratio" in t for t in legend) and any("rise beyond 2·SE" in t for t in legend)
+
+
+def test_panel_follows_its_sliders_with_one_redraw_each():
+    sweep = make_sweep()
+    panel = widgets.compression_panel(sweep, paper_ratios=PAPER)
+    assert set(panel.controls) == {"sparsity", "bits"}
+    assert (panel.state["sparsity"], panel.state["bits"]) == (0.9, 4)        # the largest sparsity, the middle bits
+    bundle = panel._repr_mimebundle_()
+    assert "image/png" in bundle and bundle["text/plain"].startswith("Sparsity 90%, 4-bit shared weights")
+    assert panel.png and panel.png.startswith(b"\x89PNG")                      # what a viewer shows
+    changes = []
+    panel.output.observe(lambda change: changes.append(change), "outputs")
+    panel.controls["sparsity"].value = 0.5
+    assert len(changes) == 1 and len(panel.output.outputs) == 2               # text and figure, replaced not appended
+    assert panel.state["sparsity"] == 0.5 and "Sparsity 50%" in panel.output.outputs[0]["text"]
+    panel.controls["bits"].value = 3
+    assert len(changes) == 2 and panel.state["bits"] == 3
+    assert panel.render_ms < 3000, f"a redraw took {panel.render_ms:.0f} ms"   # generous: the machine is shared
+
+
+def test_panel_bits_follow_a_sparsity_swept_at_other_widths():
+    sweep = pd.concat([make_sweep(sparsities=(0.5,), bits=(3, 4)), make_sweep(sparsities=(0.9,), bits=(4, 5, 6))])
+    panel = widgets.compression_panel(sweep, sparsity=0.5, bits=3, paper_ratios=PAPER)
+    assert [v for _, v in panel.controls["bits"].options] == [3, 4]
+    panel.controls["sparsity"].value = 0.9
+    assert [v for _, v in panel.controls["bits"].options] == [4, 5, 6] and panel.state["bits"] == 4
+    with pytest.raises(ValueError, match=r"bits=5 is not in the sweep at sparsity 0.5; allowed: \[3, 4\]"):
+        widgets.compression_panel(sweep, sparsity=0.5, bits=5, paper_ratios=PAPER)
+
+
+def test_every_setting_draws_and_the_redraw_time_is_printed(capsys):
+    table = widgets.compression_table(make_sweep())
+    for s in table.sparsities:
+        for b in table.bits_for(s):
+            state = widgets.compression_state(table, s, b, paper_ratios=PAPER)
+            assert state["stages"][0]["stage"] == "fp32" and math.isfinite(state["ratio"])
+    # redraw time (state + figure + PNG), median of 5 — printed, not asserted: the machine is shared
+    panel = widgets.compression_panel(table, paper_ratios=PAPER)
+    times = []
+    for s in (0.5, 0.7, 0.9, 0.7, 0.5):
+        t0 = time.perf_counter()
+        panel.controls["sparsity"].value = s
+        times.append((time.perf_counter() - t0) * 1000)
+    with capsys.disabled():
+        print(f"\nlab 07 compression panel: redraw median {sorted(times)[2]:.0f} ms "
+              f"(min {min(times):.0f}, max {max(times):.0f}; target ≤ 300 ms on an idle machine)")

@@ -336,16 +336,20 @@ def check_plan(lives: Iterable, plan: Plan) -> None:
 
 
 def plan_summary(lives: Iterable, alignment: int = 64) -> dict:
-    """Lower bound, no reuse and both planners' arena bytes (and ratios to the bound) for `lives`."""
+    """Lower bound, no reuse and both planners' arena bytes, with each one's ratio to the bound, for `lives`.
+
+    Keys: n_tensors, alignment, lower_bound_bytes, lower_bound_aligned_bytes (sizes rounded up to
+    `alignment`: the bound an aligned plan can reach), no_reuse_bytes, greedy_by_size_bytes,
+    first_fit_by_time_bytes, and *_ratio = bytes / lower_bound_bytes. Both plans are checked.
+    """
     lives = _as_lifetimes(lives)
     bound = peak_live_bytes(lives)
-    plans = {"greedy by size": plan_greedy_by_size(lives, alignment),
-             "first fit by time": plan_first_fit_by_time(lives, alignment)}
-    out = {"n_tensors": len(lives), "no_reuse_bytes": no_reuse_bytes(lives), "lower_bound_bytes": bound,
-           "lower_bound_aligned_bytes": peak_live_bytes(lives, alignment), "alignment": alignment}
-    for name, plan in plans.items():
+    out = {"n_tensors": len(lives), "alignment": _check_alignment(alignment), "lower_bound_bytes": bound,
+           "lower_bound_aligned_bytes": peak_live_bytes(lives, alignment), "no_reuse_bytes": no_reuse_bytes(lives)}
+    for name, planner in (("greedy_by_size", plan_greedy_by_size), ("first_fit_by_time", plan_first_fit_by_time)):
+        plan = planner(lives, alignment)
         check_plan(lives, plan)
-        out[f"{name} bytes"] = plan.arena_bytes
-        out[f"{name} / bound"] = plan.arena_bytes / bound if bound else 1.0
-    out["no reuse / bound"] = out["no_reuse_bytes"] / bound if bound else 1.0
+        out[f"{name}_bytes"] = plan.arena_bytes
+    for name in ("lower_bound_aligned", "no_reuse", "greedy_by_size", "first_fit_by_time"):
+        out[f"{name}_ratio"] = out[f"{name}_bytes"] / bound if bound else 1.0
     return out

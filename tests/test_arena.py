@@ -206,3 +206,13 @@ def test_inference_needs_a_far_smaller_arena_than_training(baby):
     plan = arena.plan_greedy_by_size(inference)
     arena.check_plan(inference, plan)
     assert plan.arena_bytes < arena.peak_live_bytes(training) / 4
+
+
+def test_plan_summary_puts_the_three_numbers_side_by_side():
+    lives = [(64, 0, 2), (128, 1, 4), (128, 2, 4)]
+    summary = arena.plan_summary(lives)
+    assert summary["lower_bound_bytes"] == 256 and summary["no_reuse_bytes"] == 320
+    assert summary["greedy_by_size_bytes"] == 256 and summary["first_fit_by_time_bytes"] == 320
+    assert summary["greedy_by_size_ratio"] == 1.0 and summary["first_fit_by_time_ratio"] == 1.25
+    assert summary["n_tensors"] == 3 and summary["alignment"] == 64
+    assert arena.plan_summary([])["greedy_by_size_ratio"] == 1.0

@@ -11,6 +11,7 @@ import torch
 from grading_helpers import notebook_function
 
 from labkit import compress as C
+from labkit import deep_compression as D
 from labkit import grading
 from labkit import stream as S
 from labkit.autograde import grade
@@ -63,6 +64,11 @@ def two_queue_huffman(frequencies):
         else:
             todo += [(node[1], d + 1), (node[2], d + 1)]
     return lengths
+
+
+def my_layer_storage_bytes(n_nonzero, n_fillers, code_bits, gap_bits, codebook_entries, codebook_value_bytes):
+    entries = n_nonzero + n_fillers
+    return -(-entries * code_bits // 8) + -(-entries * gap_bits // 8) + codebook_entries * codebook_value_bytes
 
 
 def my_replay_buffer_bytes(capacity_sequences, seq_len, token_bytes):
@@ -262,6 +268,125 @@ def test_huffman_hidden_examples_pass_a_right_answer_and_catch_a_table(monkeypat
     assert not result and "hidden example (grader's seed 7)" in result.message
 
 
+# ---- layer_storage_bytes -----------------------------------------------------------------------
+
+def test_layer_storage_bytes_right_answer_passes(capsys):
+    assert grading.check_layer_storage_bytes(my_layer_storage_bytes)
+    assert "passed (7 examples)" in capsys.readouterr().out
+    assert grading.check_layer_storage_bytes(lambda *a: np.int64(my_layer_storage_bytes(*a)), quiet=True)
+    fn = grading.use_or_fallback(lambda *a: torch.tensor(my_layer_storage_bytes(*a)),
+                                 grading.check_layer_storage_bytes, D.layer_storage_bytes)
+    assert type(fn(10, 0, 2, 4, 3, 2)) is int and fn(10, 0, 2, 4, 3, 2) == 14
+
+
+def shared_gpt(bits: int, sparsity: float, seed: int = 0):
+    """A tiny GPT whose block matrices hold at most 2**bits - 1 distinct fp16 values and zeros (weight-shared and
+    pruned, as the pipeline leaves them), outer matrices at most 256 distinct values, fp16-exact vectors."""
+    from labkit.model import GPT, GPTConfig
+    from labkit.prune import prunable_layers
+
+    g = torch.Generator().manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32, activation="relu2",
+                          tie_weights=False)).eval()
+    blocks = {f"{name}.weight" for name in prunable_layers(model)}
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name in blocks:
+                codebook = torch.linspace(-0.5, 0.5, 2 ** bits - 1).half().float()
+                w = codebook[torch.randint(len(codebook), t.shape, generator=g)]
+                w[torch.rand(t.shape, generator=g) < sparsity] = 0.0
+                w.view(-1)[40:90] = 0.0                   # a run of 50 zeros: fillers at 4-bit gaps
+            elif t.dim() == 2:
+                w = torch.linspace(-1, 1, 256).half().float()[torch.randint(256, t.shape, generator=g)]
+            else:
+                w = t.half().float()
+            t.copy_(w)
+    return model, blocks
+
+
+@pytest.mark.parametrize("bits, sparsity", [(2, 0.5), (3, 0.7), (4, 0.9), (5, 0.3)])
+def test_layer_storage_bytes_is_what_the_relative_index_stage_stores(bits, sparsity):
+    # the "relative index" row of the pipeline, counted on real packed arrays, is this formula over the block
+    # matrices plus the outer matrices' uint8 codes and fp16 codebooks and the fp16 vectors
+    from labkit.sparse import relative_fillers
+
+    model, blocks = shared_gpt(bits, sparsity)
+    state = model.state_dict()
+    expected = 0
+    for name, t in state.items():
+        if name in blocks:
+            nonzero = t[t != 0]
+            assert relative_fillers(t, 4) > 0 or sparsity < 0.5
+            expected += my_layer_storage_bytes(nonzero.numel(), relative_fillers(t, 4), bits, 4,
+                                               torch.unique(nonzero).numel(), 2)
+        elif t.dim() == 2:
+            expected += t.numel() + 2 * torch.unique(t).numel()
+        else:
+            expected += 2 * t.numel()
+    assert D.stage_bytes(model, "relative index", bits=bits, gap_bits=4) == expected
+
+
+def test_layer_storage_bytes_check_agrees_with_labkit():
+    for args in examples_of(grading.check_layer_storage_bytes, my_layer_storage_bytes):
+        assert D.layer_storage_bytes(*args) == my_layer_storage_bytes(*args), args
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda z, f, c, g, e, v: my_layer_storage_bytes(z, f, c, g, 0, v), "the codebook is missing"),
+    (lambda z, f, c, g, e, v: my_layer_storage_bytes(z, 0, c, g, e, v), "the fillers are missing"),
+    (lambda z, f, c, g, e, v: -(-z * c // 8) + -(-(z + f) * g // 8) + e * v, "a filler stores a code too"),
+    (lambda z, f, c, g, e, v: -(-(z + f) * c // 8) + e * v, "the gaps are missing"),
+    (lambda z, f, c, g, e, v: (z + f) * (c + g) + e * v, "code_bits and gap_bits are BITS"),
+    (lambda *a: 8 * my_layer_storage_bytes(*a), "that is bits"),
+    (lambda z, f, c, g, e, v: -(-(z + f) * c // 8) + -(-(z + f) * g // 8) + e * v // 8, "don't divide it by 8"),
+    (lambda z, f, c, g, e, v: -(-(z + f) * (c + g) // 8) + e * v, "two separate packed streams"),
+    (lambda z, f, c, g, e, v: (z + f) * c // 8 + (z + f) * g // 8 + e * v, "round each stream's bytes UP"),
+    (lambda z, f, c, g, e, v: my_layer_storage_bytes(z, f, c, g, 2 ** c, v), "not 2**code_bits"),
+    (lambda z, f, c, g, e, v: my_layer_storage_bytes(z, f, c, g, e, 4), "not 4"),
+], ids=["no codebook", "no fillers", "fillers without code", "no gaps", "bits as bytes", "bits", "codebook / 8",
+        "one stream", "floor", "2**bits entries", "fp32 codebook"])
+def test_layer_storage_bytes_mistakes_get_their_hints(wrong, hint):
+    result = grading.check_layer_storage_bytes(wrong, quiet=True)
+    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda *a: None, "did you forget `return`?"),
+    (lambda z, f, c, g, e, v: (z + f) * (c + g) / 8 + e * v, "so return an int"),
+    (lambda *a: str(my_layer_storage_bytes(*a)), "expected a number"),
+    (lambda z, f, c, g, e, v: my_layer_storage_bytes(z, f, c, g, e, v) // (e - e), "raised ZeroDivisionError"),
+])
+def test_layer_storage_bytes_none_float_and_crash_are_reported(answer, words):
+    result = grading.check_layer_storage_bytes(answer, quiet=True)
+    assert result.status == grading.FAIL and words in result.message, result.message
+
+
+@pytest.mark.parametrize("delegate, name", [
+    (lambda *a: D.layer_storage_bytes(*a), "labkit.deep_compression.layer_storage_bytes"),
+    (D.layer_storage_bytes, "labkit.deep_compression.layer_storage_bytes"),
+    (lambda z, f, c, g, e, v: len(__import__("labkit.quantize", fromlist=["pack_codes"]).pack_codes(
+        torch.zeros(z + f, dtype=torch.uint8), c)) * 0 + my_layer_storage_bytes(z, f, c, g, e, v),
+     "labkit.quantize.pack_codes"),
+    (lambda z, f, c, g, e, v: __import__("labkit.sparse", fromlist=["relative_bytes"]).relative_bytes(z + f, 1, 4),
+     "labkit.sparse.relative_bytes"),
+])
+def test_layer_storage_bytes_may_not_delegate(delegate, name):
+    result = grading.check_layer_storage_bytes(delegate, quiet=True)
+    assert result.status == grading.FAIL and name in result.message, result.message
+
+
+def test_layer_storage_bytes_hidden_examples(monkeypatch):
+    from labkit.grading import core
+    for seed in range(20):
+        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
+        assert grading.check_layer_storage_bytes(my_layer_storage_bytes, quiet=True), seed
+    answers = {}
+    monkeypatch.setattr(core, "HIDDEN_SEED", None)
+    grading.check_layer_storage_bytes(lambda *a: answers.setdefault(a, my_layer_storage_bytes(*a)), quiet=True)
+    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
+    assert not grading.check_layer_storage_bytes(lambda *a: answers.get(a, 0), quiet=True)
+
+
 # ---- replay_buffer_bytes ------------------------------------------------------------------------
 
 def test_replay_buffer_bytes_right_answer_passes(capsys):
@@ -352,6 +477,9 @@ HUFFMAN = ("import heapq\n"
            "        counter += 1\n"
            "        heapq.heappush(heap, (w1 + w2, counter, a + b))\n"
            "    return depth\n")
+LAYER = ("def layer_storage_bytes(n_nonzero, n_fillers, code_bits, gap_bits, codebook_entries, codebook_value_bytes):\n"
+         "    entries = n_nonzero + n_fillers\n"
+         "    return (entries * code_bits + 7) // 8 + (entries * gap_bits + 7) // 8 + codebook_entries * codebook_value_bytes\n")
 REPLAY = ("def replay_buffer_bytes(capacity_sequences, seq_len, token_bytes):\n"
           "    return capacity_sequences * (seq_len + 1) * token_bytes\n")
 
@@ -359,6 +487,7 @@ REPLAY = ("def replay_buffer_bytes(capacity_sequences, seq_len, token_bytes):\n"
 def test_graded_cells_pass_right_answers_in_a_fresh_process():
     assert grade("huffman_code_lengths", notebook_function(HUFFMAN, "huffman_code_lengths")) is None
     assert grade("replay_buffer_bytes", notebook_function(REPLAY, "replay_buffer_bytes")) is None
+    assert grade("layer_storage_bytes", notebook_function(LAYER, "layer_storage_bytes")) is None
 
 
 def test_graded_cells_fail_wrong_answers_with_the_hint():
@@ -371,6 +500,9 @@ def test_graded_cells_fail_wrong_answers_with_the_hint():
     with pytest.raises(AssertionError, match="returned list"):       # the type is named over there too
         grade("huffman_code_lengths", notebook_function(HUFFMAN.replace("    return depth", "    return list(depth)"),
                                                         "huffman_code_lengths"))
+    with pytest.raises(AssertionError, match="the codebook is missing"):
+        grade("layer_storage_bytes", notebook_function(LAYER.replace(" + codebook_entries * codebook_value_bytes", ""),
+                                                       "layer_storage_bytes"))
     with pytest.raises(AssertionError, match="a window holds seq_len \\+ 1 tokens"):
         grade("replay_buffer_bytes", notebook_function(REPLAY.replace("(seq_len + 1)", "seq_len"),
                                                        "replay_buffer_bytes"))

@@ -29,7 +29,7 @@ from labkit.grading.checks import (check_absmax_quantize, check_adam_training_by
                                    check_split_heads, check_teacher_targets_bytes, check_tensor_bytes,
                                    split_heads_reference)
 from labkit.grading.checks_compression import (check_huffman_code_lengths,  # lab 07
-                                               check_replay_buffer_bytes)
+                                               check_layer_storage_bytes, check_replay_buffer_bytes)
 from labkit.grading.checks_pools import (check_arena_lower_bound, check_first_fit,  # lab 08  # noqa: F401
                                          check_kv_blocks_needed, check_release)
 from labkit.grading.core import (FAIL, PASS, TODO, Case, CheckResult, Mistake, ReferenceCalled, Returns,
@@ -43,7 +43,7 @@ __all__ = [
     "check_gpt_param_count", "check_group_quantized_bytes", "check_group_scales", "check_kv_cache_bytes", "check_largest_batch_that_fits", "check_mlp_activation_bytes", "check_model_bytes",
     "check_ngram_probabilities", "check_params_that_fit", "check_perplexity", "check_split_heads",
     "check_teacher_targets_bytes", "check_tensor_bytes", "split_heads_reference",
-    "check_huffman_code_lengths", "check_replay_buffer_bytes",  # lab 07
+    "check_huffman_code_lengths", "check_layer_storage_bytes", "check_replay_buffer_bytes",  # lab 07
     "check_arena_lower_bound", "check_first_fit", "check_kv_blocks_needed", "check_release",  # lab 08
     "FAIL", "PASS", "TODO", "Case", "CheckResult", "Mistake", "ReferenceCalled", "Returns", "run_check", "tripwires",
     "use_or_fallback",

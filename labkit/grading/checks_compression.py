@@ -341,3 +341,103 @@ def check_replay_buffer_bytes(fn: Callable[[int, int, int], int], quiet: bool = 
     return run_check("replay_buffer_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
                      forbid=("labkit.stream.replay_buffer_bytes", "labkit.stream.ReplayBuffer") + LAB07_REFERENCES,
                      reference="labkit.stream.replay_buffer_bytes")
+
+
+# =============================================================================================
+# lab 07, exercise 2: the bytes of one matrix in the "relative index" stage
+
+
+def _layer_storage_bytes(n_nonzero: int, n_fillers: int, code_bits: int, gap_bits: int, codebook_entries: int,
+                         codebook_value_bytes: int) -> int:
+    """Every entry (nonzero or filler) has a code and a gap, each kind packed as ONE bit stream rounded up to whole
+    bytes, plus the codebook: ceil(n·code_bits / 8) + ceil(n·gap_bits / 8) + entries · value bytes, n = nnz + fillers."""
+    n = n_nonzero + n_fillers
+    return (n * code_bits + 7) // 8 + (n * gap_bits + 7) // 8 + codebook_entries * codebook_value_bytes
+
+
+@checks_safely("layer_storage_bytes")
+def check_layer_storage_bytes(fn: Callable[[int, int, int, int, int, int], int], quiet: bool = False) -> CheckResult:
+    """Exercise: bytes (int) of one pruned, weight-shared matrix in Deep Compression's relative-index storage.
+
+    Convention (labkit.deep_compression, the "relative index" row): each of the n_nonzero + n_fillers entries
+    stores a code_bits code (a filler's code is 0, zero) and a gap_bits gap; the codes are ONE packed bit stream
+    and the gaps another, each rounded up to whole bytes; the codebook stores codebook_entries values of
+    codebook_value_bytes each.
+    """
+    kept = 65_536 - round(0.7 * 65_536)
+    examples = [
+        (f"the baby GPT's mlp.fc weight (512 × 128) at 70% sparsity: {kept:,} nonzeros, 12 fillers, 4-bit codes, "
+         "4-bit gaps, 15 shared values in fp16", (kept, 12, 4, 4, 15, 2)),
+        ("10 nonzeros, no fillers, 2-bit codes, 4-bit gaps, 3 shared values in fp16: 3 + 5 + 6 bytes",
+         (10, 0, 2, 4, 3, 2)),
+        ("3 nonzeros, 3-bit codes, 4-bit gaps: the codes take 9 bits → 2 bytes and the gaps 12 bits → 2 bytes, two "
+         "streams (one stream of 21 bits would be 3 bytes)", (3, 0, 3, 4, 7, 2)),
+        ("a very sparse matrix: 40 nonzeros and 25 fillers (runs of zeros longer than 15), 4-bit codes and gaps, "
+         "10 shared values in fp16", (40, 25, 4, 4, 10, 2)),
+        ("the paper's fully connected layers: 5-bit codes, 8-bit gaps (labkit.sparse's other gap width), fp32 "
+         "codebook of 31 values; 1,000 nonzeros, 3 fillers", (1_000, 3, 5, 8, 31, 4)),
+        ("a LLaMA-7B-sized 4,096 × 4,096 matrix at 90% sparsity: 1,677,722 nonzeros, 2,041 fillers, 5-bit codes, "
+         "4-bit gaps, 31 fp16 values", (1_677_722, 2_041, 5, 4, 31, 2)),
+        ("an all-zero matrix: no entries, an empty codebook", (0, 0, 4, 4, 0, 2)),
+    ]
+    cases = [Case(f"layer_storage_bytes(n_nonzero={z:,}, n_fillers={f:,}, code_bits={c}, gap_bits={g}, "
+                  f"codebook_entries={e}, codebook_value_bytes={v}): {what}", (z, f, c, g, e, v), {},
+                  _layer_storage_bytes(z, f, c, g, e, v)) for what, (z, f, c, g, e, v) in examples]
+
+    def is_any(*values_of: Callable[..., int]) -> Callable[..., bool]:
+        """A matcher: the answer equals one of these wrong formulas (each different from the right answer)."""
+        def m(got: Any, *a: int) -> bool:
+            right = _layer_storage_bytes(*a)
+            return any(v(*a) != right and _int_eq(got, v(*a)) for v in values_of)
+        return m
+
+    up = lambda bits: (bits + 7) // 8
+    codebook = lambda z, f, c, g, e, v: e * v
+    mistakes = [
+        Mistake("the codebook is missing: the shared values themselves are stored too, codebook_entries of "
+                "codebook_value_bytes each", is_any(lambda z, f, c, g, e, v: up((z + f) * c) + up((z + f) * g))),
+        Mistake("the fillers are missing: a filler is an entry like any other (a gap and a code, code 0), so every "
+                "stream has n_nonzero + n_fillers entries",
+                is_any(lambda z, f, c, g, e, v: up(z * c) + up(z * g) + codebook(z, f, c, g, e, v))),
+        Mistake("a filler stores a code too (code 0, meaning zero), not only a gap: the codes stream has "
+                "n_nonzero + n_fillers entries",
+                is_any(lambda z, f, c, g, e, v: up(z * c) + up((z + f) * g) + codebook(z, f, c, g, e, v))),
+        Mistake("the gaps are missing: a relative index stores, per entry, how many zeros were skipped (gap_bits "
+                "each) besides the code", is_any(lambda z, f, c, g, e, v: up((z + f) * c) + codebook(z, f, c, g, e, v),
+                                                 lambda z, f, c, g, e, v: up((z + f) * c))),
+        Mistake("code_bits and gap_bits are BITS: divide the streams' bits by 8 to get bytes",
+                is_any(lambda z, f, c, g, e, v: (z + f) * (c + g) + codebook(z, f, c, g, e, v),
+                       lambda z, f, c, g, e, v: (z + f) * (c + g))),
+        Mistake("that is bits: return bytes (8 bits each); codebook_value_bytes is already in bytes",
+                is_any(lambda *a: 8 * _layer_storage_bytes(*a),
+                       lambda z, f, c, g, e, v: (z + f) * (c + g) + 8 * codebook(z, f, c, g, e, v))),
+        Mistake("codebook_value_bytes is already in bytes: don't divide it by 8",
+                is_any(lambda z, f, c, g, e, v: up((z + f) * c) + up((z + f) * g) + (e * v) // 8,
+                       lambda z, f, c, g, e, v: up((z + f) * c) + up((z + f) * g) + up(e * v))),
+        Mistake("the codes and the gaps are two separate packed streams (labkit.quantize.pack_codes on each), each "
+                "rounded up to whole bytes on its own: ceil(n·code_bits / 8) + ceil(n·gap_bits / 8)",
+                is_any(lambda z, f, c, g, e, v: up((z + f) * (c + g)) + codebook(z, f, c, g, e, v))),
+        Mistake("round each stream's bytes UP: a partly used byte is still stored — (bits + 7) // 8",
+                lambda got, z, f, c, g, e, v: (((z + f) * c) % 8 or ((z + f) * g) % 8) and (
+                    _int_eq(got, (z + f) * c // 8 + (z + f) * g // 8 + e * v)
+                    or (isinstance(got, float) and math.isclose(got, (z + f) * (c + g) / 8 + e * v)))),
+        Mistake("the codebook holds codebook_entries values (given), not 2**code_bits",
+                is_any(lambda z, f, c, g, e, v: up((z + f) * c) + up((z + f) * g) + 2 ** c * v)),
+        Mistake("each codebook value takes codebook_value_bytes (e.g. 2 for fp16), not 4",
+                lambda got, z, f, c, g, e, v: v != 4 and is_any(
+                    lambda *a: up((z + f) * c) + up((z + f) * g) + 4 * e)(got, z, f, c, g, e, v)),
+    ]
+
+    def hidden(g: torch.Generator) -> Case:
+        z, c, gb = _randint(g, 0, 5_000_000), _randint(g, 1, 8), _choice(g, [4, 5, 8])
+        f = _randint(g, 0, max(0, z // 10))
+        e, v = _randint(g, 0, 2 ** c - 1), _choice(g, [2, 4])
+        return Case(f"layer_storage_bytes(n_nonzero={z:,}, n_fillers={f:,}, code_bits={c}, gap_bits={gb}, "
+                    f"codebook_entries={e}, codebook_value_bytes={v})", (z, f, c, gb, e, v), {},
+                    _layer_storage_bytes(z, f, c, gb, e, v))
+
+    return run_check("layer_storage_bytes", fn, cases, returns=INT, mistakes=mistakes, quiet=quiet, hidden=hidden,
+                     forbid=("labkit.deep_compression.layer_storage_bytes", "labkit.sparse.relative_bytes",
+                             "labkit.sparse.format_bytes", "labkit.quantize.pack_codes", "labkit.sparse.*")
+                     + LAB07_REFERENCES,
+                     reference="labkit.deep_compression.layer_storage_bytes")

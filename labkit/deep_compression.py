@@ -715,7 +715,7 @@ def load_compressed(path: Path | str) -> GPT:
         raise FileNotFoundError(f"path={str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:   # not a zip, cut short, objects weights_only refuses
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:   # not a zip, cut short, refused objects
         raise ValueError(f"path={str(path)!r} is not a labkit.deep_compression file: {e}") from None
     return decode_model(_encoded_from_file(state))
 

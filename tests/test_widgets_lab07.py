@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 
 import pandas as pd
 import pytest
+import torch
 
 from labkit import widgets
 from labkit.widgets import compression as WC
@@ -78,10 +79,33 @@ def test_the_papers_ratios_sit_beside_pruning_sharing_and_huffman():
     for s in state["stages"]:
         if s["paper_ratio"]:
             assert s["paper_bytes"] == pytest.approx(FP32_BYTES / s["paper_ratio"])
-    # the keys may come in any order and spelling of the paper's figures
-    reordered = {"+ Huffman": 35, "+ quantization": 27, "pruning": 9}
-    state = widgets.compression_state(make_sweep(), 0.5, 3, paper_ratios=reordered)
-    assert {s["stage"]: s["paper_ratio"] for s in state["stages"] if s["paper_ratio"]} == beside
+    # the keys may come in any order and spelling of the paper's figures; by default labkit's PAPER_RATIOS
+    for ratios in ({"+ Huffman": 35, "+ quantization": 27, "pruning": 9}, None):
+        state = widgets.compression_state(make_sweep(), 0.5, 3, paper_ratios=ratios)
+        assert {s["stage"]: s["paper_ratio"] for s in state["stages"] if s["paper_ratio"]} == beside
+
+
+def test_the_panel_reads_a_real_pipeline_sweep(corpus):
+    # deep_compression.pipeline_sweep on a tiny GPT (1 fine-tuning step, not cached): its DataFrame is drawn as is
+    from labkit import deep_compression as D
+    from labkit.evaluate import evaluation_set
+    from labkit.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                          activation="relu2", tie_weights=False)).eval()
+    sweep = D.pipeline_sweep(model, sparsities=(0.5, 0.8), bits=(2, 3), fine_tune_steps=1, corpus=corpus,
+                             eval_set=evaluation_set(corpus.val, window=16, every=4), progress=False,
+                             log=lambda *a: None, cache=False)
+    panel = widgets.compression_panel(sweep)
+    state = panel.state
+    assert (state["sparsity"], state["bits"]) == (0.8, 3) and state["stages"][0]["stage"] == "fp32"
+    assert [s["stage"] for s in state["stages"]] == [st for st in D.STAGES if st in set(sweep.stage)]
+    last = sweep[(sweep.sparsity == 0.8) & (sweep.bits == 3)].iloc[-1]
+    assert state["final_bytes"] == last["bytes"] and state["final_stage"] == last["stage"] == "Huffman"
+    assert {s["stage"]: s["paper_ratio"] for s in state["stages"] if s["paper_ratio"]} == \
+        {k: v for k, v in D.PAPER_RATIOS.items() if not isinstance(v, str)}
+    assert panel.png.startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("change, error, words", [

@@ -38,10 +38,13 @@ BAND_SE = 2.0
 TARGET_RATIO = 12.0
 #: ... at most this much perplexity rise (a fraction)
 TARGET_PERPLEXITY_RISE = 0.05
-#: which of the paper's figures sits beside which of our stages: (a word in our stage's name, a word in the paper's
-#: figure's name, words that figure's name must not have: "prune + quantize" is not the pruning figure)
-PAPER_STAGE_WORDS = (("prun", "prun", ("quant", "huffman")), ("shar", "quant", ("huffman",)),
-                     ("k-means", "quant", ("huffman",)), ("huffman", "huffman", ()))
+#: which of the paper's figures sits beside which of our stages, when their names are not the same: (a word in our
+#: stage's name, words one of which the paper's figure's name has, words it must not have: "prune + quantize" is
+#: not the pruning figure)
+PAPER_STAGE_WORDS = (("prun", ("prun",), ("quant", "shar", "huffman")),
+                     ("shar", ("quant", "shar", "k-means"), ("huffman",)),
+                     ("k-means", ("quant", "shar", "k-means"), ("huffman",)),
+                     ("huffman", ("huffman",), ()))
 BAR_COLOR, FP32_COLOR, PPL_COLOR, PAPER_COLOR = "#4C72B0", "#8C8C8C", "#C44E52", "#DD8452"
 
 
@@ -144,13 +147,17 @@ def _paper_ratios(paper_ratios: Any) -> dict[str, float]:
 
 
 def _paper_key(stage: str, ratios: dict[str, float]) -> str | None:
-    """The paper's figure that belongs beside `stage` (matched by words such as 'prun', 'quant', 'huffman')."""
+    """The paper's figure that belongs beside `stage`: the one of the same name, else one matched by words
+    ('prun', 'quant' or 'shar', 'huffman'); None for stages the paper gives no figure for (fine-tuning, indexing)."""
+    if stage in ratios:
+        return stage
     name = stage.lower()
-    if "fine-tun" in name and "centroid" not in name:
+    if "fine-tun" in name or "index" in name:
         return None
     for ours, theirs, not_theirs in PAPER_STAGE_WORDS:
         if ours in name:
-            found = [k for k in ratios if theirs in k.lower() and not any(w in k.lower() for w in not_theirs)]
+            found = [k for k in ratios if any(w in k.lower() for w in theirs)
+                     and not any(w in k.lower() for w in not_theirs)]
             if found:
                 return found[0]
     return None

@@ -20,11 +20,13 @@ Three numbers frame every plan:
   and a hole left by a freed tensor may be too small for the next one (fragmentation);
 - a plan's `arena_bytes`: the end of the highest-placed tensor.
 
-Two classic heuristics (Pisarchyk & Lee, "Efficient Memory Management for Deep Neural Net Inference",
-2020, which describes TFLite's GPU delegate's planners):
-- **greedy by size**: place tensors from the largest to the smallest; each goes into the smallest gap,
-  among the tensors already placed *that are live at the same time*, that fits it (or on top of them).
-  Big tensors first means the small ones fill the holes between them.
+Two classic heuristics (described in Pisarchyk & Lee, "Efficient Memory Management for Deep Neural Net
+Inference", 2020, and in the comments of TensorFlow Lite's arena planner, ArenaPlanner and
+SimpleMemoryArena, which we read):
+- **greedy by size**: place tensors from the largest to the smallest (equal sizes: the one used first
+  first; TFLite puts tensors that live through the whole run before all others); each goes into the
+  smallest gap, among the tensors already placed *that are live at the same time*, that fits it (or on
+  top of them). Big tensors first means the small ones fill the holes between them.
 - **first fit by time**: place tensors in the order they are created (what a malloc would see), each at
   the lowest offset free of tensors live at the same time.
 
@@ -295,10 +297,18 @@ def _plan(lives: Iterable, alignment: int, order_key, gap: str, method: str) -> 
 def plan_greedy_by_size(lives: Iterable, alignment: int = 64, gap: str = "smallest") -> Plan:
     """TFLite's greedy by size: largest tensor first (ties: earlier first use), each in the smallest gap that fits.
 
-    Sizes are rounded up to `alignment` bytes, so every offset is a multiple of it. gap="lowest" takes
-    the lowest offset that fits instead of the smallest gap.
+    As in TFLite, tensors live for the whole trace (from step 0 to the last step) are placed before all
+    others. Sizes are rounded up to `alignment` bytes, so every offset is a multiple of it.
+    gap="lowest" takes the lowest offset that fits instead of the smallest gap.
     """
-    return _plan(lives, alignment, lambda i, lv, s: (-s, lv.first, i), gap, f"greedy by size ({gap} gap)")
+    lives = _as_lifetimes(lives)
+    end = max((lv.last for lv in lives), default=0)
+
+    def order(i: int, lv: Lifetime, size: int) -> tuple:
+        whole_run = lv.first == 0 and lv.last == end
+        return (not whole_run, -size, lv.first, i)
+
+    return _plan(lives, alignment, order, gap, f"greedy by size ({gap} gap)")
 
 
 def plan_first_fit_by_time(lives: Iterable, alignment: int = 64) -> Plan:

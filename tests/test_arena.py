@@ -75,9 +75,9 @@ def test_smallest_gap_and_lowest_gap_differ_as_named():
     lives = [(64, 0, 10), (64, 0, 10), (32, 0, 10)]
     plan = arena.plan_greedy_by_size(lives, alignment=32)
     assert plan.offsets == [0, 64, 128] and plan.arena_bytes == 160
-    # a 256-byte tensor at 0 and a 32-byte one at 320 die at step 1; the 64 at 256 and the 32 at 352 live on.
-    # The last tensor (32 bytes from step 1) sees two holes: [0, 256) and [320, 352).
-    lives = [(256, 0, 1), (64, 0, 5), (32, 0, 1), (32, 0, 5), (32, 1, 5)]
+    # a 256-byte tensor at 0 and a 32-byte one at 320 die at step 2; the 64 at 256 and the 32 at 352 live on.
+    # The last tensor (32 bytes from step 2) sees two holes: [0, 256) and [320, 352).
+    lives = [(256, 1, 2), (64, 1, 6), (32, 1, 2), (32, 1, 6), (32, 2, 6)]
     best = arena.plan_greedy_by_size(lives, alignment=32, gap="smallest")
     low = arena.plan_greedy_by_size(lives, alignment=32, gap="lowest")
     for plan in (best, low):
@@ -216,3 +216,11 @@ def test_plan_summary_puts_the_three_numbers_side_by_side():
     assert summary["greedy_by_size_ratio"] == 1.0 and summary["first_fit_by_time_ratio"] == 1.25
     assert summary["n_tensors"] == 3 and summary["alignment"] == 64
     assert arena.plan_summary([])["greedy_by_size_ratio"] == 1.0
+
+
+def test_tensors_live_for_the_whole_trace_are_placed_first_as_in_tflite():
+    # the small tensor lives from step 0 to the end: it goes to offset 0 although it is the smallest
+    lives = [(512, 1, 3), (64, 0, 5), (256, 3, 5)]
+    plan = arena.plan_greedy_by_size(lives)
+    assert plan.offsets[1] == 0 and plan.offsets[0] == plan.offsets[2] == 64
+    arena.check_plan(lives, plan)

@@ -14,7 +14,11 @@ glibc moves its mmap threshold up to the size of the last mmapped block it freed
 Linux, see `man mallopt`), so a repeated request of a few MiB stops faulting after a round or two; a
 bigger one faults every round. `keep_freed_memory_in_process` raises both thresholds to 1 GiB, which
 turns malloc into a caching allocator for these sizes: what PyTorch's CUDA caching allocator does on a
-GPU, where asking the driver (cudaMalloc) is far slower than a page fault.
+GPU, where asking the driver (cudaMalloc) is far slower than a page fault. Both thresholds are needed:
+setting either one also switches glibc's automatic mmap threshold off, so a trim threshold alone leaves
+the mmap threshold at its 128 KiB default and every tensor that big is mapped and unmapped each step
+(`page_faults_per_step(False, mallopt={"trim_threshold": 2**30})` shows it). A few faults remain with
+keep_freed: the heap still grows now and then as it fragments, and Python maps memory of its own.
 
 Counts come from `resource.getrusage(RUSAGE_SELF).ru_minflt` (minor faults of the process so far),
 read before and after each step. Each measurement runs in a FRESH Python process because mallopt

@@ -85,7 +85,7 @@ STAGES = ("fp32", "pruned", "pruned + fine-tuned", "weight sharing (k-means)", "
 FILE_FORMAT = "labkit.deep_compression/1"
 CODE_BITS = tuple(range(2, 9))
 OUTER_BITS = 8            # embeddings and lm_head: 8-bit k-means, dense codes
-DEFAULTS = dict(sparsity=0.7, bits=4, fine_tune_steps=300, centroid_steps=100, lr=3e-4, centroid_lr=3e-4,
+DEFAULTS = dict(sparsity=0.7, bits=3, fine_tune_steps=300, centroid_steps=100, lr=1e-3, centroid_lr=1e-4,
                 gap_bits=4, kmeans_iterations=30)
 COLUMNS = ("sparsity", "bits", "stage", "bytes", "ratio", "loss", "loss_se", "perplexity", "increase",
            "increase_se")
@@ -604,8 +604,11 @@ def _prune_and_tune(model: GPT, s: dict, corpus, progress: bool, log, timings: d
 
 
 def _quantize_stages(tuned: GPT, s: dict, corpus, eval_set, base, fp32_bytes: int, progress: bool, log,
-                     timings: dict) -> tuple[list[dict], GPT, bytes]:
-    """The rows from weight sharing on (k-means, centroids, relative index, Huffman), the final model, the file."""
+                     timings: dict, verify: bool = True) -> tuple[list[dict], GPT, bytes]:
+    """The rows from weight sharing on (k-means, centroids, relative index, Huffman), the final model, the file.
+
+    verify=True decodes the file, checks its weights equal the model's and scores the decoded model for the last
+    row; verify=False (the sweep) gives the last row the relative index's score: the same weights, losslessly coded."""
     t0 = time.perf_counter()
     shared_model = copy.deepcopy(tuned)
     shared = _share_block_weights(shared_model, s["bits"], DEFAULTS["kmeans_iterations"])
@@ -631,15 +634,17 @@ def _quantize_stages(tuned: GPT, s: dict, corpus, eval_set, base, fp32_bytes: in
     t0 = time.perf_counter()
     blob = _file_bytes(encoded, s)
     timings["huffman_encode_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    loaded = decode_model(_encoded_from_file(torch.load(io.BytesIO(blob), weights_only=True)))
-    timings["huffman_decode_s"] = time.perf_counter() - t0
-    _check_same_weights(loaded, final, "the Huffman-coded file")
+    loaded = relative
+    if verify:
+        t0 = time.perf_counter()
+        loaded = decode_model(_encoded_from_file(torch.load(io.BytesIO(blob), weights_only=True)))
+        timings["huffman_decode_s"] = time.perf_counter() - t0
+        _check_same_weights(loaded, final, "the Huffman-coded file")
     # the relative index holds the same weights (checked above), so it scores what the row above measured; the
     # file's row is measured again on the model decoded from the file
     relative_score = {k: rows[-1][k] for k in ("loss", "loss_se", "perplexity", "increase", "increase_se")}
     rows.append(_row("relative index", _nbytes(_packed(encoded)), fp32_bytes, relative_score))
-    rows.append(_row("Huffman", len(blob), fp32_bytes, _score(loaded, eval_set, base)))
+    rows.append(_row("Huffman", len(blob), fp32_bytes, _score(loaded, eval_set, base) if verify else relative_score))
     return rows, loaded, blob
 
 
@@ -724,60 +729,85 @@ def load_compressed(path: Path | str) -> GPT:
 # The sweep for the lab's panel
 
 
-def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4, 5), fine_tune_steps: int = 150,
-                   centroid_steps: int = 0, seed: int = 0, corpus=None, eval_set=None, progress: bool = True,
-                   log=print, cache: bool = True):
-    """A pandas DataFrame, one row per (sparsity, bits, stage), columns COLUMNS (see the module docstring).
-
-    One prune + fine-tune per sparsity, reused for every bits. Cached with labkit.data.cached_results (keyed by
-    the settings and the model's weights), so the panel's second run reads a file."""
+def _fingerprint(model: GPT, corpus) -> dict:
+    """sha256 of the model's config and weights and of the corpus's training tokens (the cache's key)."""
     import hashlib
 
+    import numpy as np
+
+    weights = hashlib.sha256(json.dumps(model_config_dict(model), sort_keys=True).encode())
+    for name, t in model.state_dict().items():
+        weights.update(name.encode())
+        weights.update(t.detach().contiguous().numpy().tobytes())
+    tokens = hashlib.sha256(np.ascontiguousarray(corpus.train).tobytes())
+    return {"model_sha256": weights.hexdigest(), "corpus_train_sha256": tokens.hexdigest()}
+
+
+def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4), fine_tune_steps: int = 150,
+                   centroid_steps: int = 0, seed: int = 0, corpus=None, eval_set=None, progress: bool = True,
+                   log=print, cache: bool = True):
+    """A pandas DataFrame, one row per (sparsity, bits, stage), columns COLUMNS: the lab panel's data.
+
+    Pruning is iterative, as in the paper: the sparsities in increasing order, each one pruned from the previous
+    one's fine-tuned model and fine-tuned `fine_tune_steps` more steps (so 0.7 after 0.5 has had 2 × steps in
+    all; its "pruned" row is the loss right after that further pruning). Each fine-tuned model is reused for
+    every bits. The "Huffman" row carries the relative index's score (the same weights, losslessly coded; the
+    main run, deep_compression, decodes its file and scores it). Cached with labkit.data.cached_results, keyed by
+    every setting and the model's and corpus's sha256, so a second run reads a file."""
     import pandas as pd
 
+    from labkit import data as data_mod
     from labkit.data import cached_results
+    from labkit.prune import fine_tune, layer_masks, pruned_copy
     from labkit.quantize import default_eval_set
 
     _check_gpt(model)
-    sparsities = [_check_fraction(x, "sparsities[...]") for x in sparsities]
-    bits = [_check_int(b, "bits[...]", 2, CODE_BITS) for b in bits]
+    if isinstance(sparsities, (str, bytes)) or isinstance(bits, (str, bytes)):
+        raise TypeError("sparsities and bits must be sequences of numbers")
+    sparsities = sorted({_check_fraction(x, "sparsities[...]") for x in sparsities})
+    bits = sorted({_check_int(b, "bits[...]", 2, CODE_BITS) for b in bits})
     if not sparsities or not bits:
-        raise ValueError("sparsities and bits must each hold at least one value")
+        raise ValueError(f"sparsities and bits must each hold at least one value, got {sparsities} and {bits}")
     s0 = _check_settings(sparsities[0], bits[0], fine_tune_steps, centroid_steps, DEFAULTS["lr"],
                          DEFAULTS["centroid_lr"], DEFAULTS["gap_bits"], seed)
+    corpus = corpus if corpus is not None else data_mod.load_corpus()
     if eval_set is None:
         eval_set = default_eval_set(corpus)
-    weights = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        weights.update(name.encode())
-        weights.update(t.detach().float().numpy().tobytes())
-    settings = {"sparsities": sparsities, "bits": bits, "fine_tune_steps": s0["fine_tune_steps"],
-                "centroid_steps": s0["centroid_steps"], "lr": s0["lr"], "centroid_lr": s0["centroid_lr"],
-                "gap_bits": s0["gap_bits"], "seed": s0["seed"], "model_sha256": weights.hexdigest(),
-                "eval_set": eval_set.name, "corpus": getattr(corpus, "name", None) if corpus is not None else None}
+    settings = {"sparsities": sparsities, "bits": bits, **{k: v for k, v in s0.items() if k not in ("sparsity",
+                                                                                                    "bits")},
+                "pruning": "iterative, magnitude per matrix", "eval_set": eval_set.name, **_fingerprint(model, corpus)}
 
     def compute() -> list[dict]:
         from tqdm.auto import tqdm
 
+        quiet = lambda *a: None   # noqa: E731
         base = _score(model, eval_set, None)
         fp32_bytes = _fp32_file_bytes(model)
         out = []
         bar = tqdm(total=len(sparsities) * len(bits), desc="pipeline sweep", disable=not progress, mininterval=1.0)
+        start = model
         for sparsity in sparsities:
             s = {**s0, "sparsity": sparsity}
-            _, pruned, tuned = _prune_and_tune(model, s, corpus, False, lambda *a: None, {})
+            masks = layer_masks(start, sparsity)          # the previous zeros are the smallest |w|: nested masks
+            pruned = pruned_copy(start, masks)
             first = [_row("fp32", fp32_bytes, fp32_bytes, base),
                      _row("pruned", stage_bytes(pruned, "pruned"), fp32_bytes, _score(pruned, eval_set, base))]
-            if tuned is not None:
+            tuned = pruned
+            if s["fine_tune_steps"]:
+                tuned, _ = fine_tune(copy.deepcopy(pruned), masks, s["fine_tune_steps"], lr=s["lr"], seed=s["seed"],
+                                     corpus=corpus, progress=False, log=quiet, eval_iters=1)
                 first.append(_row("pruned + fine-tuned", stage_bytes(tuned, "pruned + fine-tuned"), fp32_bytes,
                                   _score(tuned, eval_set, base)))
             for b in bits:
-                rows, _, _ = _quantize_stages(tuned if tuned is not None else pruned, {**s, "bits": b}, corpus,
-                                              eval_set, base, fp32_bytes, False, lambda *a: None, {})
+                rows, _, _ = _quantize_stages(tuned, {**s, "bits": b}, corpus, eval_set, base, fp32_bytes, False,
+                                              quiet, {}, verify=False)
                 out.extend({"sparsity": sparsity, "bits": b, **row} for row in first + rows)
                 bar.update(1)
+            start = tuned
         bar.close()
         return out
 
     rows = cached_results("deep-compression-sweep", settings, compute) if cache else compute()
+    log(f"pipeline sweep: seed {s0['seed']}, sparsities {sparsities}, bits {bits}, {s0['fine_tune_steps']} "
+        f"fine-tuning steps per sparsity")
     return pd.DataFrame(rows, columns=list(COLUMNS))

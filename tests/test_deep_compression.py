@@ -343,32 +343,35 @@ def test_a_model_that_is_not_a_gpt_is_refused():
 
 # ----------------------------------------------------------------------------- the panel's sweep
 
-def test_pipeline_sweep_has_the_contracts_columns_and_is_cached(corpus, eval_set, data_dir):
+def test_pipeline_sweep_has_the_contracts_columns_prunes_iteratively_and_is_cached(corpus, eval_set, data_dir,
+                                                                                    monkeypatch):
     model = tiny_gpt_for(corpus)
     calls = []
-    original = dc._prune_and_tune
+    original = prune.fine_tune
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    dc._prune_and_tune = counting
-    try:
-        sweep = dc.pipeline_sweep(model, sparsities=(0.5, 0.7), bits=(2, 3), fine_tune_steps=1, corpus=corpus,
-                                  eval_set=eval_set, **QUIET)
-        assert len(calls) == 2                                   # one fine-tune per sparsity, shared across bits
-        again = dc.pipeline_sweep(model, sparsities=(0.5, 0.7), bits=(2, 3), fine_tune_steps=1, corpus=corpus,
-                                  eval_set=eval_set, **QUIET)
-        assert len(calls) == 2                                   # read from the cache
-    finally:
-        dc._prune_and_tune = original
+    monkeypatch.setattr(prune, "fine_tune", counting)
+    sweep = dc.pipeline_sweep(model, sparsities=(0.7, 0.5), bits=(3, 2), fine_tune_steps=1, corpus=corpus,
+                              eval_set=eval_set, **QUIET)
+    assert len(calls) == 2                                       # one fine-tune per sparsity, shared across bits
+    again = dc.pipeline_sweep(model, sparsities=(0.5, 0.7), bits=(2, 3), fine_tune_steps=1, corpus=corpus,
+                              eval_set=eval_set, **QUIET)
+    assert len(calls) == 2                                       # read from the cache
     assert list(sweep.columns) == list(dc.COLUMNS)
     assert sweep.equals(again)
-    for (s, b), rows in sweep.groupby(["sparsity", "bits"]):
+    assert list(sweep.drop_duplicates(["sparsity", "bits"])[["sparsity", "bits"]].itertuples(index=False)) == \
+        [(0.5, 2), (0.5, 3), (0.7, 2), (0.7, 3)]                 # sorted
+    for _, rows in sweep.groupby(["sparsity", "bits"]):
         assert list(rows["stage"]) == ["fp32", "pruned", "pruned + fine-tuned", "weight sharing (k-means)",
                                        "relative index", "Huffman"]
-    # fewer bits, fewer bytes in the relative index; the same pruning in both
+        assert (rows["ratio"] == rows["bytes"].iloc[0] / rows["bytes"]).all()
+    # fewer bits, fewer bytes in the relative index; higher sparsity, fewer bytes
     ri = sweep[sweep.stage == "relative index"].set_index(["sparsity", "bits"])["bytes"]
     assert ri[(0.5, 2)] < ri[(0.5, 3)] and ri[(0.7, 2)] < ri[(0.5, 2)]
     with pytest.raises(ValueError, match="sparsities"):
         dc.pipeline_sweep(model, sparsities=(), corpus=corpus, eval_set=eval_set, **QUIET)
+    with pytest.raises(ValueError, match="bits"):
+        dc.pipeline_sweep(model, sparsities=(0.5,), bits=(1,), corpus=corpus, eval_set=eval_set, **QUIET)

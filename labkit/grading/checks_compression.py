@@ -267,7 +267,7 @@ def check_huffman_code_lengths(fn: Callable[[dict[int, int]], dict[int, int]], q
 
     def hidden(g: torch.Generator) -> Case:
         n = _randint(g, 1, 10)
-        symbols = sorted(set(_randint(g, 0, 15) for _ in range(n)))
+        symbols = sorted({_randint(g, 0, 15) for _ in range(n)})
         frequencies = {s: (0 if _randint(g, 0, 5) == 0 else _randint(g, 1, _choice(g, [4, 30, 1000])))
                        for s in symbols}
         if not any(frequencies.values()):

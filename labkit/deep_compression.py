@@ -72,8 +72,9 @@ from torch.nn.utils import parametrize
 from labkit.model import GPT, build_model, model_config_dict
 
 __all__ = [
-    "PAPER_RATIOS", "STAGES", "CompressionResult", "deep_compression", "save_compressed", "load_compressed",
-    "pipeline_sweep", "layer_storage_bytes", "shared_weights", "encode_model", "decode_model", "stage_bytes",
+    "COLUMNS", "PAPER_RATIOS", "STAGES", "CompressionResult", "EncodedModel", "SharedWeight", "decode_model",
+    "deep_compression", "encode_model", "fine_tune_centroids", "layer_storage_bytes", "load_compressed",
+    "pipeline_sweep", "save_compressed", "shared_weights", "stage_bytes",
 ]
 
 #: "Deep Compression" (Han, Mao and Dally, ICLR 2016), AlexNet on ImageNet: 240 MB → 6.9 MB, no loss of accuracy.
@@ -780,7 +781,9 @@ def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4), fine_
     def compute() -> list[dict]:
         from tqdm.auto import tqdm
 
-        quiet = lambda *a: None   # noqa: E731
+        def quiet(*_args) -> None:
+            pass
+
         base = _score(model, eval_set, None)
         fp32_bytes = _fp32_file_bytes(model)
         out = []

@@ -40,7 +40,8 @@ POLICIES = ("first", "best")
 
 __all__ = [
     "Block", "OutOfMemory", "InvalidHandle", "POLICIES", "first_fit", "best_fit", "release",
-    "FixedBlockPool", "FirstFitAllocator", "CachingAllocator", "CompactingArena", "replay",
+    "FixedBlockPool", "FirstFitAllocator", "CachingAllocator", "CompactingArena", "replay", "summarize_replay",
+    "caching_round_size", "caching_segment_bytes",
 ]
 
 
@@ -619,3 +620,24 @@ def replay(allocator, events: Iterable, progress: bool = False, record_blocks: b
             bar.update(end - start)
             start = end
     return rows
+
+
+def summarize_replay(rows: list[dict]) -> dict:
+    """The numbers that compare allocators on one trace (bytes and fractions), from replay()'s rows.
+
+    reserved_bytes is what the allocator had to hold: the caching allocator's peak reserved segments,
+    a first-fit arena's high-water offset (the smallest arena that replay fits in), else arena_bytes.
+    Fragmentation is read at the step of peak allocated bytes, where it decides whether the trace fits.
+    """
+    if not rows:
+        raise ValueError("rows is empty: replay a trace with at least one event first")
+    peak = max(rows, key=lambda r: r["allocated_bytes"])
+    last = rows[-1]
+    reserved = last.get("peak_reserved_bytes", last.get("high_water_offset", last["arena_bytes"]))
+    out = {"peak_allocated_bytes": peak["allocated_bytes"], "peak_in_use_bytes": max(r["in_use_bytes"] for r in rows),
+           "reserved_bytes": reserved, "reserved_over_peak": reserved / peak["allocated_bytes"],
+           "internal_fragmentation_at_peak": peak["internal_fragmentation"],
+           "external_fragmentation_at_peak": peak["external_fragmentation"],
+           "mean_external_fragmentation": sum(r["external_fragmentation"] for r in rows) / len(rows),
+           "n_segment_allocs": last.get("n_segment_allocs", 1), "n_steps": len(rows)}
+    return out

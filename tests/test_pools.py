@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from labkit.pools import (MiB, Block, CachingAllocator, CompactingArena, FirstFitAllocator, FixedBlockPool,
                           InvalidHandle, OutOfMemory, best_fit, caching_round_size, caching_segment_bytes,
-                          first_fit, release, replay)
+                          first_fit, release, replay, summarize_replay)
 
 # 100 examples of up to 60 steps, each step a burst of 1-8 allocs or frees: every machine performs over
 # 10,000 operations in total (counted, and the test asserts the count).
@@ -514,3 +514,39 @@ def test_replay_of_a_real_training_step(training_step_events):
     assert all(r["reserved_bytes"] >= r["in_use_bytes"] >= r["allocated_bytes"] for r in cached)
     assert first[-1]["high_water_offset"] >= peak_live
     assert cached[-1]["reserved_bytes"] == cached[-1]["peak_reserved_bytes"] > 0
+
+
+@pytest.fixture(scope="module")
+def zoo_traces(baby):
+    """The zoo baby GPT's real training steps (batch 12, 64 tokens, AdamW, steady state): one step and two."""
+    from labkit.arena import training_step_trace
+    return {steps: training_step_trace(baby, batch_size=12, seq_len=64, steps=steps, seed=0) for steps in (1, 2)}
+
+
+def test_replay_of_the_zoo_models_training_step(zoo_traces):
+    from labkit.arena import lifetimes, peak_live_bytes
+    events = zoo_traces[1]
+    lower_bound = peak_live_bytes(lifetimes(events))
+    first = summarize_replay(replay(FirstFitAllocator(1 << 30, alignment=64), events))
+    rows = replay(CachingAllocator(capacity_bytes=1 << 30), events)
+    cached = summarize_replay(rows)
+    assert first["peak_allocated_bytes"] == cached["peak_allocated_bytes"] == lower_bound
+    assert lower_bound <= first["reserved_bytes"] <= cached["reserved_bytes"]
+    assert all(r["reserved_bytes"] >= r["in_use_bytes"] >= r["allocated_bytes"] for r in rows)
+    assert cached["reserved_bytes"] % (2 * MiB) == 0 and cached["n_segment_allocs"] >= 2
+    # A first-fit arena exactly as big as the high-water offset replays the same trace again.
+    exact = summarize_replay(replay(FirstFitAllocator(first["reserved_bytes"], alignment=64), events))
+    assert exact["reserved_bytes"] == first["reserved_bytes"]
+
+
+def test_caching_allocator_reuses_its_segments_on_the_next_training_step(zoo_traces):
+    """Why PyTorch caches: the second step finds every segment it needs already reserved."""
+    one = summarize_replay(replay(CachingAllocator(), zoo_traces[1]))
+    two = summarize_replay(replay(CachingAllocator(), zoo_traces[2]))
+    assert two["n_segment_allocs"] == one["n_segment_allocs"] > 0
+    assert two["reserved_bytes"] == one["reserved_bytes"]
+
+
+def test_summarize_replay_needs_rows():
+    with pytest.raises(ValueError, match="rows is empty"):
+        summarize_replay([])

@@ -33,6 +33,10 @@ LAB07_REFERENCES = ("labkit.compress.*", "labkit.deep_compression.*", "labkit.st
 # lab 07, exercise 1: Huffman code lengths
 
 
+#: the longest code length the check computes with exactly (far beyond any optimal code of its examples)
+MAX_LENGTH = 1_000
+
+
 def _optimal_lengths(frequencies: dict[int, int]) -> dict[int, int]:
     """One optimal prefix code's lengths (bits) for the symbols of frequency > 0: Huffman's merge, written here.
 
@@ -77,8 +81,12 @@ def _total_bits(lengths: dict[int, int], frequencies: dict[int, int]) -> int:
 
 
 def _kraft(lengths: dict[int, int]) -> Fraction:
-    """Kraft's sum, sum of 2^-length, exactly: a prefix code with these lengths exists iff it is <= 1."""
-    return sum((Fraction(1, 2 ** n) for n in lengths.values()), Fraction(0))
+    """Kraft's sum, sum of 2^-length, exactly: a prefix code with these lengths exists iff it is <= 1.
+
+    (Lengths beyond MAX_LENGTH count as MAX_LENGTH: a few such terms cannot move the sum across 1, and 2**n of a
+    learner's absurd length would take forever.) A length <= 0 counts as 1 each (0 bits: no prefix code)."""
+    return sum((Fraction(1, 2 ** min(n, MAX_LENGTH)) if n > 0 else Fraction(1) for n in lengths.values()),
+               Fraction(0))
 
 
 def _is_optimal_code(lengths: dict[int, int], frequencies: dict[int, int]) -> bool:
@@ -125,6 +133,9 @@ def _as_lengths(got: Any, frequencies: dict[int, int]) -> dict[int, int]:
         if isinstance(n, bool) or not isinstance(n, numbers.Integral):
             raise TypeError(f"the returned dict maps symbol {s} to {kind_of(n)}; a code length is a whole number of "
                             "bits (an int)")
+        if abs(n) > 2 ** 31:
+            raise ValueError(f"the returned dict gives symbol {s} a length of {n} bits: no code for "
+                             f"{len(frequencies)} symbols needs more than {max(len(frequencies) - 1, 1)}")
         out[int(s)] = int(n)
     return out
 

@@ -4,12 +4,13 @@
     a = pool.alloc(100)                       # a handle (not an address: see CompactingArena)
     pool.free(a)
     pool.stats()["external_fragmentation"]    # 1 - largest hole / free bytes
-    rows = replay(CachingAllocator(), tracer.events)   # a real training step's tensors, step by step
+    rows = replay(CachingAllocator(), training_step_trace(model))   # a real step's tensors (labkit.arena)
+    summarize_replay(rows)["reserved_over_peak"]                     # what the allocator held / peak live
 
 Four allocators, from the simplest to the one PyTorch runs on every GPU:
 
-1. `FixedBlockPool`: n blocks of one size and a free list (a stack). Alloc and free are O(1) and
-   there is never external fragmentation, but every request pays for a whole block.
+1. `FixedBlockPool`: n blocks of one size and a free list (a stack). Alloc and free are O(1) and any
+   free block fits any request the pool accepts, but every request pays for a whole block.
 2. `FirstFitAllocator`: one arena, a sorted list of holes. Alloc takes the first hole that fits
    (or the smallest, policy="best") and splits it; free puts the hole back and merges it with the
    holes that touch it. The two steps are pure functions, `first_fit` and `release` (lab 08,
@@ -33,15 +34,15 @@ from __future__ import annotations
 
 import bisect
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 POLICIES = ("first", "best")
 
 __all__ = [
-    "Block", "OutOfMemory", "InvalidHandle", "POLICIES", "first_fit", "best_fit", "release",
-    "FixedBlockPool", "FirstFitAllocator", "CachingAllocator", "CompactingArena", "replay", "summarize_replay",
-    "caching_round_size", "caching_segment_bytes",
+    "POLICIES", "Block", "CachingAllocator", "CompactingArena", "FirstFitAllocator", "FixedBlockPool",
+    "InvalidHandle", "OutOfMemory", "best_fit", "caching_round_size", "caching_segment_bytes", "first_fit",
+    "release", "replay", "summarize_replay",
 ]
 
 
@@ -95,12 +96,10 @@ class InvalidHandle(ValueError):
 
 
 def _check_size(size, name: str = "size") -> int:
-    """size as a positive int, or a clear error (bools are not sizes)."""
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
-        raise ValueError(f"{name} must be a positive int (bytes), got {size!r} of type {type(size).__name__}")
-    if size <= 0:
-        raise ValueError(f"{name} must be a positive int (bytes), got {size}")
-    return int(size)
+    """size as a positive int (any integer type, not bool), else a ValueError naming it."""
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size > 0:
+        return int(size)
+    raise ValueError(f"{name} must be a positive int (bytes), got {size!r} of type {type(size).__name__}")
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -248,7 +247,9 @@ class FixedBlockPool(_ArenaAllocator):
     """n_blocks blocks of block_bytes each; a free list makes alloc and free O(1).
 
     Any request up to block_bytes gets a whole block (the rest is internal fragmentation);
-    a bigger request is a ValueError, since no block can ever hold it.
+    a bigger request is a ValueError, since no block can ever hold it. Free blocks are never merged,
+    so the stats' external fragmentation (1 - one block / free bytes) is high, and harmless here:
+    no request this pool accepts fails while one block is free.
     """
 
     def __init__(self, block_bytes: int, n_blocks: int):
@@ -356,7 +357,7 @@ class FirstFitAllocator(_ArenaAllocator):
 # 3. PyTorch's CUDA caching allocator, simulated
 # ---------------------------------------------------------------------------------------------
 
-KiB, MiB = 1024, 1024 * 1024
+MiB = 1024 * 1024
 MIN_BLOCK_BYTES = 512           # every size is rounded up to a multiple of 512 B
 SMALL_REQUEST_BYTES = 1 * MiB   # requests up to 1 MiB go to the small pool...
 SMALL_SEGMENT_BYTES = 2 * MiB   # ...whose segments are 2 MiB
@@ -393,9 +394,11 @@ class _Segment:
 class CachingAllocator:
     """PyTorch's CUDA caching allocator's policy, over a simulated device of capacity_bytes.
 
-    Read from the documentation and source comments of PyTorch (the "CUDA semantics / Memory
-    management" notes, the field meanings of torch.cuda.memory_stats, and the comment block at the top
-    of c10/cuda/CUDACachingAllocator.cpp with its size constants); no code was copied. The policy:
+    Sources read (no code copied): the comment block and size constants at the top of PyTorch's
+    c10/cuda/CUDACachingAllocator.cpp, and the torch.cuda.memory_stats documentation (field meanings).
+    Names: PyTorch's reserved_bytes is our reserved_bytes (= arena_bytes), its "segment" count our
+    n_segments; its allocated_bytes counts whole blocks handed out (our in_use_bytes) and its
+    requested_bytes what callers asked for (our allocated_bytes). The policy:
 
     - Every request is rounded up to a multiple of 512 B (so tiny tensors cost 512 B).
     - Requests ≤ 1 MiB come from the *small pool*, larger ones from the *large pool*. Small and large
@@ -556,10 +559,32 @@ class CompactingArena(FirstFitAllocator):
     This works only because callers hold handles, never addresses: the handle table is the one place
     that knows where a block lives, so moving a block means copying its bytes and updating one entry.
     (Python's and PyTorch's allocators hand out raw pointers, which is why they cannot compact.)
+    With auto_compact=True, an alloc that finds no hole big enough compacts first when the free bytes
+    add up to enough, so only a truly full arena runs out; the price is the bytes copied (`bytes_moved`).
     """
 
-    def __init__(self, arena_bytes: int, alignment: int = 8):
+    def __init__(self, arena_bytes: int, alignment: int = 8, auto_compact: bool = False):
         super().__init__(arena_bytes, alignment=alignment, policy="first")
+        if not isinstance(auto_compact, bool):
+            raise TypeError(f"auto_compact must be True or False, got {auto_compact!r}")
+        self.auto_compact = auto_compact
+        self.bytes_moved = 0      # over all compactions so far
+        self.n_compactions = 0
+
+    def alloc(self, size: int) -> int:
+        """First fit; with auto_compact, compact and retry when the holes together could hold the request."""
+        try:
+            return super().alloc(size)
+        except OutOfMemory as e:
+            rounded = _round_up(size, self.alignment)
+            if not self.auto_compact or (e.free_bytes or 0) < rounded:
+                raise
+        self.compact()
+        return super().alloc(size)
+
+    def stats(self) -> dict:
+        """FirstFitAllocator's stats plus bytes_moved and n_compactions so far."""
+        return {**super().stats(), "bytes_moved": self.bytes_moved, "n_compactions": self.n_compactions}
 
     def compact(self) -> int:
         """Slide live blocks toward offset 0 in offset order, keeping contents: bytes moved."""
@@ -573,6 +598,8 @@ class CompactingArena(FirstFitAllocator):
             cursor += size
         # Everything above the last live block is now one hole.
         self._holes = [(cursor, self.arena_bytes - cursor)] if cursor < self.arena_bytes else []
+        self.bytes_moved += moved
+        self.n_compactions += 1
         return moved
 
 

@@ -7,15 +7,36 @@ allocator's own running sums alone.
 """
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
-from labkit.pools import (MiB, Block, CachingAllocator, CompactingArena, FirstFitAllocator, FixedBlockPool,
-                          InvalidHandle, OutOfMemory, best_fit, caching_round_size, caching_segment_bytes,
-                          first_fit, release, replay, summarize_replay)
+from labkit.pools import (
+    Block,
+    CachingAllocator,
+    CompactingArena,
+    FirstFitAllocator,
+    FixedBlockPool,
+    InvalidHandle,
+    MiB,
+    OutOfMemory,
+    best_fit,
+    caching_round_size,
+    caching_segment_bytes,
+    first_fit,
+    release,
+    replay,
+    summarize_replay,
+)
 
 # 100 examples of up to 60 steps, each step a burst of 1-8 allocs or frees: every machine performs over
 # 10,000 operations in total (counted, and the test asserts the count).
@@ -34,7 +55,7 @@ def check_map(allocator, requested: dict[int, int]) -> None:
     blocks = allocator.blocks()
     stats = allocator.stats()
     assert blocks == sorted(blocks, key=lambda b: b.offset)
-    for a, b in zip(blocks, blocks[1:]):
+    for a, b in itertools.pairwise(blocks):
         assert a.end <= b.offset, f"blocks overlap: {a} and {b}"
     live = [b for b in blocks if b.handle is not None]
     holes = [b for b in blocks if b.handle is None]
@@ -181,8 +202,8 @@ class _FirstFitMachine(_AllocatorMachine):
     def holes_are_merged_and_tile_the_arena(self):
         blocks = self.allocator.blocks()
         assert blocks[0].offset == 0 and blocks[-1].end == 4096
-        assert all(a.end == b.offset for a, b in zip(blocks, blocks[1:]))
-        assert not any(a.handle is None and b.handle is None for a, b in zip(blocks, blocks[1:]))
+        assert all(a.end == b.offset for a, b in itertools.pairwise(blocks))
+        assert not any(a.handle is None and b.handle is None for a, b in itertools.pairwise(blocks))
 
 
 class FirstFitMachine(_FirstFitMachine):
@@ -326,7 +347,7 @@ class CompactingMachine(_AllocatorMachine):
         live = [b for b in blocks if b.handle is not None]
         assert moved == sum(b.size for b in live if before[b.handle] != b.offset)
         assert [b.handle for b in live] == sorted(before, key=before.get)   # order kept
-        assert all(a.end == b.offset for a, b in zip(live, live[1:])) and (not live or live[0].offset == 0)
+        assert all(a.end == b.offset for a, b in itertools.pairwise(live)) and (not live or live[0].offset == 0)
         assert self.allocator.stats()["external_fragmentation"] == 0.0
         assert self.allocator.compact() == 0                                   # nothing left to move
 
@@ -418,8 +439,8 @@ class CachingMachine(_AllocatorMachine):
         for s in segments:
             own = [b for b in blocks if b.segment == s["segment"]]
             assert own[0].offset == s["base"] and own[-1].end == s["base"] + s["size"]
-            assert all(a.end == b.offset for a, b in zip(own, own[1:]))
-            assert not any(a.handle is None and b.handle is None for a, b in zip(own, own[1:]))
+            assert all(a.end == b.offset for a, b in itertools.pairwise(own))
+            assert not any(a.handle is None and b.handle is None for a, b in itertools.pairwise(own))
             assert s["size"] == 2 * MiB if s["pool"] == "small" else s["size"] % (2 * MiB) == 0
             assert all(b.requested <= MiB for b in own if b.handle) if s["pool"] == "small" else True
 
@@ -550,3 +571,33 @@ def test_caching_allocator_reuses_its_segments_on_the_next_training_step(zoo_tra
 def test_summarize_replay_needs_rows():
     with pytest.raises(ValueError, match="rows is empty"):
         summarize_replay([])
+
+
+def test_auto_compaction_serves_the_trace_in_an_arena_of_the_lower_bound(zoo_traces):
+    """First fit needs more than the peak of live bytes; compaction on failure makes the peak enough."""
+    from labkit.arena import lifetimes, peak_live_bytes
+    events = zoo_traces[1]
+    lower_bound = peak_live_bytes(lifetimes(events), alignment=64)
+    with pytest.raises(OutOfMemory):
+        replay(FirstFitAllocator(lower_bound, alignment=64), events)
+    arena = CompactingArena(lower_bound, alignment=64, auto_compact=True)
+    rows = replay(arena, events)
+    assert max(r["in_use_bytes"] for r in rows) == lower_bound
+    assert arena.n_compactions >= 1 and arena.bytes_moved == rows[-1]["bytes_moved"] > 0
+
+
+def test_auto_compaction_only_when_the_holes_add_up():
+    arena = CompactingArena(64, alignment=8, auto_compact=True)
+    a, b, c, d = (arena.alloc(16) for _ in range(4))
+    for h in (a, c):
+        arena.write(h, b"x")
+        arena.free(h)
+    arena.write(d, b"dd")
+    e = arena.alloc(32)                              # no 32-byte hole, but 32 bytes free: compacts, then fits
+    assert arena.stats()["n_compactions"] == 1 and arena.stats()["bytes_moved"] == 32
+    assert arena.address(b) == 0 and arena.address(d) == 16 and arena.address(e) == 32 and arena.read(d)[:2] == b"dd"
+    with pytest.raises(OutOfMemory, match="requested 1 bytes"):
+        arena.alloc(1)                               # truly full: no compaction helps
+    assert arena.n_compactions == 1
+    with pytest.raises(TypeError, match="auto_compact"):
+        CompactingArena(64, auto_compact="yes")

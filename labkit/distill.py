@@ -677,9 +677,11 @@ def summarize_comparison(rows: list[dict]) -> dict:
     """Mean ± seed spread of each student kind, and the distilled-minus-labels gap per seed (nats/char).
 
     The gap is paired by seed (same init, same batches), so its spread is the noise a claim must beat:
-    `gain_beyond_noise` is True when the mean gap is more than 2 standard errors (std/√n) below zero.
+    `gain_beyond_noise` is True when the mean gap is further below zero than the 95% two-sided bound for
+    n seeds: t_quantile(n − 1) standard errors (std/√n) — Student's t, as the standard error is itself estimated
+    from the n seeds (the bound is `gap["t"]`).
     """
-    from labkit.evaluate import seed_spread
+    from labkit.evaluate import seed_spread, t_quantile
 
     by_kind = {k: {r["seed"]: r["val_loss"] for r in rows if r["student"] == k} for k in STUDENT_KINDS}
     seeds = sorted(set(by_kind["labels only"]) & set(by_kind["distilled"]))
@@ -688,10 +690,11 @@ def summarize_comparison(rows: list[dict]) -> dict:
     gaps = [by_kind["distilled"][s] - by_kind["labels only"][s] for s in seeds]
     gap = seed_spread(gaps)
     se = gap["std"] / math.sqrt(len(gaps))
+    t = t_quantile(len(gaps) - 1)
     return {"labels only": seed_spread([by_kind["labels only"][s] for s in seeds]),
             "distilled": seed_spread([by_kind["distilled"][s] for s in seeds]),
-            "gap": {**gap, "standard_error": se, "per_seed": gaps},
-            "gain_beyond_noise": gap["mean"] < -2 * se}
+            "gap": {**gap, "standard_error": se, "t": t, "per_seed": gaps},
+            "gain_beyond_noise": gap["mean"] < -t * se}
 
 
 def cached_results(name: str, settings: dict, compute: Callable[[], list[dict]]) -> list[dict]:

@@ -228,6 +228,37 @@ def seed_spread(losses: list[float] | Tensor) -> dict[str, float]:
             "n_seeds": len(x)}
 
 
+def t_quantile(dof: float, p: float = 0.975) -> float:
+    """The p-quantile of Student's t with `dof` degrees of freedom (dof may be fractional, as Welch's is).
+
+    A mean of n paired differences is "beyond the noise" at 95% (two-sided) when it is more than
+    t_quantile(n - 1) standard errors from 0: 2.78 for 5 seeds, not the normal 1.96 (or the 2 often used),
+    because the standard error itself is estimated from those few seeds. Computed from t's density,
+    integrated on a fine grid with x = tan(θ) (so the heavy tail is finite), and bisection.
+    """
+    if isinstance(dof, bool) or not isinstance(dof, (int, float)) or not (dof > 0 and math.isfinite(dof)):
+        raise ValueError(f"dof must be a finite number > 0, got {dof!r}")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.5 <= p < 1:
+        raise ValueError(f"p must be a probability in [0.5, 1), got {p!r}")
+    dof = float(dof)
+    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+
+    def cdf(x: float) -> float:   # P(T <= x) for x >= 0: 1/2 + the density's integral over [0, x] (Simpson)
+        theta = np.linspace(0.0, math.atan(x), 4_001)
+        t = np.tan(theta)
+        f = np.exp(log_c - (dof + 1) / 2 * np.log1p(t ** 2 / dof)) / np.cos(theta) ** 2
+        h = theta[1] - theta[0]
+        return 0.5 + float(h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
 def tie_tolerance(losses_by_model: list[list[float]], z: float = 2.0) -> dict[str, float]:
     """Gap (nats/char) below which two models trained with one seed each count as tied: z · √2 · σ.
 

@@ -170,3 +170,20 @@ def test_tie_tolerance_pools_the_seed_variances():
         evaluate.tie_tolerance([[1.0]])
     with pytest.raises(ValueError, match="z must be"):
         evaluate.tie_tolerance([[1.0, 2.0]], z=0)
+
+
+@pytest.mark.parametrize("dof, p, table", [(1, 0.975, 12.706), (4, 0.975, 2.776), (9, 0.975, 2.262),
+                                           (30, 0.975, 2.042), (4, 0.995, 4.604), (1e6, 0.975, 1.960)])
+def test_t_quantile_matches_the_printed_t_table(dof, p, table):
+    from labkit.evaluate import t_quantile
+    assert t_quantile(dof, p) == pytest.approx(table, abs=5e-4)
+
+
+def test_t_quantile_rejects_bad_input():
+    from labkit.evaluate import t_quantile
+    for dof in (0, -1, float("nan"), float("inf"), True, "4"):
+        with pytest.raises(ValueError, match="dof"):
+            t_quantile(dof)
+    for p in (0.4, 1.0, 1.5):
+        with pytest.raises(ValueError, match="p must"):
+            t_quantile(4, p)

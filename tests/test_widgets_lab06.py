@@ -15,7 +15,8 @@ from labkit import distill as D
 from labkit import widgets
 from labkit.evaluate import evaluation_set
 from labkit.train import make_config, train
-from labkit.widgets.distillation import MAX_CONTEXTS, NOISE_SE, TOP_CHARS
+from labkit.evaluate import t_quantile
+from labkit.widgets.distillation import MAX_CONTEXTS, TOP_CHARS
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +136,9 @@ def test_summary_agrees_with_distills_own_paired_summary():
 
 
 @pytest.mark.parametrize("T, alpha, words", [
-    (1.0, 0.5, "better than labels only by more than 2 standard errors"),
-    (2.0, 0.9, "worse than labels only by more than 2 standard errors"),
-    (1.0, 0.9, "within 2 standard errors of 0, so the data cannot tell them apart"),
+    (1.0, 0.5, "better than labels only by more than 4.30 standard errors (the 95% t bound for 3 seeds)"),
+    (2.0, 0.9, "worse than labels only by more than 4.30 standard errors (the 95% t bound for 3 seeds)"),
+    (1.0, 0.9, "within 4.30 standard errors of 0 (the 95% t bound for 3 seeds), so the data cannot tell them apart"),
     (2.0, 0.0, "α = 0 trains on the labels alone (T plays no part)"),
 ])
 def test_the_text_judges_each_gap_against_the_paired_noise(T, alpha, words):
@@ -145,7 +146,7 @@ def test_the_text_judges_each_gap_against_the_paired_noise(T, alpha, words):
     assert words in s["text"], s["text"]
     if alpha > 0:
         gap = s["gap"]
-        assert gap["beyond_noise"] == (abs(gap["mean"]) > NOISE_SE * gap["se"])
+        assert gap["beyond_noise"] == (abs(gap["mean"]) > t_quantile(gap["n_seeds"] - 1) * gap["se"])
         assert f"{gap['mean']:+.4f} ± {gap['se']:.4f} nats/char (standard error over 3 seeds)" in s["text"]
     assert "At T = " in s["text"] and "the teacher gives the true next character 'b' " in s["text"]
 

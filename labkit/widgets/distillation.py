@@ -19,7 +19,8 @@ red), the same characters at T = 1 (outlines), and the rest of the vocabulary as
 probability from the top characters to the others (the dark knowledge a student can learn from).
 Right: validation loss against alpha, one line per T (mean over seeds, each seed a dot, bars ± the seed std), the
 labels-only students as a band, the teacher as a line; the chosen student is compared with the labels-only one
-seed by seed (paired: same initial weights, same batches), and a gap within 2 standard errors is called noise.
+seed by seed (paired: same initial weights, same batches), and a gap within the 95% Student's t bound for that
+many seeds (t_quantile(n − 1) standard errors, labkit.evaluate) is called noise.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from labkit.evaluate import t_quantile
 from labkit.widgets.core import Panel, _finite_number, render_into, wire_panel
 
 RESULT_COLUMNS = ("seed", "temperature", "alpha", "val_loss")
@@ -39,8 +41,6 @@ RESULT_COLUMNS = ("seed", "temperature", "alpha", "val_loss")
 TOP_CHARS = 12
 #: contexts drawn at most
 MAX_CONTEXTS = 4
-#: a gap counts as beyond the noise when it is more than this many standard errors from 0
-NOISE_SE = 2.0
 T_COLORS = ("#4C72B0", "#55A868", "#DD8452", "#8172B3", "#DA8BC3", "#937860", "#CCB974", "#64B5CD")
 LABELS_COLOR, TRUE_COLOR, OTHER_COLOR = "#8C8C8C", "#C44E52", "#BBBBBB"
 
@@ -224,11 +224,12 @@ def _paired_gap(chosen: dict[int, float], labels: dict[int, float]) -> dict | No
     gaps = [chosen[s] - labels[s] for s in seeds]
     mean = sum(gaps) / len(gaps)
     if len(gaps) < 2:
-        return {"mean": mean, "std": None, "se": None, "n_seeds": 1, "per_seed": gaps, "beyond_noise": None}
+        return {"mean": mean, "std": None, "se": None, "t": None, "n_seeds": 1, "per_seed": gaps, "beyond_noise": None}
     std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1))
     se = std / math.sqrt(len(gaps))
-    return {"mean": mean, "std": std, "se": se, "n_seeds": len(gaps), "per_seed": gaps,
-            "beyond_noise": abs(mean) > NOISE_SE * se}
+    t = t_quantile(len(gaps) - 1)        # 95% two-sided: the standard error is estimated from these few seeds
+    return {"mean": mean, "std": std, "se": se, "t": t, "n_seeds": len(gaps), "per_seed": gaps,
+            "beyond_noise": abs(mean) > t * se}
 
 
 def _nearest(values: list[float], x: Any, name: str) -> float:
@@ -313,9 +314,10 @@ def _text(state: dict) -> str:
                   f"(standard error over {gap['n_seeds']} seeds)")
         if gap["beyond_noise"]:
             words += (f": {'better' if gap['mean'] < 0 else 'worse'} than labels only by more than "
-                      f"{NOISE_SE:g} standard errors.")
+                      f"{gap['t']:.2f} standard errors (the 95% t bound for {gap['n_seeds']} seeds).")
         else:
-            words += f": within {NOISE_SE:g} standard errors of 0, so the data cannot tell them apart."
+            words += (f": within {gap['t']:.2f} standard errors of 0 (the 95% t bound for {gap['n_seeds']} seeds), "
+                      "so the data cannot tell them apart.")
     return words + _teacher_words(state)
 
 

@@ -52,7 +52,8 @@ loses at 2 and 3 bits; at 4 bits k-means loses too little for them to change any
 
 `pipeline_sweep(model, sparsities, bits, fine_tune_steps)` returns a pandas DataFrame for the lab's panel, one row
 per (sparsity, bits, stage), columns: sparsity, bits, stage, bytes, ratio, loss, loss_se, perplexity, increase,
-increase_se (cached with labkit.data.cached_results; one fine-tune per sparsity is reused for every bits).
+increase_se (cached with labkit.data.cached_results; the sparsities pruned iteratively, each fine-tuned model reused
+for every bits; no centroid training unless centroid_steps > 0).
 
 Exercise 2's reference: layer_storage_bytes(n_nonzero, n_fillers, code_bits, gap_bits, codebook_entries,
 codebook_value_bytes=2) -> int, the bytes of one matrix in the "relative index" row.
@@ -758,7 +759,10 @@ def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4), fine_
     Pruning is iterative, as in the paper: the sparsities in increasing order, each one pruned from the previous
     one's fine-tuned model and fine-tuned `fine_tune_steps` more steps (so 0.7 after 0.5 has had 2 × steps in
     all; its "pruned" row is the loss right after that further pruning). Each fine-tuned model is reused for
-    every bits. The "Huffman" row carries the relative index's score (the same weights, losslessly coded; the
+    every bits. Its default of 150 steps per sparsity (half the main run's 300, all at the final sparsity there)
+    keeps the cold sweep near a minute at one thread; the rows at the main run's sparsity and bits therefore show
+    a larger rise than deep_compression's table (pass fine_tune_steps=300 for the same fine-tuning, at about
+    twice the time). The "Huffman" row carries the relative index's score (the same weights, losslessly coded; the
     main run, deep_compression, decodes its file and scores it). Cached with labkit.data.cached_results, keyed by
     every setting and the model's and corpus's sha256, so a second run reads a file."""
     import pandas as pd

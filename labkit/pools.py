@@ -612,8 +612,8 @@ def replay(allocator, events: Iterable, progress: bool = False, record_blocks: b
 
     At each step the tensors that died there are freed first, then the ones born there are allocated
     (a TensorEvent is live for the steps [born, died); died=None lives to the end and is never freed).
-    A row is kept only for steps where something happened: step, the allocator's stats() and, with
-    record_blocks, its memory map (`blocks`). An allocation that fails raises OutOfMemory.
+    A row is kept only for steps where something happened: step, the allocator's stats() (with
+    reserved_bytes = arena_bytes for a single arena) and, with record_blocks, its memory map (`blocks`). An allocation that fails raises OutOfMemory.
     """
     from tqdm.auto import tqdm
 
@@ -641,6 +641,7 @@ def replay(allocator, events: Iterable, progress: bool = False, record_blocks: b
                     handles[k] = allocator.alloc(events[k].size_bytes)
                 end += 1
             row = {"step": step, **allocator.stats()}
+            row.setdefault("reserved_bytes", row["arena_bytes"])   # a single arena reserves all of itself
             if record_blocks:
                 row["blocks"] = allocator.blocks()
             rows.append(row)

@@ -502,6 +502,7 @@ def test_replay_frees_before_allocating_at_each_step():
     rows = replay(FirstFitAllocator(1024), events, record_blocks=True)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert [r["allocated_bytes"] for r in rows] == [512, 1024, 1024, 512]   # event 2 reuses event 0's bytes
+    assert all(r["reserved_bytes"] == 1024 for r in rows)
     assert rows[2]["blocks"][0] == Block(0, 512, 3, requested=512)
     with pytest.raises(ValueError, match="dies at step 1"):
         replay(FirstFitAllocator(1024), [Event(0, 8, 1, 1)])

@@ -12,8 +12,12 @@ from grading_helpers import notebook_function
 from labkit import arena, grading, paged_kv
 from labkit.autograde import grade
 from labkit.grading import core
-from labkit.grading.checks_pools import (check_arena_lower_bound, check_first_fit, check_kv_blocks_needed,
-                                         check_release)
+from labkit.grading.checks_pools import (
+    check_arena_lower_bound,
+    check_first_fit,
+    check_kv_blocks_needed,
+    check_release,
+)
 
 # ---- the learner's answers, written here by hand ----------------------------------------------
 
@@ -458,10 +462,6 @@ KV_BLOCKS = ("def kv_blocks_needed(prompt_len, output_len, block_size, n_sequenc
              "    return full + n_sequences * -(-(partial + output_len) // block_size)\n")
 
 
-EXPORTED = pytest.mark.skipif(not hasattr(grading, "check_first_fit"), reason="grade() finds checks in labkit.grading")
-
-
-@EXPORTED
 def test_graded_cells_pass_right_answers_in_a_fresh_process():
     assert grade("first_fit", notebook_function(FIRST_FIT, "first_fit")) is None
     assert grade("release", notebook_function(RELEASE, "release")) is None
@@ -469,7 +469,6 @@ def test_graded_cells_pass_right_answers_in_a_fresh_process():
     assert grade("kv_blocks_needed", notebook_function(KV_BLOCKS, "kv_blocks_needed")) is None
 
 
-@EXPORTED
 def test_graded_cells_fail_wrong_answers_with_the_hint():
     with pytest.raises(AssertionError, match="that is BEST fit"):
         grade("first_fit", notebook_function(FIRST_FIT.replace(

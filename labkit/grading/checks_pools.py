@@ -16,14 +16,22 @@ from __future__ import annotations
 
 import ast
 import copy
-import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from labkit.grading.checks import INT, _choice, _int_eq, _randint
-from labkit.grading.core import NONE_RETURNED, Case, CheckResult, Mistake, Returns, checks_safely, run_check
+from labkit.grading.core import (
+    NONE_RETURNED,
+    Case,
+    CheckResult,
+    Mistake,
+    Returns,
+    checks_safely,
+    run_check,
+)
 
 #: every function of the lab's reference modules trips while the learner's function runs
 POOLS_MODULES = ("labkit.pools.*", "labkit.arena.*", "labkit.paged_kv.*")
@@ -168,7 +176,7 @@ class Raises:
     def __init__(self, error: type):
         self.text = f"raises {error.__name__}"
 
-    def __eq__(self, other: Any) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, str) and (other == self.text or other.startswith(self.text + ":"))
 
     __hash__ = None
@@ -594,5 +602,11 @@ def check_kv_blocks_needed(fn: Callable[[int, int, int, int], int], quiet: bool 
                      forbid=("labkit.paged_kv.kv_blocks_needed", *POOLS_MODULES))
 
 
-__all__ = ["check_first_fit", "check_release", "check_arena_lower_bound", "check_kv_blocks_needed", "Raises",
-           "InputChanged"]
+__all__ = [
+    "InputChanged",
+    "Raises",
+    "check_arena_lower_bound",
+    "check_first_fit",
+    "check_kv_blocks_needed",
+    "check_release",
+]

@@ -29,3 +29,6 @@ from labkit.widgets.distillation import (ResultTable, check_distillation_results
                                          soft_target_examples, soft_targets_at)
 from labkit.widgets.compression import (CompressionTable, check_compression_sweep, compression_figure,  # noqa: F401
                                         compression_panel, compression_state, compression_table)
+from labkit.widgets.pools import (POLICY_COLORS, SERVING_BLOCK_SIZES, SERVING_BUDGETS_GIB,  # noqa: F401
+                                  SERVING_MIXES, SERVING_POLICIES, memory_map_figure, plan_blocks, replay_blocks,
+                                  serving_figure, serving_panel, serving_row, serving_state, serving_sweep)

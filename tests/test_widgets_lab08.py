@@ -194,3 +194,12 @@ def test_panel_redraws_in_one_step_and_reports_its_time(rows):
 def test_panel_names_a_bad_start(rows):
     with pytest.raises(ValueError, match="no precomputed simulation"):
         WP.serving_panel(rows, block_size=32)
+
+
+def test_memory_map_colours_by_block_or_by_size():
+    blocks = [(0, 64, 0, 2), (64, 4096, 1, 3)]
+    by_block = WP.memory_map_figure(blocks).axes[0].collections[0].get_facecolors()
+    by_size = WP.memory_map_figure(blocks, color_by="size").axes[0].collections[0].get_facecolors()
+    assert len(by_block) == len(by_size) == 2 and not np.allclose(by_block, by_size)
+    with pytest.raises(ValueError, match=r"color_by='age'; allowed: \['block', 'size'\]"):
+        WP.memory_map_figure(blocks, color_by="age")

@@ -98,13 +98,17 @@ def replay_blocks(rows: Sequence[dict]) -> list[tuple[int, int, int, int | None]
 
 
 def memory_map_figure(blocks: Iterable, arena_bytes: int | None = None, lower_bound_bytes: int | None = None,
-                      title: str = "", time_label: str = "op step of the training step", ax: Any = None) -> Figure:
-    """Offset (bytes, y) against time (x): a rectangle per block, coloured by its size; the arena's end dashed.
+                      title: str = "", time_label: str = "op step of the training step", ax: Any = None,
+                      color_by: str = "block") -> Figure:
+    """Offset (bytes, y) against time (x): a rectangle per block; the arena's top dashed, the lower bound dotted.
 
     `blocks`: (offset, size, start, end) each — bytes [offset, offset + size) held during steps [start, end);
     end None means still held when the trace ends. `arena_bytes` draws the arena's top (reserved bytes),
     `lower_bound_bytes` the peak of live bytes (no arena can be lower). Draws into `ax` if given.
+    color_by: "block" (each block its own colour) or "size" (a log-size colour scale).
     """
+    if color_by not in ("block", "size"):
+        raise ValueError(f"color_by={color_by!r}; allowed: ['block', 'size']")
     items = [_as_block(b, i) for i, b in enumerate(blocks)]
     if ax is None:
         fig = Figure(figsize=(7.5, 3.6))
@@ -120,10 +124,12 @@ def memory_map_figure(blocks: Iterable, arena_bytes: int | None = None, lower_bo
         x0, x1, y0, y1 = a[:, 2], a[:, 3], a[:, 0] / scale, (a[:, 0] + a[:, 1]) / scale
         verts = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1),
                           np.stack([x0, y1], 1)], axis=1)
-        # colour by size on a log scale: the big activations and the small biases are told apart at a glance
-        sizes = np.log2(a[:, 1])
-        norm = matplotlib.colors.Normalize(vmin=sizes.min(), vmax=max(sizes.max(), sizes.min() + 1))
-        colors = matplotlib.colormaps["viridis"](norm(sizes))
+        if color_by == "size":     # log scale: the big activations and the small biases told apart at a glance
+            sizes = np.log2(a[:, 1])
+            norm = matplotlib.colors.Normalize(vmin=sizes.min(), vmax=max(sizes.max(), sizes.min() + 1))
+            colors = matplotlib.colormaps["viridis"](norm(sizes))
+        else:                      # neighbouring blocks in distinct colours, so each rectangle reads as one block
+            colors = matplotlib.colormaps["tab20"](np.arange(len(a)) % 20)
         ax.add_collection(PolyCollection(verts, facecolors=colors, edgecolors="white", linewidths=0.2))
     if arena_bytes is not None:
         ax.axhline(arena_bytes / scale, color="k", ls="--", lw=1, label=f"arena: {human_bytes(arena_bytes)}")
@@ -131,12 +137,12 @@ def memory_map_figure(blocks: Iterable, arena_bytes: int | None = None, lower_bo
         ax.axhline(lower_bound_bytes / scale, color="#C44E52", ls=":", lw=1.2,
                    label=f"peak of live bytes (lower bound): {human_bytes(lower_bound_bytes)}")
     ax.set_xlim(0, t_end)
-    ax.set_ylim(0, top / scale * 1.04)
+    ax.set_ylim(0, top / scale * 1.18)             # a strip above the arena's top for the legend
     ax.set_xlabel(time_label)
     ax.set_ylabel(f"offset in the arena ({unit})")
-    ax.set_title(title or f"{len(items):,} blocks, colour = size (log scale)", fontsize=10)
+    ax.set_title(title or f"{len(items):,} blocks", fontsize=10)
     if arena_bytes is not None or lower_bound_bytes is not None:
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper right", ncol=2)
     return fig
 
 

@@ -103,6 +103,7 @@ def _check_size(size, name: str = "size") -> int:
 
 
 def _round_up(n: int, multiple: int) -> int:
+    """n rounded up to a multiple of `multiple` (ceiling division, in integers)."""
     return -(-n // multiple) * multiple
 
 

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from labkit import data as data_mod
+from labkit.evaluate import t_quantile
 from labkit.memory import current_rss_mb, peak_rss_mb
 from labkit.model import LanguageModel
 from labkit.train import (
@@ -527,7 +528,7 @@ class _Fanout:
             b.add(window)
 
 
-def forgetting_experiment(seeds: Iterable[int] = (0, 1, 2), replay_sizes: Iterable[int] = (0, 256, 1024),
+def forgetting_experiment(seeds: Iterable[int] = (0, 1, 2, 3, 4), replay_sizes: Iterable[int] = (0, 256, 1024),
                           steps_per_phase: int = 200, replay_per_batch: int = 4, chunk_tokens: int = 4096,
                           shuffle_buffer: int = 1024, n_eval: int = 128, threads: int | None = 1,
                           progress: bool = True) -> list[dict]:
@@ -564,15 +565,25 @@ def forgetting_summary(rows: list[dict]) -> list[dict]:
 
     forgetting = comedy loss of the method − comedy loss of "no shift" (the same seed's control, which kept
     learning comedies for the same steps): what the tragedies cost on comedies. rise = comedy loss − the
-    seed's comedy loss after the comedy phase.
+    seed's comedy loss after the comedy phase. reduction = the plain stream's comedy loss − the method's
+    (paired by seed; seeds_reduced counts the seeds where it is > 0). *_beyond_noise: the mean paired
+    difference is beyond Student's t 95% bound for that many seeds (labkit.evaluate.t_quantile).
     """
     control = {r["seed"]: r for r in rows if r["method"] == "no shift"}
     before = {r["seed"]: r["comedy_loss"] for r in rows if r["phase"] == "after comedies"}
     if not control or not before:
         raise ValueError("rows must hold forgetting_experiment's 'after comedies' and 'no shift' rows")
 
+    plain = {r["seed"]: r for r in rows if r["method"] == "stream" and r["phase"] == "after tragedies"}
+
     def sd(a: np.ndarray) -> float:
         return round(float(a.std(ddof=1)), 4) if len(a) > 1 else float("nan")
+
+    def beyond_noise(a: np.ndarray) -> bool:
+        """The mean of paired differences is more than Student's t (95%, two-sided) standard errors from 0."""
+        if len(a) < 2 or not a.std(ddof=1) > 0:
+            return bool(len(a) >= 2 and a.mean() != 0)
+        return bool(abs(a.mean()) > t_quantile(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
 
     out = []
     for method in dict.fromkeys(r["method"] for r in rows if r["phase"] != "after comedies"):
@@ -581,11 +592,18 @@ def forgetting_summary(rows: list[dict]) -> list[dict]:
         tragedy = np.array([r["tragedy_loss"] for r in mine])
         forgetting = np.array([r["comedy_loss"] - control[r["seed"]]["comedy_loss"] for r in mine])
         rise = np.array([r["comedy_loss"] - before[r["seed"]] for r in mine])
+        # paired by seed: how much lower the comedy loss is than the plain stream's (what replay bought)
+        reduction = np.array([plain[r["seed"]]["comedy_loss"] - r["comedy_loss"] for r in mine
+                              if r["seed"] in plain])
         out.append({"method": method, "replay_bytes": mine[0]["replay_bytes"], "seeds": len(mine),
                     "comedy_loss": round(float(comedy.mean()), 4), "comedy_loss_sd": sd(comedy),
                     "tragedy_loss": round(float(tragedy.mean()), 4), "tragedy_loss_sd": sd(tragedy),
                     "forgetting": round(float(forgetting.mean()), 4), "forgetting_sd": sd(forgetting),
-                    "rise": round(float(rise.mean()), 4), "rise_sd": sd(rise)})
+                    "forgetting_beyond_noise": beyond_noise(forgetting),
+                    "rise": round(float(rise.mean()), 4), "rise_sd": sd(rise),
+                    "reduction": round(float(reduction.mean()), 4) if len(reduction) else float("nan"),
+                    "reduction_sd": sd(reduction), "seeds_reduced": int((reduction > 0).sum()),
+                    "reduction_beyond_noise": beyond_noise(reduction)})
     return out
 
 

@@ -228,6 +228,14 @@ def test_forgetting_summary_arithmetic():
     assert summary["stream"]["rise"] == pytest.approx(0.1)
     assert summary["stream + replay 4"]["forgetting"] == pytest.approx(0.075)
     assert summary["stream + replay 4"]["replay_bytes"] == 260
+    assert summary["stream + replay 4"]["reduction"] == pytest.approx(0.175)        # (0.15 + 0.2) / 2, paired
+    assert summary["stream + replay 4"]["seeds_reduced"] == 2 and summary["stream"]["seeds_reduced"] == 0
+    # two seeds: Student's t bound is 12.7 standard errors, so 0.25 ± 0.05 (SE) is not beyond the noise
+    assert summary["stream"]["forgetting_beyond_noise"] is False
+    many = [dict(r, seed=r["seed"] + 10 * k) for k in range(5) for r in rows]   # the same pairs, ten seeds
+    for r in many:
+        r["comedy_loss"] += 0.001 * (r["seed"] // 10) * (r["method"] == "stream")  # not all identical
+    assert {r["method"]: r for r in stream.forgetting_summary(many)}["stream"]["forgetting_beyond_noise"] is True
     with pytest.raises(ValueError, match="no shift"):
         stream.forgetting_summary(rows[4:])
 

@@ -29,10 +29,10 @@ from labkit.train import make_config
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 
 
-def tiny_cfg(**overrides):
-    """A seconds-long config on the synthetic corpus (block 16, batch 4)."""
+def tiny_cfg(corpus, **overrides):
+    """A seconds-long config on the test session's synthetic corpus folder (block 16, batch 4)."""
     values = dict(batch_size=4, block_size=16, max_iters=1000, lr=3e-3, warmup_iters=2, eval_iters=1,
-                  eval_interval=0, seed=0, threads=1, progress=False, corpus="synthetic",
+                  eval_interval=0, seed=0, threads=1, progress=False, corpus=str(corpus.path),
                   model_args=dict(n_layer=1, n_head=2, n_embd=16))
     return make_config("gpt", "tiny", **{**values, **overrides})
 
@@ -129,7 +129,7 @@ def test_shuffle_windows_is_a_permutation_held_in_a_bounded_buffer(n, buffer_win
 
 
 def test_stream_train_sees_each_window_once_and_stops_with_the_stream(corpus):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(corpus)
     tokens = np.asarray(corpus.train[:5000])
     consumed = []
 
@@ -152,7 +152,7 @@ def test_stream_train_sees_each_window_once_and_stops_with_the_stream(corpus):
 
 
 def test_stream_train_caps_steps_and_mixes_replay(corpus):
-    cfg = tiny_cfg(max_iters=30)
+    cfg = tiny_cfg(corpus, max_iters=30)
     buffer = ReplayBuffer(16, cfg.block_size, seed=0)
     chunks = (np.asarray(corpus.train[i:i + 1000]) for i in range(0, 100_000, 1000))
     model, result = stream_train(cfg, chunks, replay=buffer, replay_per_batch=1, log=quiet)
@@ -164,7 +164,7 @@ def test_stream_train_caps_steps_and_mixes_replay(corpus):
 
 
 def test_stream_train_is_deterministic(corpus):
-    cfg = tiny_cfg(max_iters=8)
+    cfg = tiny_cfg(corpus, max_iters=8)
     runs = []
     for _ in range(2):
         chunks = (np.asarray(corpus.train[i:i + 500]) for i in range(0, 20_000, 500))
@@ -175,7 +175,7 @@ def test_stream_train_is_deterministic(corpus):
 
 
 def test_stream_train_bad_input(corpus):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(corpus)
     model = build_model("gpt", vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
     chunks = [np.zeros(100, dtype=np.uint8)]
     with pytest.raises(TypeError, match="model_or_cfg"):

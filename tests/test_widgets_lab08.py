@@ -12,7 +12,7 @@ from labkit.model import GPT, GPTConfig
 from labkit.widgets import pools as WP
 from labkit.widgets.core import GiB, figure_png
 
-SMALL = dict(mixes=("chat", "long"), block_sizes=(16, 64), budgets_gib=(4, 8), n_requests=60, seed=3)
+SMALL = dict(mixes=("chat", "long"), block_sizes=(16, 64), budgets_gib=(8, 16), n_requests=60, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +122,12 @@ def test_state_looks_up_each_policy_and_its_numbers_are_simulate_servings(rows):
 
 
 def test_state_text_is_written_from_its_numbers(rows):
-    s = WP.serving_state("long", 64, "paged+sharing", 4, rows=rows, n_requests=60, seed=3)
+    s = WP.serving_state("long", 64, "paged+sharing", 16, rows=rows, n_requests=60, seed=3)
     text = s["text"]
     for p, row in s["rows"].items():
         assert f"waste {100 * row['waste_fraction']:5.1f}%" in text
         assert f"{s['concurrency'][p]:5.1f} sequences at once (max {row['max_concurrent_sequences']})" in text
-    assert "blocks of 64 tokens" in text and "4.00 GiB of KV cache" in text and "← shown" in text
+    assert "blocks of 64 tokens" in text and "16.00 GiB of KV cache" in text and "← shown" in text
     assert f"runs {s['paged_vs_contiguous']:.1f}× the sequences of contiguous" in text
     ratio = s["concurrency"]["paged+sharing"] / s["concurrency"]["contiguous"]
     assert s["paged_vs_contiguous"] == pytest.approx(ratio)
@@ -180,7 +180,7 @@ def test_panel_redraws_in_one_step_and_reports_its_time(rows):
     changes = []
     panel.output.observe(lambda change: changes.append(change), "outputs")
     times = []
-    for key, value in (("policy", "contiguous"), ("block_size", 64), ("mix", "long"), ("budget_gib", 4)):
+    for key, value in (("policy", "contiguous"), ("block_size", 64), ("mix", "long"), ("budget_gib", 16)):
         panel.controls[key].value = value
         times.append(panel.render_ms)
         assert panel.state[key] == value

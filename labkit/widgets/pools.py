@@ -38,7 +38,7 @@ from labkit.widgets.core import (
 SERVING_MIXES = paged_kv.MIXES
 SERVING_POLICIES = paged_kv.POLICIES
 SERVING_BLOCK_SIZES = (8, 16, 32, 64, 128)          # tokens per KV block (vLLM's default is 16)
-SERVING_BUDGETS_GIB = (4, 8, 16)                    # KV memory of the server, GiB
+SERVING_BUDGETS_GIB = (8, 16, 32)                   # KV memory of the server, GiB
 SERVING_REQUESTS = 200
 SERVING_SEED = 0
 TIMELINE_POINTS = 300                               # a timeline is kept as this many bin means (for drawing)

@@ -483,7 +483,8 @@ def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: 
     first come first served while their admission memory fits (contiguous: max_context slots per sample;
     paged: the prompt's blocks, keeping `watermark` of the blocks free, vLLM's default 1%); the step is
     recorded; requests whose samples have all output_len tokens finish and free their memory. A request
-    that could never fit the whole budget is rejected. Give the budget as budget_bytes or budget_tokens.
+    that could never run is rejected: it needs more than the whole budget at its end, or its admission memory
+    is above the budget less the watermark. Give the budget as budget_bytes or budget_tokens.
     Stretches of steps where only growth happens are computed at once (fast_forward=False: one step at a
     time, the same timeline, slower: the tests compare the two).
     Returns the per-step timeline (reserved and used bytes, running sequences and requests, waiting
@@ -525,7 +526,9 @@ def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: 
     generated = np.zeros(len(order), dtype=int)
     final, _ = request_blocks(policy, prompt, output, samples, block_size, max_context)
     start, start_filled = request_blocks(policy, prompt, np.zeros_like(prompt), samples, block_size, max_context)
-    never = final > capacity                       # could not run even alone
+    # could not run even alone: its final memory exceeds the budget, or its prompt alone is above what admission
+    # allows (the budget less the watermark) — it would wait forever
+    never = (final > capacity) | (start > admit_limit)
     rejected_before = np.concatenate([[0], np.cumsum(never)])   # rejected among the first k arrivals
     waiting = [i for i in range(len(order)) if not never[i]]   # request positions, in arrival order
     running = np.zeros(0, dtype=int)

@@ -360,6 +360,17 @@ def test_a_request_that_can_never_fit_is_rejected():
     assert result["rejected_requests"] == 1 and result["finished_requests"] == 1
 
 
+
+def test_a_request_whose_prompt_is_above_the_admission_limit_is_rejected_not_waited_for():
+    """4 samples of a 2,047-token prompt fill 8,192 slots exactly: within the budget at its end, but admission keeps
+    the 1% watermark free, so it could never be admitted (the simulation used to wait for it forever)."""
+    trace = [Request(0, 0, 2047, 1, 4), Request(1, 0, 100, 50, 1)]
+    for policy in ("paged", "paged+sharing"):
+        result = simulate_serving(trace, policy, budget_tokens=8192, block_size=8)
+        expected_rejected = 1 if policy == "paged" else 0   # sharing stores the prompt once: it fits
+        assert result["rejected_requests"] == expected_rejected
+        assert result["finished_requests"] == 2 - expected_rejected
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(policy="buddy", budget_tokens=10), "policy"),
     (dict(policy="paged"), "exactly one of budget_bytes and budget_tokens"),

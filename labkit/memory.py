@@ -408,7 +408,21 @@ def largest_batch_that_fits(config: GPTConfig, seq_len: int, budget_bytes: float
 # ---------------------------------------------------------------------------------------------
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (never goes down)."""
+    """Peak resident set size of this process so far, in MiB (never goes down, never below the current RSS).
+
+    Linux: VmHWM ("high water mark") of /proc/self/status. Not getrusage's ru_maxrss there: Linux carries
+    it across exec, so a program started by a big parent (a notebook kernel, pytest) reports the parent's
+    RSS at the fork as its own peak, while VmHWM belongs to the new program's memory only. Elsewhere
+    (macOS) ru_maxrss. The kernel updates either counter lazily, so it can trail the current RSS by a few
+    hundred KiB: the larger of the two is returned.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):             # "VmHWM:   123456 kB"
+                    return max(int(line.split()[1]) / 1024, current_rss_mb())
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS reports bytes
     return peak / MiB if sys.platform == "darwin" else peak / 1024

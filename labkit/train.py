@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -234,14 +234,28 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
           log=print, desc: str | None = None,
           after_step: Callable[[LanguageModel], None] | None = None,
           loss_fn: Callable[[LanguageModel, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+          batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+          optimizer: torch.optim.Optimizer | None = None, first_step: int = 0,
           ) -> tuple[LanguageModel, dict]:
     """Train `model` (built from cfg if None) on the corpus; returns the model and a result dict.
 
     `desc` labels the progress bar (default "train <model kind>"). `after_step(model)` runs after every
     optimizer step (e.g. re-applying pruning masks, so pruned weights stay exactly zero). `loss_fn(model, x, y,
     it)` replaces the model's own cross-entropy as the training loss of step `it` (e.g. distillation from a
-    teacher); evaluation still reports cross-entropy on the labels."""
+    teacher); evaluation still reports cross-entropy on the labels.
+
+    `batches` replaces the default training_batches(cfg, corpus) with any iterable of (x, y) token batches (a
+    stream, say): the loop stops after cfg.max_iters steps or when it runs out, and result["iters"] and
+    result["tokens"] count the steps and tokens that really ran. Given `batches` and no `corpus`, nothing is
+    evaluated (train_loss and val_loss are None). `optimizer` continues an earlier run's optimizer (AdamW state
+    carried across phases) and `first_step` its learning-rate schedule: step `it` uses lr_at(first_step + it, cfg).
+    """
     check_train_config(cfg)  # again: a config may have been edited after it was made
+    if isinstance(first_step, bool) or not isinstance(first_step, numbers.Integral) or first_step < 0:
+        raise ValueError(f"first_step must be an integer >= 0 (steps already trained), got {first_step!r}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (e.g. from make_optimizer), "
+                        f"got {type(optimizer).__name__}")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     # Tiny floats (below ~1e-38, "denormals") take a slow path in x86 arithmetic; Adam's second moments
@@ -251,12 +265,14 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
     keep_freed_memory_in_process()
     log(f"seed {cfg.seed}")
     torch.manual_seed(cfg.seed)
-    corpus = corpus or data_mod.load_corpus(cfg.corpus)
+    evaluate = corpus is not None or batches is None   # given batches and no corpus: nothing to evaluate on
+    if corpus is None and (batches is None or model is None):
+        corpus = data_mod.load_corpus(cfg.corpus)
     model = model or build_for_corpus(cfg, corpus)
     if cfg.block_size > model.block_size:
         raise ValueError(f"block_size={cfg.block_size} is larger than the model's block_size={model.block_size}")
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)     # evaluation batches, independent of training
-    opt = make_optimizer(model, cfg)
+    opt = optimizer if optimizer is not None else make_optimizer(model, cfg)
     history = []
     model.train()
 
@@ -265,16 +281,22 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
     t_start = time.perf_counter()
     train_time = 0.0
     loss = torch.tensor(float("nan"))
-    batches = training_batches(cfg, corpus)
+    batch_iter = iter(training_batches(cfg, corpus) if batches is None else batches)
+    steps = tokens = 0
     for it in bar:
-        if cfg.eval_interval and it % cfg.eval_interval == 0 and it > 0:
+        t0 = time.perf_counter()
+        try:
+            x, y = next(batch_iter)
+        except StopIteration:   # the batches ran out before cfg.max_iters steps
+            break
+        train_time += time.perf_counter() - t0
+        if evaluate and cfg.eval_interval and it % cfg.eval_interval == 0 and it > 0:
             losses = estimate_loss(model, corpus, cfg, eval_gen)
             history.append({"iter": it, **losses})
             bar.set_postfix(val=f"{losses['val']:.3f}")
         t0 = time.perf_counter()
         for group in opt.param_groups:
-            group["lr"] = lr_at(it, cfg)
-        x, y = next(batches)
+            group["lr"] = lr_at(first_step + it, cfg)
         loss = model(x, y)[1] if loss_fn is None else loss_fn(model, x, y, it)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -284,15 +306,21 @@ def train(cfg: TrainConfig, model: LanguageModel | None = None, corpus: data_mod
         if after_step is not None:
             after_step(model)
         train_time += time.perf_counter() - t0
-    final = estimate_loss(model, corpus, cfg, eval_gen)
-    history.append({"iter": cfg.max_iters, **final})
-    tokens = cfg.max_iters * cfg.batch_size * cfg.block_size
+        steps += 1
+        tokens += x.numel()
+    bar.close()
+    final = {"train": None, "val": None}
+    if evaluate:
+        final = estimate_loss(model, corpus, cfg, eval_gen)
+        history.append({"iter": steps, **final})
     result = {
-        "model": cfg.model, "params": model.num_params(), "iters": cfg.max_iters, "seed": cfg.seed,
-        "train_loss": round(final["train"], 4), "val_loss": round(final["val"], 4),
+        "model": cfg.model, "params": model.num_params(), "iters": steps, "tokens": tokens, "seed": cfg.seed,
+        "train_loss": None if final["train"] is None else round(final["train"], 4),
+        "val_loss": None if final["val"] is None else round(final["val"], 4),
         "last_batch_loss": round(loss.item(), 4),
         "tokens_per_s": round(tokens / train_time, 1) if train_time else None,
-        "ms_per_iter": round(1000 * train_time / cfg.max_iters, 2) if cfg.max_iters else None,
+        "ms_per_iter": round(1000 * train_time / steps, 2) if steps else None,
+        "train_s": round(train_time, 3),
         "wall_s": round(time.perf_counter() - t_start, 2), "threads": torch.get_num_threads(),
         "peak_rss_mb": round(peak_rss_mb(), 1), "history": history,
     }

@@ -1,4 +1,5 @@
 """Tests for labkit.memory: every formula against the thing it predicts."""
+import json
 import math
 
 import pytest
@@ -342,6 +343,27 @@ def test_rss_grows_with_a_touched_allocation():
     assert after - before > 32
     assert peak_rss_mb() >= after * 0.95
     del big
+
+
+def test_a_child_of_a_big_parent_reports_its_own_peak_rss():
+    """peak_rss_mb in a fresh process started while this one holds 512 MiB: the child's peak, not ours.
+
+    getrusage's ru_maxrss would report at least our RSS (Linux carries it across exec); VmHWM does not."""
+    import subprocess
+    import sys
+
+    big = torch.ones(128 * 2 ** 20)               # 512 MiB, every page written
+    parent_rss = current_rss_mb()
+    child = ("import json, resource, sys; from labkit.memory import current_rss_mb, peak_rss_mb; "
+             "to_mib = 1024 ** 2 if sys.platform == 'darwin' else 1024; "
+             "print(json.dumps([peak_rss_mb(), current_rss_mb(), "
+             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / to_mib]))")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=True)
+    child_peak, child_now, child_ru_maxrss = json.loads(out.stdout.strip().splitlines()[-1])
+    del big
+    assert child_now <= child_peak < parent_rss - 256, (child_peak, parent_rss)
+    if sys.platform.startswith("linux"):  # the inheritance the function avoids, seen by the child
+        assert child_ru_maxrss > parent_rss - 256, (child_ru_maxrss, parent_rss)
 
 
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])

@@ -2,6 +2,7 @@
 the forgetting table's arithmetic, bad input, and fresh-process RSS measurements (sane numbers, no timing)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 
@@ -24,7 +25,7 @@ from labkit.stream import (
     stream_train,
     stream_windows,
 )
-from labkit.train import make_config
+from labkit.train import make_config, make_optimizer, train
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 
@@ -149,6 +150,30 @@ def test_stream_train_sees_each_window_once_and_stops_with_the_stream(corpus):
     assert consumed == list(range(0, len(tokens), 700))          # the stream was read once, to its end
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert result["peak_rss_mb"] >= result["rss_after_mb"] > 0
+
+
+def test_stream_train_is_labkit_train_fed_the_streams_batches(corpus):
+    """One training loop: stream_train == labkit.train.train on the same batches, bit for bit, across two phases
+    that carry the optimizer and the schedule (first_step)."""
+    cfg = tiny_cfg(corpus, max_iters=7, warmup_iters=4)
+    tokens = np.asarray(corpus.train[:3000])
+    windows = list(stream_windows([tokens[:1500], tokens[1500:]], cfg.block_size))
+    batches = [torch.from_numpy(np.stack(windows[i:i + cfg.batch_size]).astype(np.int64))
+               for i in range(0, len(windows) - cfg.batch_size + 1, cfg.batch_size)]
+    batches = [(xy[:, :-1], xy[:, 1:]) for xy in batches]
+    torch.manual_seed(0)
+    start = build_model("gpt", vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    by_stream, by_train = copy.deepcopy(start), copy.deepcopy(start)
+    opt_s, opt_t = make_optimizer(by_stream, cfg), make_optimizer(by_train, cfg)
+    by_stream, r1 = stream_train(by_stream, [tokens[:1500], tokens[1500:]], cfg, optimizer=opt_s, log=quiet)
+    by_stream, r2 = stream_train(by_stream, [tokens[:1500], tokens[1500:]], cfg, optimizer=opt_s, first_step=7,
+                                 log=quiet)
+    by_train, t1 = train(cfg, model=by_train, batches=batches, optimizer=opt_t, log=quiet)
+    by_train, t2 = train(cfg, model=by_train, batches=batches, optimizer=opt_t, first_step=7, log=quiet)
+    assert r1["steps"] == t1["iters"] == 7 and r2["steps"] == t2["iters"] == 7
+    assert (r1["last_batch_loss"], r2["last_batch_loss"]) == (t1["last_batch_loss"], t2["last_batch_loss"])
+    assert all(torch.equal(a, b) for a, b in zip(by_stream.state_dict().values(), by_train.state_dict().values(),
+                                                 strict=True))
 
 
 def test_stream_train_caps_steps_and_mixes_replay(corpus):

@@ -1,6 +1,7 @@
 """labkit.train: schedule, configs, optimizer groups, the loop, the CLI and checkpoints."""
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import json
@@ -461,3 +462,90 @@ def test_training_batches_are_the_batches_train_sees(corpus):
     expected = list(training_batches(cfg, corpus))
     assert len(expected) == len(seen) == 4
     assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(seen, expected))
+
+
+# ----------------------------------------------------------------------------- batches=, optimizer=, first_step=
+
+def weights(model) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in model.state_dict().values()]
+
+
+def test_given_batches_train_exactly_like_the_default_ones(corpus):
+    """batches=training_batches(cfg, corpus) is what train() draws itself: the same weights and losses."""
+    cfg = make_config("gpt", "tiny", max_iters=6, progress=False)
+    torch.manual_seed(0)
+    m1, r1 = train(cfg, corpus=corpus, log=quiet)
+    torch.manual_seed(0)
+    m2, r2 = train(cfg, corpus=corpus, log=quiet, batches=training_batches(cfg, corpus))
+    assert all(torch.equal(a, b) for a, b in zip(weights(m1), weights(m2), strict=True))
+    assert r1["val_loss"] == r2["val_loss"] and r1["iters"] == r2["iters"] == 6
+    assert r1["tokens"] == r2["tokens"] == 6 * cfg.batch_size * cfg.block_size
+
+
+def test_train_stops_when_the_batches_run_out_and_counts_the_steps_that_ran(corpus):
+    cfg = make_config("gpt", "tiny", max_iters=10, eval_interval=2, progress=False)
+    steps = []
+    three = list(training_batches(cfg, corpus))[:3]
+    model, result = train(cfg, corpus=corpus, log=quiet, batches=iter(three), after_step=lambda m: steps.append(1))
+    assert result["iters"] == 3 and len(steps) == 3
+    assert result["tokens"] == 3 * cfg.batch_size * cfg.block_size
+    assert [h["iter"] for h in result["history"]] == [2, 3]       # evaluated at step 2, then once at the end
+    # a batch of another shape counts its own tokens
+    odd = [(x[:2], y[:2]) for x, y in three[:2]]
+    _, result = train(cfg, corpus=corpus, log=quiet, batches=odd)
+    assert result["iters"] == 2 and result["tokens"] == 2 * 2 * cfg.block_size
+
+
+def test_two_phases_with_the_optimizer_and_first_step_equal_one_run(corpus):
+    """optimizer= carries AdamW's moments and first_step= the schedule: 4 + 6 steps == 10 steps, bit for bit."""
+    cfg = make_config("gpt", "tiny", max_iters=10, warmup_iters=3, progress=False)
+    batches = list(training_batches(cfg, corpus))
+    torch.manual_seed(0)
+    start = build_model("gpt", vocab_size=corpus.vocab_size, block_size=cfg.block_size, **cfg.model_args)
+    one = copy.deepcopy(start)
+    one, r_one = train(cfg, model=one, corpus=corpus, log=quiet, batches=batches)
+    two = copy.deepcopy(start)
+    opt = make_optimizer(two, cfg)
+    lrs = []
+
+    def record_lr(model):
+        lrs.append(opt.param_groups[0]["lr"])
+
+    two, r1 = train(cfg, model=two, corpus=corpus, log=quiet, batches=batches[:4], optimizer=opt,
+                    after_step=record_lr)
+    two, r2 = train(cfg, model=two, corpus=corpus, log=quiet, batches=batches[4:], optimizer=opt, first_step=4,
+                    after_step=record_lr)
+    assert (r1["iters"], r2["iters"], r_one["iters"]) == (4, 6, 10)
+    assert lrs == [lr_at(it, cfg) for it in range(10)]                # the schedule went on, not back to warmup
+    assert all(torch.equal(a, b) for a, b in zip(weights(one), weights(two), strict=True))
+    # without the optimizer and first_step the second phase restarts AdamW and the warmup: other weights
+    three = copy.deepcopy(start)
+    three, _ = train(cfg, model=three, corpus=corpus, log=quiet, batches=batches[:4])
+    three, _ = train(cfg, model=three, corpus=corpus, log=quiet, batches=batches[4:])
+    assert any(not torch.equal(a, b) for a, b in zip(weights(one), weights(three), strict=True))
+
+
+def test_batches_without_a_corpus_evaluate_nothing_and_load_no_corpus(corpus, monkeypatch):
+    cfg = make_config("gpt", "tiny", max_iters=3, progress=False)
+    batches = list(training_batches(cfg, corpus))
+    model = build_model("gpt", vocab_size=corpus.vocab_size, block_size=cfg.block_size, **cfg.model_args)
+
+    def no_corpus(*a, **k):
+        raise AssertionError("train() loaded a corpus it was not asked to evaluate on")
+
+    monkeypatch.setattr(train_mod.data_mod, "load_corpus", no_corpus)
+    _, result = train(cfg, model=model, log=quiet, batches=batches)
+    assert result["iters"] == 3 and result["val_loss"] is None and result["train_loss"] is None
+    assert result["history"] == [] and math.isfinite(result["last_batch_loss"])
+
+
+@pytest.mark.parametrize("kwargs, error, needle", [
+    (dict(first_step=-1), ValueError, "first_step must be an integer >= 0"),
+    (dict(first_step=1.5), ValueError, "first_step must be an integer >= 0"),
+    (dict(first_step=True), ValueError, "first_step must be an integer >= 0"),
+    (dict(optimizer="adamw"), TypeError, "optimizer must be a torch.optim.Optimizer"),
+])
+def test_bad_first_step_or_optimizer_is_refused_naming_it(corpus, kwargs, error, needle):
+    cfg = make_config("gpt", "tiny", max_iters=2, progress=False)
+    with pytest.raises(error, match=needle):
+        train(cfg, corpus=corpus, log=quiet, **kwargs)

@@ -490,3 +490,18 @@ def test_graded_cells_fail_wrong_answers_with_the_hint():
     with pytest.raises(AssertionError, match="once PER SEQUENCE"):
         grade("kv_blocks_needed", notebook_function(
             "def kv_blocks_needed(p, o, b, n):\n    return n * -(-(p + o) // b)\n", "kv_blocks_needed"))
+
+
+def test_a_learner_may_raise_labkit_pools_out_of_memory_without_tripping_the_check():
+    from labkit import grading
+    from labkit.pools import OutOfMemory
+
+    def first_fit(free_blocks, size):
+        for i, (offset, hole) in enumerate(free_blocks):
+            if hole >= size:
+                rest = [(offset + size, hole - size)] if hole > size else []
+                return offset, free_blocks[:i] + rest + free_blocks[i + 1:]
+        raise OutOfMemory(f"no hole of {size} bytes")
+
+    result = grading.check_first_fit(first_fit, quiet=True)
+    assert result.status == grading.PASS, result.message

@@ -536,6 +536,9 @@ def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: 
     timeline = {"step": [], "reserved_bytes": [], "used_bytes": [], "running_sequences": [],
                 "running_requests": [], "waiting_requests": []}
     preemptions, n_finished, step = 0, 0, 0
+    # every recorded step either adds a token to the oldest running request (never preempted: it fits alone) or
+    # starts from an empty cache, so the simulation ends within this many steps; more would be a bug, not a wait
+    max_steps = int(output[~never].sum()) + len(order)
 
     def record(steps, reserved_slots, used_slots) -> None:
         arrived = np.searchsorted(arrival, steps, side="right")
@@ -546,6 +549,10 @@ def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: 
             timeline[key].extend(np.asarray(column, dtype=np.int64).tolist())
 
     while waiting or len(running):
+        if len(timeline["step"]) > max_steps:
+            raise RuntimeError(f"simulate_serving made no progress: {len(timeline['step'])} steps recorded, more than "
+                               f"the {max_steps} this trace can take ({len(waiting)} requests waiting, "
+                               f"{len(running)} running)")
         if not len(running) and arrival[waiting[0]] > step:
             step = int(arrival[waiting[0]])        # idle until the next request arrives
         # fast-forward the steps in which nothing but growth happens (no finish, admission or preemption):

@@ -1,5 +1,7 @@
 """labkit.paged_kv: the block count rule, the paged cache, generation through it, and the serving simulator."""
+import contextlib
 import math
+import signal
 import time
 
 import numpy as np
@@ -418,3 +420,58 @@ def test_simulation_does_not_depend_on_the_order_of_the_trace_list():
 def test_paged_generate_with_no_new_tokens_returns_the_prompt_per_sequence(baby_gpt):
     prompt = prompt_of(baby_gpt, 7)
     assert torch.equal(paged_generate(baby_gpt, prompt, 3, 0), baby_gpt.generate(prompt.repeat(3, 1), 0))
+
+
+# ---- every simulation ends: a grid of settings, each within a time limit and a step bound ------------------
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int):
+    """Fail (instead of hanging the suite) when the block takes longer than `seconds` of wall time."""
+    def expired(signum, frame):
+        raise TimeoutError(f"did not finish within {seconds} s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("mix", MIXES)
+@pytest.mark.parametrize("budget_gib", [1, 4, 16])
+def test_every_simulation_finishes_in_bounded_steps_and_keeps_the_invariants(mix, budget_gib):
+    """The 'long' trace at 4 GiB with 16- or 8-token blocks used to never return (a request whose prompt was above
+    the admission limit waited forever). Each run of the grid now ends, within Σ output_len + n_requests steps:
+    every step adds a token to the oldest running request, which is never preempted, or starts from an empty cache."""
+    trace = request_trace(200, seed=0, mix=mix)
+    per_token = LLAMA2_7B_KV_BYTES_PER_TOKEN
+    budget_bytes = budget_gib * 2**30
+    for policy in POLICIES:
+        for block_size in (1, 8, 16, 32):
+            if policy == "contiguous" and block_size != 16:
+                continue                       # contiguous reserves max_context per sample: no blocks
+            with _time_limit(60):
+                result = simulate_serving(trace, policy, budget_bytes=budget_bytes, block_size=block_size)
+                if budget_gib == 4 and block_size in (8, 16) and policy != "contiguous":   # the reported settings
+                    assert simulate_serving(trace, policy, budget_bytes=budget_bytes, block_size=block_size,
+                                            fast_forward=False) == result
+            setting = (mix, budget_gib, policy, block_size)
+            line = result["timeline"]
+            capacity = result["budget_tokens"] * per_token
+            assert result["finished_requests"] + result["rejected_requests"] == len(trace), setting
+            assert result["n_steps"] <= sum(r.output_len for r in trace) + len(trace), setting
+            assert line["step"] == sorted(set(line["step"])), setting
+            assert all(u <= r <= capacity for u, r in zip(line["used_bytes"], line["reserved_bytes"])), setting
+            assert all(n > 0 for n in line["running_sequences"]), setting
+            if policy != "contiguous":
+                assert all(r % (block_size * per_token) == 0 for r in line["reserved_bytes"]), setting
+            # only a request that could never run alone is rejected: above the budget at its end, or above the
+            # admission limit (the budget less the 1% watermark) at its start
+            prompt, output, samples = (np.array([getattr(r, k) for r in trace])
+                                       for k in ("prompt_len", "output_len", "n_samples"))
+            final, _ = request_blocks(policy, prompt, output, samples, block_size, 2048)
+            start, _ = request_blocks(policy, prompt, 0 * output, samples, block_size, 2048)
+            too_big = int(((final > result["budget_tokens"]) | (start > 0.99 * result["budget_tokens"])).sum())
+            assert result["rejected_requests"] <= too_big, setting

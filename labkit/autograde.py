@@ -17,12 +17,25 @@ expected vs got, the hint), which is what nbgrader shows as feedback.
 
 What it guards against: rebinding checks, torch or labkit functions in the notebook; calling (or
 handing in) the reference implementation — however it is reached: every function of the modules a check
-names ('labkit.prune.*') and of labkit.grading.checks trips while the learner's function runs; a table of
-the public examples' answers; copying the expected value from the check's frames; printing a verdict
-(the nonce is unknown to the learner's process, and more than one answer line fails the grade).
-What it does not: code that runs in the notebook's kernel *before* the graded cell can still replace
-what `grade` itself relies on (subprocess, cloudpickle, the import system) — only grading outside the
-student's kernel closes that; and when grading runs as root, the learner's process may read the
+names ('labkit.prune.*') and of labkit.grading.checks* trips while the learner's function runs; starting
+another process or thread, or calling C code through ctypes, from inside it; an answer that computes itself
+later (a dict subclass's items(), an object's __repr__, a tensor subclass's __torch_function__): what the
+function returned is turned into plain data while the guard is still on; switching the profile hook off
+(the real switches live only in a closure, calling one trips, and the hook must still be in place when the
+function returns); swapping labkit.grading.core's functions (run_learner keeps its own and fails the check
+if the module's names changed, also when they were changed while the function was unpickled); a table of
+the public examples' answers; copying the expected value from the check's frames; printing a verdict (the
+nonce is unknown to the learner's process, and more than one answer line fails the grade).
+What it does not: the learner's process is Python, and code there can edit any object in it. A function
+that switches the hook off and back on from C (e.g. through map), edits the guard's closure cells, patches
+torch's or Python's own classes that the grader uses after the call (torch.save, Tensor methods), builds a
+ctypes function pointer while it is unpickled, or runs a copy of labkit's source (exec of its text, which is
+pasting the source) is not caught in that process. What still holds then is the hidden examples (drawn
+from a seed the learner's process never sees) plus the comparison, made in the grader's own process on
+the decoded answer: a passing function gave the right answers to inputs nobody saw before, though whether
+it computed them with labkit's code is no longer guaranteed. Also: code that runs in the notebook's kernel *before* the graded cell can still
+replace what `grade` itself relies on (subprocess, cloudpickle, the import system) — only grading outside
+the student's kernel closes that; and when grading runs as root, the learner's process may read the
 grader's memory through /proc (prctl(PR_SET_DUMPABLE, 0) stops that for any other user): grade as an
 ordinary user.
 """
@@ -111,18 +124,21 @@ class LearnerProcess:
             import cloudpickle
 
             from labkit.grading.core import run_learner
+            # bound here, before the learner's bytes are unpickled: a function that rebinds the module's names
+            # (or labkit.grading.core's, which run_learner re-checks at each call) changes nothing
+            encode, write, read, loads = _encode, _write, _read, cloudpickle.loads
             try:
-                fn = cloudpickle.loads(_read(inbox))
-                _write(outbox, _encode("loaded", None))
+                fn = loads(read(inbox))
+                write(outbox, encode("loaded", None))
             except BaseException as e:
-                _write(outbox, _encode("load_failed", f"{type(e).__name__}: {e}"))
+                write(outbox, encode("load_failed", f"{type(e).__name__}: {e}"))
                 os._exit(0)
             while True:
-                message = _read(inbox)
+                message = read(inbox)
                 if message is None:
                     os._exit(0)
-                call, args, kwargs, forbid = cloudpickle.loads(message)
-                _write(outbox, _encode(*run_learner(call, fn, args, kwargs, forbid)))
+                call, args, kwargs, forbid = loads(message)
+                write(outbox, encode(*run_learner(call, fn, args, kwargs, forbid)))
         finally:
             os._exit(0)
 
@@ -208,8 +224,10 @@ def _encode(kind: str, value: Any) -> bytes:
         message = {"kind": kind, "text": None if value is None else str(value)}
     elif value is None or type(value) in (bool, int, float, str):
         message = {"kind": kind, "value": value}
-    elif isinstance(value, torch.Tensor):
-        message = {"kind": kind, "tensor": value.detach().cpu().clone().as_subclass(torch.Tensor)}
+    elif isinstance(value, torch.Tensor):     # a subclass's __torch_function__ must not run here, unguarded
+        with torch._C.DisableTorchFunctionSubclass():
+            tensor = torch.Tensor.as_subclass(value, torch.Tensor).detach().cpu().clone()
+        message = {"kind": kind, "tensor": tensor}
     elif isinstance(value, np.ndarray) and value.dtype != object:
         message = {"kind": kind, "numpy": torch.from_numpy(np.ascontiguousarray(value))}
     elif isinstance(value, np.generic) and not isinstance(value, np.object_):

@@ -191,3 +191,75 @@ def test_running_the_reference_in_another_process_fails_in_the_grader():
               "    return int(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout)\n")
     with pytest.raises(AssertionError, match="your function starts another process"):
         grade("teacher_targets_bytes", notebook_function(source, "teacher_targets_bytes"))
+
+
+# ---- review items 3 and 5: what the learner's function can do in its own process -------------------------------
+
+LATE_TENSOR = '''
+def tensor_bytes(shape, dtype):
+    from labkit import memory
+
+    class Late(torch.Tensor):          # every operation on it computes the reference's answer, after the guard
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            real = torch.tensor(table["ref"](shape, dtype))
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*(real if isinstance(a, Late) else a for a in args), **(kwargs or {}))
+    return torch.tensor(0).as_subclass(Late)
+'''
+
+
+def test_an_answer_computed_after_the_guard_fails_in_the_grader():
+    from labkit import memory
+    fn = notebook_function(LATE_TENSOR, "tensor_bytes", table={"ref": memory.tensor_bytes})
+    with pytest.raises(AssertionError, match="expected 48, got 0"):
+        grade("tensor_bytes", fn)
+
+
+def test_ctypes_fails_in_the_grader():
+    source = ("def tensor_bytes(shape, dtype):\n    import ctypes\n    ctypes.CDLL(None).system(b'true')\n"
+              "    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()\n")
+    with pytest.raises(AssertionError, match="calls C code through ctypes"):
+        grade("tensor_bytes", notebook_function(source, "tensor_bytes"))
+
+
+SWITCH_OFF = '''
+def tensor_bytes(shape, dtype):
+    import sys
+    list(map(sys._getframe(1).f_locals["setprofile"], [None]))    # the guard's own switch, called from C
+    return table["ref"](shape, dtype)
+'''
+
+SWAP_MACHINERY = '''
+def tensor_bytes(shape, dtype):
+    import contextlib, sys
+    core = sys.modules["labkit.grading.core"]
+    core._guarded = lambda f, files, called: f
+    core.tripwires = lambda forbid, fn: contextlib.nullcontext([])
+    if shape == (3, 4) and dtype == torch.float32:    # call 1, answered honestly; later calls delegate
+        return 48
+    return table["ref"](shape, dtype)
+'''
+
+
+@pytest.mark.parametrize("source, words", [(SWITCH_OFF, "the grading guard was switched off"),
+                                           (SWAP_MACHINERY, "core._guarded")], ids=["switch off", "swap core"])
+def test_switching_the_guard_off_fails_in_the_grader(source, words):
+    from labkit import memory
+    with pytest.raises(AssertionError, match=words):
+        grade("tensor_bytes", notebook_function(source, "tensor_bytes", table={"ref": memory.tensor_bytes}))
+
+
+class _PatchesCoreWhenUnpickled:
+    def __reduce__(self):
+        code = ("import contextlib, labkit.grading.core as c\nc._guarded = lambda f, files, called: f\n"
+                "c.tripwires = lambda forbid, fn, n=contextlib.nullcontext: n([])")
+        return (exec, (code,))
+
+
+def test_swapping_the_machinery_at_unpickle_time_fails_in_the_grader():
+    source = "def tensor_bytes(shape, dtype):\n    hook\n    return memory.tensor_bytes(shape, dtype)\n"
+    from labkit import memory
+    fn = notebook_function(source, "tensor_bytes", hook=_PatchesCoreWhenUnpickled(), memory=memory)
+    with pytest.raises(AssertionError, match="core._guarded"):
+        grade("tensor_bytes", fn)

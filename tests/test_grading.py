@@ -1,5 +1,6 @@
 """The self-checks must pass a right answer, fail wrong ones with a useful message, and never crash."""
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -308,6 +309,152 @@ def test_the_guard_cannot_be_switched_off_from_inside():
     assert result.status == grading.FAIL and "sys.setprofile" in result.message, result.message
 
 
+KV_NAMES = {4: "fp32", 2: "fp16", 1: "int8"}
+REFERENCE = {"kv": kv_cache_bytes}    # held in a dict, which the tripwires do not rebind: only the guard sees it
+
+
+def test_an_answer_computed_after_the_guard_is_off_does_not_pass():
+    """An int subclass whose __int__ asks the reference, read only when the check compares (review item 3): what the
+    function returned is turned into plain data while the guard is on, so the reference runs guarded, or not at all."""
+    def late_int(L, kv, hd, T, B, nbytes):
+        class Late(int):
+            def __int__(self):
+                return REFERENCE["kv"](L, kv, hd, T, B, KV_NAMES[nbytes])
+        return Late(0)
+    result = grading.check_kv_cache_bytes(late_int, quiet=True)
+    assert result.status == grading.FAIL and "got 0" in result.message, result.message
+
+    def late_tensor(logits, targets):       # a tensor subclass whose every operation runs the reference
+        import torch.nn.functional as F
+
+        class Late(torch.Tensor):
+            @classmethod
+            def __torch_function__(cls, func, types, args=(), kwargs=None):
+                real = F.cross_entropy(logits, targets)
+                with torch._C.DisableTorchFunctionSubclass():
+                    return func(*(real if isinstance(a, Late) else a for a in args), **(kwargs or {}))
+        return torch.zeros(()).as_subclass(Late)
+    result = grading.check_cross_entropy(late_tensor, quiet=True)
+    assert result.status == grading.FAIL and "got 0" in result.message, result.message
+
+
+def test_a_lazy_container_or_repr_runs_guarded():
+    """Lab 07/08's adapters read a dict's items() and an answer's repr: a subclass computing there is caught."""
+    from labkit import compress, pools
+
+    def lazy_lengths(frequencies):
+        class Lazy(dict):
+            def items(self):
+                return compress.huffman_code_lengths(frequencies).items()
+        return Lazy()
+    result = grading.check_huffman_code_lengths(lazy_lengths, quiet=True)
+    assert result.status == grading.FAIL and "expected 1, got 0" in result.message, result.message
+
+    def lazy_repr(free_blocks, size):
+        class Lazy:
+            def __repr__(self):
+                return repr(pools.first_fit(free_blocks, size))
+        return Lazy()
+    result = grading.check_first_fit(lazy_repr, quiet=True)
+    assert result.status == grading.FAIL and "labkit.pools" in result.message, result.message
+
+
+def test_plain_keeps_right_answers_and_nested_structures():
+    from collections import OrderedDict, namedtuple
+    Hole = namedtuple("Hole", "offset size")
+    got = core._plain((np.int64(0), [Hole(48, 16), (128, 32)]))
+    assert got == (0, [(48, 16), (128, 32)]) and type(got[1][0]) is tuple and type(got[0]) is np.int64
+    assert type(core._plain(OrderedDict(a=1))) is dict and type(core._plain(True)) is bool
+    t = torch.nn.Parameter(torch.ones(2))
+    assert core._plain(t) is t and core._plain(np.float32(1.5)) == 1.5
+
+    class Shouty:
+        def __repr__(self):
+            return "LOUD"
+    stand_in = core._plain(Shouty())
+    assert repr(stand_in) == "LOUD" and type(stand_in).__name__ == "Shouty" and stand_in != "LOUD"
+
+
+def test_no_module_attribute_holds_the_profile_switches():
+    # review item 5A: `core._SETPROFILE(None)` switched the guard off
+    assert not [k for k, v in vars(core).items() if v is sys.setprofile or v is sys.settrace]
+
+
+def test_the_real_switch_found_in_the_guards_frame_trips():
+    def off_by_frame(L, kv, hd, T, B, nbytes):     # the original setprofile, from the guard's own frame
+        sys._getframe(1).f_locals["setprofile"](None)
+        return REFERENCE["kv"](L, kv, hd, T, B, KV_NAMES[nbytes])
+    result = grading.check_kv_cache_bytes(off_by_frame, quiet=True)
+    assert result.status == grading.FAIL and "grading guard was switched off" in result.message, result.message
+
+    def off_from_c(L, kv, hd, T, B, nbytes):       # called from C (map), so the hook sees no call of it
+        list(map(sys._getframe(1).f_locals["setprofile"], [None]))
+        return REFERENCE["kv"](L, kv, hd, T, B, KV_NAMES[nbytes])
+    result = grading.check_kv_cache_bytes(off_from_c, quiet=True)
+    assert result.status == grading.FAIL and "grading guard was switched off" in result.message, result.message
+    assert sys.getprofile() is None
+
+
+def test_ctypes_trips():
+    """Review item 5B: the C library's system() through ctypes started a process the guard did not see."""
+    def through_ctypes(L, kv, hd, T, B, nbytes):
+        import ctypes
+        ctypes.CDLL(None).system(b"true")
+        return 2 * L * kv * hd * T * B * nbytes
+    result = grading.check_kv_cache_bytes(through_ctypes, quiet=True)
+    assert result.status == grading.FAIL and "through ctypes (`ctypes.CDLL" in result.message, result.message
+
+    def through_dlopen(L, kv, hd, T, B, nbytes):
+        import _ctypes
+        _ctypes.dlopen(None)
+        return 2 * L * kv * hd * T * B * nbytes
+    result = grading.check_kv_cache_bytes(through_dlopen, quiet=True)
+    assert result.status == grading.FAIL and "through ctypes (`_ctypes.dlopen`)" in result.message, result.message
+
+
+def test_an_unwatched_thread_trips():
+    import _thread
+    import threading
+
+    def in_a_raw_thread(L, kv, hd, T, B, nbytes):
+        out, done = [], threading.Event()
+        _thread.start_new_thread(lambda: (out.append(REFERENCE["kv"](L, kv, hd, T, B, KV_NAMES[nbytes])),
+                                          done.set()), ())
+        done.wait(10)
+        return out[0]
+    result = grading.check_kv_cache_bytes(in_a_raw_thread, quiet=True)
+    assert result.status == grading.FAIL and "starts another thread" in result.message, result.message
+
+    def hook_removed(L, kv, hd, T, B, nbytes):
+        threading._profile_hook = None
+        out = []
+        t = threading.Thread(target=lambda: out.append(REFERENCE["kv"](L, kv, hd, T, B, KV_NAMES[nbytes])))
+        t.start()
+        t.join()
+        return out[0]
+    result = grading.check_kv_cache_bytes(hook_removed, quiet=True)
+    assert result.status == grading.FAIL and "starts another thread" in result.message, result.message
+
+
+
+def test_swapping_the_grading_machinery_fails():
+    """Review item 5C: call 1 swapped core._guarded and core.tripwires, later calls used the reference freely."""
+    import contextlib
+
+    saved = {name: vars(core)[name] for name in ("_guarded", "tripwires")}
+
+    def swaps_then_delegates(L, kv, hd, T, B, nbytes):
+        core._guarded = lambda f, files, called: f
+        core.tripwires = lambda forbid, fn: contextlib.nullcontext([])
+        return 2 * L * kv * hd * T * B * nbytes if L == 2 else REFERENCE["kv"](L, kv, hd, T, B, KV_NAMES[nbytes])
+    try:
+        result = grading.check_kv_cache_bytes(swaps_then_delegates, quiet=True)
+    finally:
+        vars(core).update(saved)
+    assert result.status == grading.FAIL and "core._guarded" in result.message, result.message
+    assert grading.check_kv_cache_bytes(RIGHT[grading.check_kv_cache_bytes], quiet=True)
+
+
 def test_a_fraction_is_refused_where_the_lab_formats_a_float():
     from fractions import Fraction
     result = grading.check_perplexity(lambda x: Fraction(math.exp(x)), quiet=True)
@@ -350,7 +497,6 @@ def test_use_or_fallback(capsys):
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat

@@ -261,9 +261,6 @@ def _resolve(dotted: str) -> tuple[Any, str] | None:
     return None
 
 
-_SETPROFILE, _THREAD_SETPROFILE = sys.setprofile, threading.setprofile
-
-
 def _process_starters() -> frozenset:
     """The built-in functions that start (or become) another program: none belongs in an exercise's answer."""
     import os
@@ -305,36 +302,188 @@ def forbidden_files(forbidden: Sequence[str]) -> tuple[str, ...]:
     return tuple(files)
 
 
-def _guarded(fn: Callable, files: tuple[str, ...], called: list[str]) -> Callable:
-    """`fn`, run with a profile hook that trips on any Python function defined in `files`.
+class _StandIn:
+    """What an answer of an unknown type becomes: its type's name and its repr, taken while the guard was on."""
 
-    This catches a reference however it was reached — a private helper of the same module, an alias,
-    an object found through gc or a subclass list — where swapping module attributes cannot.
+    __slots__ = ("_name", "_text")
+
+    def __init__(self, name: str, text: str):
+        self._name, self._text = name, text
+
+    def __repr__(self) -> str:
+        return self._text
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    __hash__ = object.__hash__
+
+
+def _stand_in(x: Any) -> Any:
+    """An object of a class named like type(x) whose repr is repr(x) now (learner's code runs here, guarded)."""
+    try:
+        text = repr(x)
+        text = str.__str__(text) if isinstance(text, str) else "?"
+    except ReferenceCalled:
+        raise
+    except Exception:  # noqa: BLE001  (a repr that crashes is shown as the object's type)
+        text = f"<{type(x).__name__} object>"
+    kind = type(str(type(x).__name__), (_StandIn,), {"__slots__": ()})
+    return kind(kind.__name__, text[:1000])
+
+
+#: Exact types whose objects hold no learner code: kept as they are.
+_KEPT_TYPES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.Size, torch.device, np.dtype)
+
+
+def _plain(x: Any, depth: int = 0) -> Any:
+    """`x` as plain data: subclasses of dict/list/tuple/set/int/float/str → their exact base type, tensor and ndarray
+    subclasses → base tensors/arrays, numpy scalars kept, anything else → a stand-in holding its repr.
+
+    Called while the guard is on, so an overridden items()/__iter__/__repr__/__torch_function__ runs guarded, and
+    nothing the learner wrote runs after it (the base types' own methods are used to read the containers).
     """
-    def guard(frame: Any, event: str, arg: Any) -> None:
-        if event == "c_call" and id(arg) in _PROCESS_STARTER_IDS:   # a child process would run the reference unguarded
-            name = f"{getattr(arg, '__module__', None) or 'os'}.{arg.__name__} (starting another process)"
+    from decimal import Decimal
+    from fractions import Fraction
+    t = type(x)
+    if t in _KEPT_TYPES or t is Decimal:
+        return x
+    if depth > 50:
+        return _stand_in(x)
+    if t is Fraction:
+        return Fraction(int.__int__(x.numerator), int.__int__(x.denominator))
+    if isinstance(x, torch.Tensor):
+        return _plain_tensor(x)
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            return _stand_in(x)
+        return x if t is np.ndarray else np.ndarray.view(x, np.ndarray).copy()
+    if isinstance(x, np.generic):
+        return x if t.__module__ == "numpy" else _stand_in(x)
+    if isinstance(x, int):
+        return int.__int__(x)
+    if isinstance(x, float):
+        return float.__float__(x)
+    if isinstance(x, complex):
+        return complex.__complex__(x)
+    if isinstance(x, str):
+        return str.__str__(x)
+    if isinstance(x, bytes):
+        return bytes.__bytes__(x) if hasattr(bytes, "__bytes__") else bytes(memoryview(x))
+    if isinstance(x, dict):
+        return {_plain(k, depth + 1): _plain(v, depth + 1) for k, v in list(dict.items(x))}
+    if isinstance(x, list):
+        return [_plain(v, depth + 1) for v in list.__iter__(x)]
+    if isinstance(x, tuple):
+        return tuple(_plain(v, depth + 1) for v in tuple.__iter__(x))
+    if isinstance(x, frozenset):
+        return frozenset(_plain(v, depth + 1) for v in frozenset.__iter__(x))
+    if isinstance(x, set):
+        return {_plain(v, depth + 1) for v in set.__iter__(x)}
+    return _stand_in(x)
+
+
+def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A base torch.Tensor with the same values (and autograd history), built with torch function subclasses off."""
+    if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
+        base = x
+    else:
+        with torch._C.DisableTorchFunctionSubclass():
+            base = torch.Tensor.as_subclass(x, torch.Tensor)
+    if torch._C._dispatch_keys(base).has(torch._C.DispatchKey.Python):   # a wrapper whose ops run Python code
+        with torch._C.DisableTorchFunctionSubclass():
+            values = torch.Tensor.tolist(base)
+        base = torch.tensor(_plain(values), dtype=base.dtype)
+    return base
+
+
+def _c_functions(module_name: str, names: Sequence[str] | None = None) -> list:
+    """The built-in functions `names` of a module (all of them when None); [] where the module is missing."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return []
+    values = [getattr(module, n, None) for n in names] if names is not None else list(vars(module).values())
+    return [v for v in values if type(v).__name__ == "builtin_function_or_method"]
+
+
+#: Built-in functions that load C code by hand (ctypes' own entry points): calling the C library's system() that
+#: way would start another program that runs the reference unguarded.
+_FOREIGN_CALLERS = frozenset(_c_functions("_ctypes"))
+_FOREIGN_CALLER_IDS = frozenset(id(f) for f in _FOREIGN_CALLERS)
+
+
+def _foreign_code_files() -> tuple[str, ...]:
+    """ctypes' package folder: its Python entry points (CDLL, its attribute lookup) trip like a reference."""
+    import os
+    try:
+        import ctypes
+    except ImportError:
+        return ()
+    return (os.path.dirname(ctypes.__file__) + os.sep,)
+
+
+def _make_guard() -> Callable[[Callable, tuple[str, ...], list[str]], Callable]:
+    """Build `_guarded`, holding the real profile switches only in this closure (no module attribute reaches them)."""
+    import _thread
+    setprofile, getprofile, thread_setprofile = sys.setprofile, sys.getprofile, threading.setprofile
+    switches = (sys.setprofile, sys.settrace)
+    switch_ids = frozenset(id(f) for f in switches)
+    start_thread = _thread.start_new_thread
+    foreign_files, foreign_ids, process_ids = _foreign_code_files(), _FOREIGN_CALLER_IDS, _PROCESS_STARTER_IDS
+    plain = _plain
+
+    def _guarded(fn: Callable, files: tuple[str, ...], called: list[str]) -> Callable:
+        """`fn`, run with a profile hook that trips on any Python function defined in `files`.
+
+        This catches a reference however it was reached — a private helper of the same module, an alias,
+        an object found through gc or a subclass list — where swapping module attributes cannot. It also
+        trips on starting another process or thread, on calling into C code by hand (ctypes), and on
+        switching the hook off; what `fn` returned is turned into plain data while the hook is still on
+        (`_plain`), so none of the learner's code runs after it.
+        """
+        def trip(name: str) -> None:
             called.append(name)
             raise ReferenceCalled(name)
-        if event == "call":
-            path = frame.f_code.co_filename
-            if any(path == f or (f.endswith(("/", "\\")) and path.startswith(f)) for f in files):
-                name = f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_qualname}"
-                called.append(name)
-                raise ReferenceCalled(name)
 
-    setprofile, thread_setprofile = _SETPROFILE, _THREAD_SETPROFILE   # the originals: tripwires swap the names
+        def guard(frame: Any, event: str, arg: Any) -> None:
+            if event == "c_call":
+                if id(arg) in process_ids:   # a child process would run the reference unguarded
+                    trip(f"{getattr(arg, '__module__', None) or 'os'}.{arg.__name__} (starting another process)")
+                if id(arg) in foreign_ids:
+                    trip(f"_ctypes.{arg.__name__} {THROUGH_CTYPES}")
+                if id(arg) in switch_ids and frame.f_code is not guarded.__code__:
+                    trip(f"sys.{arg.__name__} (switching the grading guard off)")
+                if arg is start_thread:      # a new thread would start without this hook
+                    trip("_thread.start_new_thread (starting an unguarded thread)")
+            elif event == "call":
+                path = frame.f_code.co_filename
+                if foreign_files and path.startswith(foreign_files):
+                    trip(f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_qualname} {THROUGH_CTYPES}")
+                if any(path == f or (f.endswith(("/", "\\")) and path.startswith(f)) for f in files):
+                    trip(f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_qualname}")
 
-    @functools.wraps(fn)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        thread_setprofile(guard)
-        setprofile(guard)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            setprofile(None)
-            thread_setprofile(None)
-    return guarded
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            thread_setprofile(guard)
+            setprofile(guard)
+            try:
+                answer = plain(fn(*args, **kwargs))      # plain data, built while the guard is still on
+                if getprofile() is not guard:
+                    trip(GUARD_OFF)
+                return answer
+            finally:
+                setprofile(None)
+                thread_setprofile(None)
+        return guarded
+    return _guarded
+
+
+THROUGH_CTYPES = "(calling C code through ctypes)"
+GUARD_OFF = "sys.getprofile() is no longer the guard (switching the grading guard off)"
+
+
+_guarded = _make_guard()
 
 
 @contextlib.contextmanager
@@ -371,7 +520,8 @@ def tripwires(forbidden: Sequence[str], fn: Callable) -> Iterator[list[str]]:
             if not in_dict:   # e.g. torch.Tensor.nbytes lives on torch._C.TensorBase
                 original = next((vars(k)[attr] for k in type.mro(owner) if attr in vars(k)), original) \
                     if isinstance(owner, type) else original
-            wire = wire_for(dotted, original)
+            switch = dotted.startswith(("sys.", "threading.")) and dotted not in forbidden
+            wire = wire_for(f"{dotted} (switching the grading guard off)" if switch else dotted, original)
             setattr(owner, attr, wire)
             undo.append((lambda o=owner, a=attr, v=original, d=in_dict: setattr(o, a, v) if d else delattr(o, a)))
             swapped[id(original)] = wire
@@ -430,36 +580,67 @@ def _fresh(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return copy.deepcopy(args), copy.deepcopy(kwargs)
 
 
-def run_learner(call: Callable, fn: Callable, args: tuple, kwargs: dict,
-                forbid: Sequence[str]) -> tuple[str, Any]:
-    """Call the learner's function once with the references switched off.
+#: labkit's own grading functions: run_learner keeps them in a closure and fails the check if the module's names
+#: no longer point at them (a learner's function that swapped `core._guarded` or `core.tripwires` for its later calls).
+_MACHINERY = ("_guarded", "tripwires", "forbidden_files", "_plain", "_plain_tensor", "_stand_in", "_KEPT_TYPES",
+              "_learner_functions", "_resolve", "_tensors_in", "_same_tensor", "ReferenceCalled",
+              "ALWAYS_FORBIDDEN_MODULES", "_PROCESS_STARTER_IDS", "_FOREIGN_CALLER_IDS", "run_learner", "GUARD_OFF")
+MACHINERY_CHANGED = "(changing the grading machinery)"
 
-    Returns ("returned", value), ("todo", None) for NotImplementedError, ("called", reference name)
-    when a tripwire went off (even if the learner's code caught it), or ("raised", "Type: message").
-    """
-    called: list[str] = []
-    files = forbidden_files(forbid)
-    before = _tensors_in((args, kwargs))
-    pristine = [t.clone() for _, t in before]
-    try:
-        with tripwires(forbid, fn) as called:
-            got = call(_guarded(fn, files, called), args, kwargs)
-    except NotImplementedError:
-        return "todo", None
-    except ReferenceCalled as e:
-        # the first forbidden name reached: the reference handed in itself, before whatever it calls
-        return "called", called[0] if called else str(e)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:
-        if not called:
-            return "raised", f"{type(e).__name__}: {e}"
-    if called:
-        return "called", called[0]
-    for (where, t), old in zip(before, pristine):
-        if not _same_tensor(t, old):
-            return "mutated", where
-    return "returned", got
+
+def _make_run_learner() -> Callable[..., tuple[str, Any]]:
+    """Build `run_learner` around the grading functions as they are now, held in its closure and re-checked by
+    identity before and after every call."""
+    module = sys.modules[__name__]
+    own = {name: vars(module)[name] for name in _MACHINERY if name != "run_learner"}
+    guarded_, tripwires_, files_of = own["_guarded"], own["tripwires"], own["forbidden_files"]
+    tensors_in, same_tensor, reference_called = own["_tensors_in"], own["_same_tensor"], own["ReferenceCalled"]
+
+    def changed() -> str | None:
+        names = [name for name, value in own.items() if vars(module).get(name) is not value]
+        return f"labkit.grading.core.{names[0]} {MACHINERY_CHANGED}" if names else None
+
+    def run_learner(call: Callable, fn: Callable, args: tuple, kwargs: dict,
+                    forbid: Sequence[str]) -> tuple[str, Any]:
+        """Call the learner's function once with the references switched off.
+
+        Returns ("returned", value), ("todo", None) for NotImplementedError, ("called", reference name)
+        when a tripwire went off (even if the learner's code caught it) or the grading machinery was changed,
+        or ("raised", "Type: message").
+        """
+        problem = changed()
+        if problem:
+            return "called", problem
+        called: list[str] = []
+        files = files_of(forbid)
+        before = tensors_in((args, kwargs))
+        pristine = [t.clone() for _, t in before]
+        try:
+            with tripwires_(forbid, fn) as called:
+                got = call(guarded_(fn, files, called), args, kwargs)
+        except NotImplementedError:
+            problem = changed()
+            return ("called", problem) if problem else ("todo", None)
+        except reference_called as e:
+            # the first forbidden name reached: the reference handed in itself, before whatever it calls
+            return "called", changed() or (called[0] if called else str(e))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            if not called:
+                return ("called", changed()) if changed() else ("raised", f"{type(e).__name__}: {e}")
+        problem = changed()
+        if problem:
+            return "called", problem
+        if called:
+            return "called", called[0]
+        for (where, t), old in zip(before, pristine):
+            if not same_tensor(t, old):
+                return "mutated", where
+        return "returned", got
+
+    own["run_learner"] = run_learner
+    return run_learner
 
 
 def _tensors_in(obj: Any, where: str = "") -> list[tuple[str, torch.Tensor]]:
@@ -494,6 +675,8 @@ def _argument_name(where: str) -> str:
     m = re.match(r"\[1\]\[(.+?)\](.*)", where)
     return f"argument {m.group(1)}{m.group(2)}" if m else "an argument"
 
+
+run_learner = _make_run_learner()
 
 #: How run_check calls the learner's function: run_learner here; the grader (labkit.autograde) sets
 #: a runner that calls it in a separate process holding no expected value.
@@ -541,6 +724,15 @@ def run_check(name: str, fn: Callable, cases: Sequence[Case | tuple], rtol: floa
         outcome, got = (LEARNER_RUNNER or run_learner)(call, fn, args, kwargs, forbid)
         if outcome == "todo":
             return done(TODO, f"⏳ {name}: not yet solved — write the function above, then run this cell again.")
+        if outcome == "called" and str(got).endswith(("(switching the grading guard off)", MACHINERY_CHANGED)):
+            return done(FAIL, f"❌ {name}: the grading guard was switched off or changed while your function ran "
+                              f"(`{str(got).split(' (')[0]}`); write the function without touching the grader.")
+        if outcome == "called" and str(got).endswith(THROUGH_CTYPES):
+            return done(FAIL, f"❌ {name}: your function calls C code through ctypes (`{str(got).split(' ')[0]}`), which "
+                              "the check cannot watch (it can start another program); compute the answer in Python.")
+        if outcome == "called" and str(got).endswith("(starting an unguarded thread)"):
+            return done(FAIL, f"❌ {name}: your function starts another thread (`{str(got).split(' ')[0]}`), which the "
+                              "check cannot watch; compute the answer in your function itself.")
         if outcome == "called" and str(got).endswith("(starting another process)"):
             return done(FAIL, f"❌ {name}: your function starts another process (`{str(got).split(' ')[0]}`); an "
                               "exercise's answer is computed here, by your function itself — write it without one.")

@@ -3,6 +3,7 @@ the input lists are left alone, the references can't be called, and hidden examp
 
 (That a stub reads 'not yet solved' is tested for every check at once in test_grading.py.)"""
 import math
+from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -62,7 +63,26 @@ def first_fit_lists(free_blocks, size):
 
 # ---- first_fit ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("right", [my_first_fit, first_fit_lists])
+Hole = namedtuple("Hole", "offset size")
+
+
+class Pair(tuple):
+    """A tuple subclass, as a learner's own result type might be."""
+
+
+def first_fit_namedtuples(free_blocks, size):
+    """Holes as namedtuples Hole(offset, size), as a learner who names things might write."""
+    offset, holes = my_first_fit([tuple(h) for h in free_blocks], size)
+    return offset, [Hole(*h) for h in holes]
+
+
+def first_fit_tuple_subclass(free_blocks, size):
+    """A tuple subclass holding numpy ints."""
+    offset, holes = my_first_fit([tuple(h) for h in free_blocks], size)
+    return Pair((np.int64(offset), [Hole(np.int64(o), np.int64(s)) for o, s in holes]))
+
+
+@pytest.mark.parametrize("right", [my_first_fit, first_fit_lists, first_fit_namedtuples, first_fit_tuple_subclass])
 def test_first_fit_right_answers_pass(right, capsys):
     result = check_first_fit(right)
     assert result and result.status == grading.PASS
@@ -136,7 +156,17 @@ def test_first_fit_mistakes_get_their_hints(wrong, hint):
 def test_first_fit_names_the_example_and_both_answers():
     message = check_first_fit(best_fit, quiet=True).message
     assert "first_fit([(0, 64), (128, 32), (256, 768)], 32)" in message
-    assert "expected '(0, [(32, 32), (128, 32), (256, 768)])', got '(128, [(0, 64), (256, 768)])'" in message
+    # shown as the structure first_fit returns, without quotes (not as a string it should return)
+    assert "expected (0, [(32, 32), (128, 32), (256, 768)]), got (128, [(0, 64), (256, 768)])" in message
+    message = check_first_fit(no_memory_error, quiet=True).message
+    assert "expected raises MemoryError, got (-1, [(0, 64), (128, 32), (256, 768)])" in message, message
+
+
+def test_free_lists_of_namedtuples_and_tuple_subclasses_are_written_out_as_plain_pairs():
+    from labkit.grading.checks_pools import _shown_first_fit, _shown_release
+    assert _shown_first_fit(first_fit_tuple_subclass([(0, 64), (128, 32)], 16)) == "(0, [(16, 48), (128, 32)])"
+    assert _shown_release([Hole(0, 64), [np.int32(128), 32]]) == "[(0, 64), (128, 32)]"
+    assert _shown_first_fit((1.0, [(0, True)])) == "(1.0, [(0, True)])"     # what is not an int stays visible
 
 
 def test_a_right_answer_that_changes_its_input_still_fails():
@@ -160,7 +190,69 @@ def test_first_fit_none_numpy_and_crash_are_reported_not_raised(answer, words):
 
 def test_release_right_answer_passes(capsys):
     assert check_release(my_release)
-    assert "passed (9 examples)" in capsys.readouterr().out
+    assert "passed (11 examples)" in capsys.readouterr().out
+    assert check_release(lambda f, o, s: tuple(Hole(*h) for h in my_release([tuple(h) for h in f], o, s)), quiet=True)
+
+
+def release_checking(overlaps):
+    """my_release with another double-free test: overlaps(hole_offset, hole_size, offset, size)."""
+    def release(free, offset, size):
+        if any(overlaps(o, s, offset, size) for o, s in free):
+            raise ValueError("double free")
+        return _merged(free, offset, size)
+    return release
+
+
+def _merged(free, offset, size):
+    holes = []
+    for o, s in sorted(free + [(offset, size)]):
+        if holes and holes[-1][0] + holes[-1][1] == o:
+            holes[-1] = (holes[-1][0], holes[-1][1] + s)
+        else:
+            holes.append((o, s))
+    return holes
+
+
+START_INSIDE = release_checking(lambda o, s, offset, size: o <= offset < o + s)
+AN_END_INSIDE = release_checking(lambda o, s, offset, size: o <= offset < o + s or o < offset + size <= o + s)
+
+
+@pytest.mark.parametrize("wrong, example", [(START_INSIDE, "offset=120, size=16"), (AN_END_INSIDE, "offset=112, size=64")],
+                         ids=["start inside", "an end inside"])
+def test_a_double_free_test_on_the_block_ends_only_fails_on_a_public_example(wrong, example):
+    result = check_release(wrong, quiet=True)
+    assert not result and example in result.message and "hint: the block overlaps a hole" in result.message, \
+        result.message
+
+
+def test_hidden_double_frees_start_before_a_hole_and_cover_one(monkeypatch):
+    """Public answers from a table, otherwise a double-free test on the block's start only: hidden examples that
+    start 1–3 units before a hole (and run into it or past it) catch it for many seeds."""
+    public = {}
+
+    def recording(*args):
+        try:
+            public[repr(args)] = my_release(*args)
+        except ValueError:
+            public[repr(args)] = None
+            raise
+        return public[repr(args)]
+
+    monkeypatch.setattr(core, "HIDDEN_SEED", None)
+    assert check_release(recording, quiet=True)
+
+    def start_only_with_a_table(*args):
+        if repr(args) in public:
+            if public[repr(args)] is None:
+                raise ValueError("double free")
+            return public[repr(args)]
+        return START_INSIDE(*args)
+
+    failed = 0
+    for seed in range(40):
+        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
+        failed += not check_release(start_only_with_a_table, quiet=True)
+    assert failed >= 5, failed          # 25 of 100 seeds measured
 
 
 def merge(free, offset, size, left=True, right=True):
@@ -267,6 +359,14 @@ def test_arena_lower_bound_may_not_sort_its_input_in_place():
 def test_arena_lower_bound_none_float_and_crash_are_reported(answer, words):
     result = check_arena_lower_bound(answer, quiet=True)
     assert result.status == grading.FAIL and words in result.message, result.message
+
+
+def test_an_empty_lifetimes_list_crashing_max_gets_the_default_0_advice():
+    def no_default(lifetimes):
+        return max(sum(s for s, f, l in lifetimes if f <= t < l) for _, t, _ in lifetimes)
+    result = check_arena_lower_bound(no_default, quiet=True)
+    assert not result and "arena_lower_bound([])" in result.message and "raised ValueError" in result.message
+    assert "max(..., default=0)" in result.message, result.message
 
 
 def test_arena_lower_bound_accepts_numpy_and_tensor_integers():
@@ -402,6 +502,33 @@ def test_hidden_examples_cover_the_edge_cases():
     rel = examples_of(check_release, my_release)
     touching = [(f, o, s) for f, o, s in rel if any(a + b == o for a, b in f) and any(a == o + s for a, _ in f)]
     assert touching and any(any(a < o + s and o < a + b for a, b in f) for f, o, s in rel)  # merges both; double free
+    hidden = [args for seed in range(20) for args in _hidden_examples(check_release, my_release, seed)]
+    double = [(f, o, s) for f, o, s in hidden if any(a < o + s and o < a + b for a, b in f)]
+    assert any(any(o < a < o + s <= a + b for a, b in f) for f, o, s in double)    # starts before a hole, ends inside
+    assert any(any(o < a and a + b < o + s for a, b in f) for f, o, s in double)    # covers a whole hole
+    assert any(any(a <= o < a + b < o + s for a, b in f) for f, o, s in double)     # starts inside, ends after
+
+
+def _hidden_examples(check, right, seed):
+    """The arguments of the hidden examples one grader's seed draws."""
+    public, seen = examples_of_seeds(check, right, [None]), examples_of_seeds(check, right, [seed])
+    return seen[len(public):]
+
+
+def examples_of_seeds(check, right, seeds):
+    seen = []
+
+    def spy(*args):
+        seen.append(tuple(list(a) if isinstance(a, list) else a for a in args))
+        return right(*args)
+
+    for seed in seeds:
+        old, core.HIDDEN_SEED = core.HIDDEN_SEED, seed
+        try:
+            assert check(spy, quiet=True)
+        finally:
+            core.HIDDEN_SEED = old
+    return seen
 
 
 # ---- the lab's references give the checks' answers ---------------------------------------------

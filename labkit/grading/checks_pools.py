@@ -110,21 +110,33 @@ def _short_repr(x: Any) -> str:
 
 def _shown_int(v: Any) -> str:
     """'256' for an int (numpy's too: it behaves as one); anything else (256.0, tensor(256), True) as its repr."""
-    if type(v) is int:
-        return str(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(int.__int__(v))
     if isinstance(v, np.integer):
         return str(int(v))
     return _short_repr(v)
 
 
+def _items(x: Any) -> list | None:
+    """The items of a list or tuple — a subclass's too (a namedtuple Hole(offset, size)), read with the base class's
+    own methods — else None."""
+    if isinstance(x, list):
+        return list(list.__iter__(x))
+    if isinstance(x, tuple):
+        return list(tuple.__iter__(x))
+    return None
+
+
 def _shown_holes(holes: Any) -> str:
-    """'[(0, 64), (128, 32)]' for a list (or tuple) of (offset, size) pairs (tuples or lists)."""
-    if type(holes) not in (list, tuple):
+    """'[(0, 64), (128, 32)]' for a list (or tuple) of (offset, size) pairs (tuples, lists or namedtuples)."""
+    items = _items(holes)
+    if items is None:
         return _short_repr(holes)
     shown = []
-    for hole in holes:
-        if type(hole) in (list, tuple) and len(hole) == 2:
-            shown.append(f"({_shown_int(hole[0])}, {_shown_int(hole[1])})")
+    for hole in items:
+        pair = _items(hole)
+        if pair is not None and len(pair) == 2:
+            shown.append(f"({_shown_int(pair[0])}, {_shown_int(pair[1])})")
         else:
             shown.append(_short_repr(hole))
     return "[" + ", ".join(shown) + "]"
@@ -134,10 +146,11 @@ def _shown_first_fit(got: Any) -> str:
     """'(256, [(0, 64), (304, 720)])' for a well-formed (offset, free list) answer."""
     if got is None:
         return "None"
-    if type(got) is int or isinstance(got, np.integer):
+    if isinstance(got, (int, np.integer)):
         return _shown_int(got)
-    if type(got) in (tuple, list) and len(got) == 2:
-        return f"({_shown_int(got[0])}, {_shown_holes(got[1])})"
+    pair = _items(got)
+    if pair is not None and len(pair) == 2:
+        return f"({_shown_int(pair[0])}, {_shown_holes(pair[1])})"
     return _short_repr(got)
 
 
@@ -146,6 +159,50 @@ def _shown_release(got: Any) -> str:
 
 
 CHANGED = " — but the free list passed in was changed"
+
+
+class ShownAnswer(str):
+    """An answer written out as text, shown without quotes: `expected (0, [(48, 16)]), got ...` reads as the
+    structure the function returns, not as a string it should return. (In the grader it arrives as an object of
+    this name whose repr is the text: `_text` reads both.)"""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
+
+def _text(got: Any) -> str | None:
+    """The text of an answer as `_free_list_call` wrote it (a str, or the grader's stand-in for a ShownAnswer)."""
+    if isinstance(got, str):
+        return str.__str__(got)
+    if type(got).__name__ == ShownAnswer.__name__:
+        try:
+            text = repr(got)
+        except Exception:
+            return None
+        return str.__str__(text) if isinstance(text, str) else None
+    return None
+
+
+def _on_text(matches: Callable[..., bool]) -> Callable[..., bool]:
+    """A mistake's matcher applied to the answer's text."""
+    return lambda got, *args: matches(_text(got), *args)
+
+
+class Shown:
+    """The expected answer's text: equal to an answer with the same text, and shown without quotes."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return _text(other) == self.text
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def _free_list_call(fn: Callable, args: tuple, kwargs: dict, shown: Callable[[Any], str], raises: type) -> str:
@@ -159,7 +216,7 @@ def _free_list_call(fn: Callable, args: tuple, kwargs: dict, shown: Callable[[An
         text = f"raises {raises.__name__}: {e}"[:200]
     if holes != before:
         text += CHANGED
-    return text
+    return ShownAnswer(text)
 
 
 def _first_fit_call(fn: Callable, args: tuple, kwargs: dict) -> str:
@@ -177,17 +234,19 @@ class Raises:
         self.text = f"raises {error.__name__}"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, str) and (other == self.text or other.startswith(self.text + ":"))
+        text = _text(other)
+        return text is not None and (text == self.text or text.startswith(self.text + ":"))
 
     __hash__ = None
 
     def __repr__(self) -> str:
-        return repr(self.text)
+        return self.text
 
 
 def _parsed(got: Any) -> Any:
     """The learner's answer read back from its text (None if it is not a plain literal, or a note was added)."""
-    if not isinstance(got, str) or got.endswith(CHANGED):
+    got = _text(got)
+    if got is None or got.endswith(CHANGED):
         return None
     try:
         return ast.literal_eval(got)
@@ -198,6 +257,7 @@ def _parsed(got: Any) -> Any:
 def _gives(wrong: Callable[..., Any], shown: Callable[[Any], str]) -> Callable[..., bool]:
     """A matcher: the learner's text equals what `wrong(*args)` shows (or raises), and that is not the right answer."""
     def matches(got: Any, *args: Any) -> bool:
+        got = _text(got)
         try:
             text = shown(wrong(*copy.deepcopy(args)))
         except MemoryError:
@@ -215,7 +275,7 @@ def _gives(wrong: Callable[..., Any], shown: Callable[[Any], str]) -> Callable[.
 def _unsorted(expected_holes: Callable[..., Holes]) -> Callable[..., bool]:
     """A matcher: the right holes, in some other order than by offset."""
     def matches(got: Any, *args: Any) -> bool:
-        holes = _parsed(got)
+        holes = _parsed(_text(got))
         if isinstance(holes, tuple) and len(holes) == 2:
             holes = holes[1]
         try:
@@ -287,7 +347,7 @@ def check_first_fit(fn: Callable[[Holes, int], tuple[int, Holes]], quiet: bool =
 
     def case(what: str, free: Holes, size: int) -> Case:
         try:
-            expected: Any = _shown_first_fit(_first_fit(free, size))
+            expected: Any = Shown(_shown_first_fit(_first_fit(free, size)))
         except MemoryError:
             expected = Raises(MemoryError)
         return Case(f"first_fit({_shown_holes(free)}, {size}) — {what}", (list(free), size), {}, expected)
@@ -375,6 +435,7 @@ def check_first_fit(fn: Callable[[Holes, int], tuple[int, Holes]], quiet: bool =
             size = _randint(g, 1, max(s for _, s in free))
         return case("a random free list", free, size)
 
+    mistakes = [Mistake(m.hint, _on_text(m.matches)) for m in mistakes]
     return run_check("first_fit", fn, cases, returns=Returns("any"), mistakes=mistakes, quiet=quiet, hidden=hidden,
                      call=_first_fit_call, reference="labkit.pools.first_fit",
                      forbid=("labkit.pools.first_fit", "labkit.pools.release", *POOLS_MODULES))
@@ -397,11 +458,16 @@ def check_release(fn: Callable[[Holes, int, int], Holes], quiet: bool = False) -
         ("a block after every hole, touching the last", [(0, 64), (256, 64)], 320, 16),
         ("the block [136, 152) lies inside the hole [128, 160), which is already free: a double free, so it raises "
          "ValueError", holes, 136, 16),
+        ("the block [120, 136) starts before the hole [128, 160) but runs into it: its last 8 bytes are already "
+         "free, so this is a double free too (compare both ends: hole_offset < offset + size and offset < hole_end)",
+         holes, 120, 16),
+        ("the block [112, 176) covers the whole hole [128, 160): a double free (neither of its ends is inside "
+         "the hole)", holes, 112, 64),
     ]
 
     def case(what: str, free: Holes, offset: int, size: int) -> Case:
         try:
-            expected: Any = _shown_release(_release(free, offset, size))
+            expected: Any = Shown(_shown_release(_release(free, offset, size)))
         except ValueError:
             expected = Raises(ValueError)
         return Case(f"release({_shown_holes(free)}, offset={offset}, size={size}) — {what}", (list(free), offset, size),
@@ -444,10 +510,20 @@ def check_release(fn: Callable[[Holes, int, int], Holes], quiet: bool = False) -
         unit = 8
         free = _random_free_list(g, _randint(g, 1, 6), unit)
         kind = _randint(g, 0, 9)
-        if kind == 0:                      # a double free: part of a hole
+        if kind <= 1:                      # a double free: inside a hole, running into one, or covering one
             o, s = _choice(g, free)
-            start = o + unit * _randint(g, 0, s // unit - 1)
-            return case("a random free list", free, start, unit * _randint(g, 1, max(1, (o + s - start) // unit)))
+            variant = _randint(g, 0, 3)
+            inside = o + unit * _randint(g, 0, s // unit - 1)
+            before = max(0, o - unit * _randint(g, 1, 3))  # 1–3 units before the hole (its start, if at offset 0)
+            if variant == 0:                               # starts inside, ends inside or at the hole's end
+                start, end = inside, inside + unit * _randint(g, 1, max(1, (o + s - inside) // unit))
+            elif variant == 1:                             # starts before, ends inside the hole
+                start, end = before, o + unit * _randint(g, 1, s // unit)
+            elif variant == 2:                             # starts inside, ends after the hole
+                start, end = inside, o + s + unit * _randint(g, 1, 3)
+            else:                                          # starts before and ends after: covers the whole hole
+                start, end = before, o + s + unit * _randint(g, 1, 3)
+            return case("a random free list", free, start, end - start)
         gaps = [(o + s, (free[i + 1][0] if i + 1 < len(free) else o + s + unit * _randint(g, 1, 16)))
                 for i, (o, s) in enumerate(free)]
         if free[0][0] > 0:
@@ -460,6 +536,7 @@ def check_release(fn: Callable[[Holes, int, int], Holes], quiet: bool = False) -
             a, b = _choice(g, [(0, n), (0, b), (a, n)])
         return case("a random free list", free, start + unit * a, unit * (b - a))
 
+    mistakes = [Mistake(m.hint, _on_text(m.matches)) for m in mistakes]
     return run_check("release", fn, cases, returns=Returns("any"), mistakes=mistakes, quiet=quiet, hidden=hidden,
                      call=_release_call, reference="labkit.pools.release",
                      forbid=("labkit.pools.release", "labkit.pools.first_fit", *POOLS_MODULES))
@@ -496,7 +573,8 @@ def check_arena_lower_bound(fn: Callable[[list[tuple[int, int, int]]], int], qui
         ("activations stacking up in a forward pass and freed in the backward pass",
          [(64, 0, 10), (128, 1, 9), (128, 2, 8), (256, 3, 7), (32, 4, 6), (16, 5, 6)]),
         ("one tensor", [(4096, 3, 4)]),
-        ("no tensors at all", []),
+        ("no tensors at all: the arena needs 0 bytes (max() of an empty list raises ValueError: use "
+         "max(..., default=0))", []),
         ("the peak is not at the first step: a gradient born at step 6 meets the weights and an activation",
          [(1000, 0, 10), (300, 2, 7), (700, 6, 9), (50, 8, 10)]),
         ("given out of time order (as a trace sorted by size would be)", [(10, 5, 8), (30, 0, 6), (20, 3, 4)]),

@@ -322,23 +322,64 @@ def test_front_uses_the_paired_noise_when_the_sweep_has_it():
         widgets.pruning_state(bad, "magnitude", 0.5, "csr")
 
 
-def test_paired_pareto_front_examples_and_bad_input():
-    front = widgets.pruning.paired_pareto_front
-    assert front([1, 2, 3, 4], [5, 5, 3, 4], [0, 0, 0, 0]) == pareto_front([1, 2, 3, 4], [5, 5, 3, 4])
+def test_pareto_front_with_paired_ses_examples_and_bad_input():
+    front = pareto_front
+    assert front([1, 2, 3, 4], [5, 5, 3, 4], ses=[0, 0, 0, 0]) == front([1, 2, 3, 4], [5, 5, 3, 4])
     # 0.1 apart: ranked when both SEs are small, not when one point's own SE is large
-    assert front([1, 2], [1.1, 1.0], [0.01, 0.01]) == [0, 1]
-    assert front([1, 2], [1.0, 1.1], [0.01, 0.01]) == [0]
-    assert front([1, 2], [1.0, 1.1], [0.01, 0.05]) == [0, 1]
-    for args, words in ((([1], [1], [-0.1]), r"ses\[0\]=-0.1"), (([1, 2], [1, 2], [0.0]), "one entry per point"),
-                        (([1], [1], [0.0], -1), "n_se=-1"), (([float("nan")], [1], [0.0]), "xs\\[0\\]=nan")):
+    assert front([1, 2], [1.1, 1.0], ses=[0.01, 0.01]) == [0, 1]
+    assert front([1, 2], [1.0, 1.1], ses=[0.01, 0.01]) == [0]
+    assert front([1, 2], [1.0, 1.1], ses=[0.01, 0.05]) == [0, 1]
+    assert front([1, 2], [1.0, 1.1], ses=[0.01, 0.05], n_se=1.0) == [0]        # 1·0.06 < 0.1: ranked
+    # the two forms of noise add: 0.05 + 2·(0.01 + 0.01) = 0.09 < 0.1 ranks them, 0.07 + 0.04 does not
+    assert front([1, 2], [1.0, 1.1], 0.05, ses=[0.01, 0.01]) == [0]
+    assert front([1, 2], [1.0, 1.1], 0.07, ses=[0.01, 0.01]) == [0, 1]
+    assert widgets.pruning.paired_pareto_front([1, 2], [1.0, 1.1], [0.01, 0.05]) == [0, 1]     # lab 04's name
+    for args, kwargs, words in ((([1], [1]), {"ses": [-0.1]}, r"ses\[0\]=-0.1"),
+                                (([1, 2], [1, 2]), {"ses": [0.0]}, "one entry per point"),
+                                (([1], [1]), {"ses": [float("nan")]}, r"ses\[0\]=nan"),
+                                (([1], [1]), {"ses": [0.0], "n_se": -1}, "n_se=-1"),
+                                (([1], [1]), {"n_se": float("inf")}, "n_se=inf"),
+                                (([float("nan")], [1]), {"ses": [0.0]}, r"xs\[0\]=nan")):
         with pytest.raises(ValueError, match=words):
-            front(*args)
+            front(*args, **kwargs)
 
 
-@given(points, st.lists(st.sampled_from([0.0, 0.1, 0.5]), min_size=25, max_size=25))
-def test_paired_front_with_zero_noise_is_the_usual_front_and_noise_only_adds(pts, ses):
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    ses = ses[:len(pts)]
-    assert widgets.pruning.paired_pareto_front(xs, ys, [0.0] * len(pts)) == pareto_front(xs, ys)
-    noisy = {pts[i] for i in widgets.pruning.paired_pareto_front(xs, ys, ses)}
-    assert {pts[i] for i in pareto_front(xs, ys)} <= noisy
+def old_tolerance_front(xs, ys, y_tolerance=0.0):
+    """The oracle: core.pareto_front's rule before ses existed (one tolerance for every pair), checks left out."""
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys)]
+
+    def beats(q, p):
+        return q[0] <= p[0] and (q[1] < p[1] - y_tolerance or (q[1] == p[1] and q[0] < p[0]))
+
+    front = [i for i, p in enumerate(pts) if not any(beats(q, p) for q in pts) and pts.index(p) == i]
+    return sorted(front, key=lambda i: (pts[i][0], pts[i][1], i))
+
+
+def old_paired_front(xs, losses, ses, n_se=2.0):
+    """The oracle: lab 04's former widgets.pruning.paired_pareto_front (n_se·(se_p + se_q)), checks left out."""
+    pts = list(zip((float(x) for x in xs), (float(y) for y in losses), (float(v) for v in ses)))
+
+    def beats(q, p):
+        return q[0] <= p[0] and (q[1] < p[1] - n_se * (p[2] + q[2]) or (q[1] == p[1] and q[0] < p[0]))
+
+    keys = [(x, y) for x, y, _ in pts]
+    front = [i for i, p in enumerate(pts) if not any(beats(q, p) for q in pts) and keys.index(keys[i]) == i]
+    return sorted(front, key=lambda i: (pts[i][0], pts[i][1], i))
+
+
+standard_errors = st.lists(st.sampled_from([0.0, 0.05, 0.1, 0.5, 1.25]), min_size=25, max_size=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(points, tolerance, standard_errors, st.sampled_from([0.0, 1.0, 2.0, 3.0]))
+def test_the_one_rule_equals_both_old_rules(pts, tol, ses, n_se):
+    xs, ys, ses = [p[0] for p in pts], [p[1] for p in pts], ses[:len(pts)]
+    zeros = [0.0] * len(pts)
+    old = old_tolerance_front(xs, ys, tol)
+    assert pareto_front(xs, ys, tol) == pareto_front(xs, ys, tol, ses=zeros, n_se=n_se) == old        # lab 01, 05
+    paired = old_paired_front(xs, ys, ses, n_se)
+    assert pareto_front(xs, ys, ses=ses, n_se=n_se) == paired                                            # lab 04
+    assert widgets.pruning.paired_pareto_front(xs, ys, ses, n_se) == paired
+    # both forms of noise at once: never a smaller front than either alone
+    both = {pts[i] for i in pareto_front(xs, ys, tol, ses=ses, n_se=n_se)}
+    assert {pts[i] for i in old} <= both and {pts[i] for i in paired} <= both

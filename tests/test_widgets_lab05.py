@@ -106,35 +106,38 @@ def test_the_text_says_what_the_numbers_say():
     assert "better than float32 beyond the noise" in widgets.quantization_state(sweep, "nf4-g32")["text"]
 
 
-def beats(q, p, tol):
-    """The documented rule of core.pareto_front, written out again: q beats p."""
-    return q["total_bytes"] <= p["total_bytes"] and (q["loss"] < p["loss"] - tol or
+def beats(q, p):
+    """The documented rule of core.pareto_front with the sweep's paired SEs, written out again: q beats p."""
+    noise = BAND_SE * (q["diff_se"] + p["diff_se"])
+    return q["total_bytes"] <= p["total_bytes"] and (q["loss"] < p["loss"] - noise or
                                                      (q["loss"] == p["loss"] and q["total_bytes"] < p["total_bytes"]))
 
 
-def test_the_front_uses_the_sweeps_paired_noise():
+def test_the_front_ranks_each_pair_by_its_own_paired_noise():
     sweep = synthetic_sweep()
     table = widgets.scheme_table(sweep)
-    assert table.front_tolerance_nats == pytest.approx(BAND_SE * 0.01)            # the largest paired SE: int2's
+    assert table.front_tolerance_nats == pytest.approx(BAND_SE * 2 * 0.01)        # the widest pair: int2's SE twice
     names = [p["scheme"] for p in table.front]
     for p in table.points:                                                      # the rule, point by point
-        assert (p["scheme"] in names) == (not any(beats(q, p, table.front_tolerance_nats) for q in table.points))
-    # int4-g32 (+0.010), its GPTQ (+0.004) and nf4-g32 (−0.003) take the same bytes; their losses differ by less
-    # than the noise (2·0.01 nats), so none is ranked above another: all stay on the front
-    assert {"int4-g32", "int4-g32-gptq", "float32", "int2-g32", "nf4-g32"} <= set(names)
-    tight = synthetic_sweep(rows=(("int8-channel", 0.0001, 0.0005), ("int4-g32", 0.010, 0.001),
-                                  ("int4-g32-gptq", 0.004, 0.001), ("nf4-g32", -0.003, 0.001)))
-    names = [p["scheme"] for p in widgets.scheme_table(tight).front]            # without int2, noise 2·0.001: ranked
-    assert "int4-g32" not in names and "int4-g32-gptq" not in names and "nf4-g32" in names
-    s = widgets.quantization_state(tight, "int4-g32")
+        assert (p["scheme"] in names) == (not any(beats(q, p) for q in table.points))
+    # int4-g32 (+0.010 ± 0.001), its GPTQ (+0.004 ± 0.001) and nf4-g32 (−0.003 ± 0.001) take the same bytes: nf4
+    # is lower by more than 2·(0.001 + 0.001) nats, so it beats both, although int2's noise (2·0.01) is wider; it
+    # beats int8-channel (0.0031 > 2·0.0015) and float32 (0.003 > 2·0.001) too
+    assert names == ["int2-g32", "nf4-g32"]
+    one_tolerance = widgets.pareto_front(sweep.total_bytes, sweep.loss, BAND_SE * sweep.diff_se.max())
+    assert {"int4-g32", "int4-g32-gptq"} <= set(sweep.scheme.iloc[one_tolerance])  # the old rule could not rank them
+    s = widgets.quantization_state(sweep, "int4-g32")
     assert not s["on_front"] and "It is not on the memory-vs-quality front: nf4-g32 takes" in s["text"]
-    assert "its loss is lower by 0.0130 nats/char, more than the sweep's noise" in s["text"]     # 0.010 − (−0.003)
-    assert "0.0020 nats/char" in s["text"]
-    assert "No scheme of at most its bytes is better" in widgets.quantization_state(tight, "nf4-g32")["text"]
+    assert ("its loss is lower by 0.0130 nats/char, more than the pair's noise 2·(0.0010 + 0.0010) = 0.0040 "
+            "nats/char") in s["text"]                                           # 0.010 − (−0.003)
+    on = widgets.quantization_state(sweep, "nf4-g32")
+    assert on["on_front"] and "No scheme of at most its bytes is better by more than the pair's noise" in on["text"]
+    # the same losses, but int4-g32's own paired SE is 0.006: 2·(0.006 + 0.001) > 0.013, so it is not ranked
+    noisy = synthetic_sweep(rows=(("int4-g32", 0.010, 0.006), ("nf4-g32", -0.003, 0.001)))
+    assert widgets.quantization_state(noisy, "int4-g32")["on_front"]
     twins = synthetic_sweep(rows=(("int8-channel", 0.001, 0.0005), ("fp8-channel", 0.001, 0.0005)))
     s = widgets.quantization_state(twins, "fp8-channel")                        # same bytes, same loss
     assert not s["on_front"] and "the same loss as int8-channel, which stands for both" in s["text"]
-    assert widgets.quantization_state(tight, "nf4-g32")["on_front"]
 
 
 # ---- missing combinations, bad sweeps, bad choices ------------------------------------------

@@ -176,14 +176,31 @@ def _bytes_axis(ax, axis: str, values: list[float]) -> None:
     getattr(ax, f"{axis}axis").set_minor_locator(matplotlib.ticker.NullLocator())
 
 
-def pareto_front(xs, ys, y_tolerance: float = 0.0) -> list[int]:
+def pareto_beats(q: tuple, p: tuple, y_tolerance: float = 0.0, n_se: float = 2.0) -> bool:
+    """Whether point q = (x, y[, se]) beats point p (smaller x and smaller y are better) beyond the noise.
+
+    q beats p when q.x <= p.x and either q.y < p.y − (y_tolerance + n_se·(se_p + se_q)) (better by more than
+    the noise of the pair) or q.y == p.y and q.x < p.x (the same quality for fewer bytes). A missing se is 0.
+    The rule of `pareto_front`, for one pair; it checks nothing (pareto_front checks its inputs).
+    """
+    gap = y_tolerance + n_se * ((p[2] if len(p) > 2 else 0.0) + (q[2] if len(q) > 2 else 0.0))
+    return q[0] <= p[0] and (q[1] < p[1] - gap or (q[1] == p[1] and q[0] < p[0]))
+
+
+def pareto_front(xs, ys, y_tolerance: float = 0.0, ses=None, n_se: float = 2.0) -> list[int]:
     """Indices of the points no other point beats (smaller x and smaller y are better), sorted by x.
 
-    Point q beats point p when q.x <= p.x and either q.y < p.y - y_tolerance (better by more than the
-    noise) or q.y == p.y and q.x < p.x (the same quality for fewer bytes, e.g. one model in two storage
-    formats). So with y_tolerance = 0 this is the usual front, and with the noise as y_tolerance a point
-    whose y is within the noise of a cheaper point's stays on the front: the data cannot rank them.
-    Of exact duplicates only the first index is kept. Ties in x are listed by y, then by index.
+    Point q beats point p when q.x <= p.x and either q.y < p.y − (y_tolerance + n_se·(se_p + se_q)) (better
+    by more than the noise) or q.y == p.y and q.x < p.x (the same quality for fewer bytes, e.g. one model in
+    two storage formats); `pareto_beats` is that rule for one pair. With y_tolerance = 0 and no ses this is the
+    usual front. The noise comes in two forms, which add:
+    - y_tolerance (units of ys): one gap for every pair, e.g. 2·the largest standard error of the ys;
+    - ses (one per point, units of ys; None = all 0) with n_se: each point's standard error of its PAIRED
+      difference to one common reference, measured on the same examples. Since p − q = (p − ref) − (q − ref),
+      SE(p − q) ≤ se_p + se_q whatever their correlation, so n_se·(se_p + se_q) bounds n_se SEs of the pair's
+      own difference: near the reference it is far smaller than an unpaired SE.
+    A point whose y is within the noise of a cheaper point's stays on the front: the data cannot rank them.
+    Of exact duplicates (same x and y) only the first index is kept. Ties in x are listed by y, then by index.
     """
     xs, ys = list(xs), list(ys)
     if len(xs) != len(ys):
@@ -194,13 +211,21 @@ def pareto_front(xs, ys, y_tolerance: float = 0.0) -> list[int]:
                 raise ValueError(f"{name}[{i}]={v!r}: every coordinate must be a finite number")
     if not (_finite_number(y_tolerance) and y_tolerance >= 0):
         raise ValueError(f"y_tolerance={y_tolerance!r} must be a finite number >= 0 (in the units of ys)")
-    pts = [(float(x), float(y)) for x, y in zip(xs, ys)]
-
-    def beats(q: tuple[float, float], p: tuple[float, float]) -> bool:
-        return q[0] <= p[0] and (q[1] < p[1] - y_tolerance or (q[1] == p[1] and q[0] < p[0]))
+    ses = [0.0] * len(xs) if ses is None else list(ses)
+    if len(ses) != len(xs):
+        raise ValueError(f"ses must have one entry per point: got {len(ses)} for {len(xs)} points")
+    for i, v in enumerate(ses):
+        if not (_finite_number(v) and v >= 0):
+            raise ValueError(f"ses[{i}]={v!r}: every standard error must be a finite number >= 0 (in the units of ys)")
+    if not (_finite_number(n_se) and n_se >= 0):
+        raise ValueError(f"n_se={n_se!r} must be a finite number >= 0 (standard errors)")
+    y_tolerance, n_se = float(y_tolerance), float(n_se)
+    pts = [(float(x), float(y), float(se)) for x, y, se in zip(xs, ys, ses)]
+    keys = [(x, y) for x, y, _ in pts]
 
     front = [i for i, p in enumerate(pts)
-             if not any(beats(q, p) for q in pts) and pts.index(p) == i]      # pts.index: first of duplicates
+             if not any(pareto_beats(q, p, y_tolerance, n_se) for q in pts)
+             and keys.index(keys[i]) == i]                                    # keys.index: first of duplicates
     return sorted(front, key=lambda i: (pts[i][0], pts[i][1], i))
 
 

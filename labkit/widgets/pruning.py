@@ -13,8 +13,8 @@ The dense model is the row with sparsity 0 (pruning nothing gives the same model
 The panel draws perplexity with its ± 2·SE band, exp(loss ± 2·loss_se), and a memory-vs-quality front that
 does not rank points whose losses differ by less than the noise. With increase_se (every row scored on the
 same windows) two rows p and q are ranked only when their losses differ by more than 2·(se_p + se_q), a bound on
-2·SE of their own paired difference (`paired_pareto_front`): near the dense model that is several times smaller
-than loss_se, far from it larger. Without it: `core.pareto_front` with y_tolerance 2·max(loss_se).
+2·SE of their own paired difference (`core.pareto_front` with ses=increase_se): near the dense model that is several
+times smaller than loss_se, far from it larger. Without it: `core.pareto_front` with y_tolerance 2·max(loss_se).
 """
 from __future__ import annotations
 
@@ -117,30 +117,8 @@ def _percent(sparsity: float) -> str:
 
 
 def paired_pareto_front(xs, losses, ses, n_se: float = BAND_SE) -> list[int]:
-    """Indices of the points no other point beats (fewer bytes x, lower loss), sorted by x, ranking by paired noise.
-
-    `ses` are the standard errors of each point's paired loss difference to ONE common reference on the same
-    windows (nats). Since p − q = (p − ref) − (q − ref), SE(p − q) ≤ se_p + se_q; q beats p when q.x ≤ p.x
-    and q's loss is lower by more than n_se·(se_p + se_q), or equal with q.x < p.x. With all ses 0 this is
-    the usual front (core.pareto_front). Of exact duplicates only the first index is kept.
-    """
-    pareto_front(xs, losses)                         # the same checks of xs and losses, by name
-    xs, losses, ses = [float(x) for x in xs], [float(y) for y in losses], list(ses)
-    if len(ses) != len(xs):
-        raise ValueError(f"ses must have one entry per point: got {len(ses)} for {len(xs)} points")
-    for i, v in enumerate(ses):
-        if not (_finite_number(v) and v >= 0):
-            raise ValueError(f"ses[{i}]={v!r}: every standard error must be a finite number >= 0 (nats)")
-    if not (_finite_number(n_se) and n_se >= 0):
-        raise ValueError(f"n_se={n_se!r} must be a finite number >= 0")
-    pts = list(zip(xs, losses, (float(v) for v in ses)))
-
-    def beats(q, p) -> bool:
-        return q[0] <= p[0] and (q[1] < p[1] - n_se * (p[2] + q[2]) or (q[1] == p[1] and q[0] < p[0]))
-
-    keys = [(x, y) for x, y, _ in pts]
-    front = [i for i, p in enumerate(pts) if not any(beats(q, p) for q in pts) and keys.index(keys[i]) == i]
-    return sorted(front, key=lambda i: (pts[i][0], pts[i][1], i))
+    """`core.pareto_front(xs, losses, ses=ses, n_se=n_se)`: the course's one front rule, by lab 04 notebook's name."""
+    return pareto_front(xs, losses, ses=ses, n_se=n_se)
 
 
 def _band(loss: float, se: float) -> tuple[float, float]:
@@ -155,7 +133,7 @@ def pruning_state(sweep: Any, method: str, sparsity: float, storage: str, scope:
     "layer" when it has both. Bytes are the sweep's `<storage>_bytes`; `ratio_vs_dense` divides them by
     the dense model's dense bytes. The front (over every storage format and sparsity of the chosen
     method and scope) never ranks differences inside the noise: two rows within BAND_SE·(se_p + se_q) of
-    each other's loss, se = increase_se (paired, `paired_pareto_front`), or within BAND_SE·max(loss_se)
+    each other's loss, se = increase_se (paired: `core.pareto_front` with ses), or within BAND_SE·max(loss_se)
     when the sweep has no increase_se. `front_noise` names which; `front_tolerance_nats` is the largest
     gap left unranked.
     """
@@ -194,8 +172,8 @@ def pruning_state(sweep: Any, method: str, sparsity: float, storage: str, scope:
     if paired:
         ses = [table.rows[method, scope, p["sparsity"]][PAIRED_SE] for p in points]
         tolerance = BAND_SE * 2 * max(ses)
-        front = [points[i] for i in paired_pareto_front([p["bytes"] for p in points], [p["loss"] for p in points],
-                                                        ses)]
+        front = [points[i] for i in pareto_front([p["bytes"] for p in points], [p["loss"] for p in points],
+                                                 ses=ses, n_se=BAND_SE)]
     else:
         tolerance = BAND_SE * max(table.rows[method, scope, s]["loss_se"] for s in allowed)
         front = [points[i] for i in pareto_front([p["bytes"] for p in points], [p["loss"] for p in points],

@@ -19,8 +19,10 @@ The panel picks a scheme with three controls, each offering the values the sweep
 A combination the sweep did not measure is shown as "not in the sweep", with what it did measure.
 
 Left: bytes against perplexity for every scheme, bars ± 2·diff_se (the paired noise against float32), the
-float32 model as a star, and the memory-vs-quality front (`core.pareto_front`) that treats losses within
-BAND_SE · max(diff_se) of each other as equal, so it never ranks differences inside the sweep's noise.
+float32 model as a star, and the memory-vs-quality front (`core.pareto_front` with ses=diff_se): every row is paired
+with float32 on the same windows, so two rows p and q are ranked only when their losses differ by more than
+BAND_SE·(diff_se_p + diff_se_q), a bound on BAND_SE standard errors of their own paired difference; the front never
+ranks differences inside that noise.
 Right: a histogram of (dequantized − original) weights of one layer for the chosen scheme, in units of that
 layer's weight standard deviation, from `layer_weight_errors` (computed once, before the panel). A GPTQ scheme is
 drawn over its round-to-nearest twin: GPTQ moves the weights not yet rounded to cancel the error of those already
@@ -45,8 +47,8 @@ from torch import Tensor
 from labkit.gptq import gptq_quantize_layers
 from labkit.model import GPT
 from labkit.quantize import Scheme, get_scheme, quantizable_layers, quantize_tensor
-from labkit.widgets.core import (Panel, _bytes_axis, _finite_number, human_bytes, pareto_front, render_into,
-                                 wire_panel)
+from labkit.widgets.core import (Panel, _bytes_axis, _finite_number, human_bytes, pareto_beats, pareto_front,
+                                 render_into, wire_panel)
 
 SWEEP_COLUMNS = ("scheme", "format", "bits", "granularity", "group_size", "method", "bits_per_weight",
                  "quantized_bytes", "total_bytes", "loss", "loss_se", "perplexity", "loss_minus_float", "diff_se")
@@ -178,7 +180,7 @@ class SchemeTable:
     groups: list[str]                      # coarse to fine
     points: list[dict]                     # every row (float32 first), for the plot
     front: list[dict]                      # the rows on the memory-vs-quality front, by bytes
-    front_tolerance_nats: float            # BAND_SE · the largest paired standard error of the sweep
+    front_tolerance_nats: float            # the largest gap left unranked: BAND_SE · 2 · the largest diff_se
 
     def names(self) -> list[str]:
         """The quantized schemes' names, in the sweep's order."""
@@ -221,9 +223,9 @@ def scheme_table(sweep: Any) -> SchemeTable:
             rows[key] = point
         points.append(point)
     points.sort(key=lambda p: p["scheme"] != "float32")
-    tolerance = BAND_SE * max(p["diff_se"] for p in points)
+    tolerance = BAND_SE * 2 * max(p["diff_se"] for p in points)
     front = [points[i] for i in pareto_front([p["total_bytes"] for p in points], [p["loss"] for p in points],
-                                             tolerance)]
+                                             ses=[p["diff_se"] for p in points], n_se=BAND_SE)]
     return SchemeTable(rows=rows, float32=float32, families=list(dict.fromkeys(k[0] for k in rows)),
                        bits=sorted({k[1] for k in rows}, reverse=True),
                        groups=sorted({k[2] for k in rows}, key=_group_order), points=points, front=front,
@@ -337,19 +339,24 @@ def _choose(table: SchemeTable, scheme, bits, group, family) -> tuple[str, int, 
 
 def _front_words(table: SchemeTable, row: dict, on_front: bool) -> str:
     """Why the chosen row is or is not on the front, naming the scheme that beats it (core.pareto_front's rule)."""
-    tolerance = table.front_tolerance_nats
-    noise = f"the sweep's noise ({BAND_SE:g}·its largest paired SE = {tolerance:.4f} nats/char)"
+    rule = (f"by more than the pair's noise, {BAND_SE:g}·(its paired SE + the other's, each the SE of a loss "
+            "difference to float32 on the same windows)")
     if on_front:
-        return f"No scheme of at most its bytes is better by more than {noise}: it is on the memory-vs-quality front."
-    beaters = [q for q in table.points if q is not row and q["total_bytes"] <= row["total_bytes"]
-               and (q["loss"] < row["loss"] - tolerance
-                    or (q["loss"] == row["loss"] and q["total_bytes"] < row["total_bytes"]))]
+        return f"No scheme of at most its bytes is better {rule}: it is on the memory-vs-quality front."
+
+    def point(q: dict) -> tuple[float, float, float]:
+        return q["total_bytes"], q["loss"], q["diff_se"]
+
+    beaters = [q for q in table.points if q is not row and pareto_beats(point(q), point(row), n_se=BAND_SE)]
     if not beaters:           # the same bytes and loss as a row listed before it: pareto_front keeps the first
         twin = next(q for q in table.points if (q["total_bytes"], q["loss"]) == (row["total_bytes"], row["loss"]))
         return f"It takes the same bytes and has the same loss as {twin['name']}, which stands for both on the front."
     best = min(beaters, key=lambda q: (q["loss"], q["total_bytes"]))
+    noise = BAND_SE * (row["diff_se"] + best["diff_se"])
     return (f"It is not on the memory-vs-quality front: {best['name']} takes {human_bytes(best['total_bytes'])} "
-            f"(no more) and its loss is lower by {row['loss'] - best['loss']:.4f} nats/char, more than {noise}.")
+            f"(no more) and its loss is lower by {row['loss'] - best['loss']:.4f} nats/char, more than the pair's "
+            f"noise {BAND_SE:g}·({row['diff_se']:.4f} + {best['diff_se']:.4f}) = {noise:.4f} nats/char (each a paired "
+            "SE against float32).")
 
 
 def quantization_state(sweep: Any, scheme: str | None = None, *, bits: int | None = None,
@@ -502,7 +509,7 @@ def quantization_figure(state: dict) -> Figure:
                 color="#555555", lw=1)
     front = state["front"]
     left.step([p["total_bytes"] for p in front], [p["increase_pct"] for p in front], where="post", color="k", lw=1,
-              ls="--", zorder=1, label=f"Pareto front (gaps < {BAND_SE:g}·SE not ranked)")
+              ls="--", zorder=1, label=f"Pareto front (gaps < {BAND_SE:g}·(SE$_p$ + SE$_q$) not ranked)")
     left.plot([f32["total_bytes"]], [0.0], "*", ms=13, color="k", zorder=4,
               label=f"float32 ({human_bytes(f32['total_bytes'])}, perplexity {f32['perplexity']:.3f})")
     if state["in_sweep"]:

@@ -45,6 +45,7 @@ LABS: list[str] = [
     "04_pruning_and_sparse_storage",
     "05_quantization",
     "06_knowledge_distillation",
+    "08_memory_pools",
 ]
 
 # nbgrader's per-cell timeout defaults to 30 s, which lab 01's training cells exceed (they were interrupted,

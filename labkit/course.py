@@ -45,6 +45,7 @@ LABS: list[str] = [
     "04_pruning_and_sparse_storage",
     "05_quantization",
     "06_knowledge_distillation",
+    "07_compression_and_storage",
     "08_memory_pools",
 ]
 

@@ -103,7 +103,39 @@ def kraft(lengths):
 def test_huffman_right_answers_pass(right, capsys):
     result = grading.check_huffman_code_lengths(right)
     assert result and result.status == grading.PASS
-    assert "passed (9 examples)" in capsys.readouterr().out
+    assert "passed (10 examples)" in capsys.readouterr().out
+
+
+def shannon_fano(frequencies):
+    """Top down: sort by frequency, split into two halves of (nearly) equal weight, recurse — not always optimal."""
+    lengths = {}
+
+    def split(symbols, depth):
+        if len(symbols) == 1:
+            lengths[symbols[0]] = max(depth, 1)
+            return
+        total, running, best, cut = sum(frequencies[s] for s in symbols), 0, None, 1
+        for i in range(1, len(symbols)):
+            running += frequencies[symbols[i - 1]]
+            if best is None or abs(total - 2 * running) < best:
+                best, cut = abs(total - 2 * running), i
+        split(symbols[:cut], depth + 1)
+        split(symbols[cut:], depth + 1)
+
+    used = sorted((s for s, f in frequencies.items() if f > 0), key=lambda s: (-frequencies[s], s))
+    if used:
+        split(used, 0)
+    return lengths
+
+
+def test_shannon_fano_fails_on_a_public_example_with_the_not_optimal_hint():
+    freqs = {0: 15, 1: 7, 2: 6, 3: 6, 4: 5}
+    assert shannon_fano(freqs) == {0: 2, 1: 2, 2: 2, 3: 3, 4: 3}        # 89 bits; Huffman's 1, 3, 3, 3, 3: 87
+    result = grading.check_huffman_code_lengths(shannon_fano, quiet=True)
+    assert not result and f"huffman_code_lengths({freqs})" in result.message, result.message
+    assert "expected {0: 1, 1: 3, 2: 3, 3: 3, 4: 3} (87 bits in all), got {0: 2, 1: 2, 2: 2, 3: 3, 4: 3} (89 bits in all)" \
+        in result.message, result.message
+    assert "hint: a prefix code, but not an optimal one" in result.message
 
 
 def test_huffman_accepts_any_optimal_code_when_frequencies_tie():
@@ -115,6 +147,9 @@ def test_huffman_accepts_any_optimal_code_when_frequencies_tie():
         assert grading.check_huffman_code_lengths(answer, quiet=True), code
     # numpy ints are ints to canonical_codes too: accepted, and the lab can use them
     assert grading.check_huffman_code_lengths(lambda f: {np.int64(s): np.int32(n) for s, n in
+                                                         my_huffman_code_lengths(f).items()}, quiet=True)
+    # and 0-dim int tensors, as every INT check accepts them
+    assert grading.check_huffman_code_lengths(lambda f: {s: torch.tensor(n) for s, n in
                                                          my_huffman_code_lengths(f).items()}, quiet=True)
 
 
@@ -188,17 +223,38 @@ def test_huffman_mistakes_get_their_hints(wrong, hint):
     assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
 
 
-def test_huffman_a_wrong_length_is_shown_symbol_by_symbol():
+def test_huffman_a_wrong_answer_is_shown_as_the_dict_it_is_without_quotes():
     result = grading.check_huffman_code_lengths(lambda f: with_first(f, {0: 1, 1: 2, 2: 2, 3: 3}), quiet=True)
     assert not result and "an optimal code takes 15 bits in all" in result.message
-    assert "symbol 2: expected 3, got 2 (1 of 4 values differ)" in result.message, result.message
+    assert "expected {0: 1, 1: 2, 2: 3, 3: 3} (15 bits in all), got {0: 1, 1: 2, 2: 2, 3: 3} (14 bits in all)" \
+        in result.message, result.message
+
+
+def test_huffman_a_missing_codeword_is_named_and_no_padding_is_counted():
+    result = grading.check_huffman_code_lengths(lambda f: {s: 0 for s in f} if f == {7: 42}
+                                                else my_huffman_code_lengths(f), quiet=True)
+    assert "expected {7: 1} (42 bits in all), got {7: 0} — no codeword for symbol 7" in result.message, result.message
+    assert "values differ" not in result.message
+    # a zero-frequency symbol is not shown as 'expected 0': the expected dict leaves it out
+    result = grading.check_huffman_code_lengths(lambda f: {**my_huffman_code_lengths(f), 2: 1}
+                                                if f == {0: 10, 1: 0, 2: 3, 3: 0, 4: 3} else my_huffman_code_lengths(f),
+                                                quiet=True)
+    assert "expected {0: 1, 2: 2, 4: 2} (22 bits in all), got {0: 1, 2: 1, 4: 2}" in result.message, result.message
+
+
+def test_huffman_an_answer_of_the_wrong_shape_is_not_reported_as_a_crash():
+    # the check's own reading of the answer: no "your function raised" (the learner raised nothing)
+    for answer in (lambda f: {s: str(n) for s, n in my_huffman_code_lengths(f).items()},
+                   lambda f: list(my_huffman_code_lengths(f).values())):
+        result = grading.check_huffman_code_lengths(answer, quiet=True)
+        assert not result and "raised" not in result.message, result.message
 
 
 @pytest.mark.parametrize("answer, words", [
     (lambda f: None, "returned None — did you forget `return`?"),
-    (lambda f: sorted(my_huffman_code_lengths(f).values()), "returned list"),
+    (lambda f: sorted(my_huffman_code_lengths(f).values()), "got list [1, 2, 3, 3] — the lab needs a dict"),
     (lambda f: {s: float(n) for s, n in my_huffman_code_lengths(f).items()}, "a whole number of bits (an int)"),
-    (lambda f: {s: torch.tensor(n) for s, n in my_huffman_code_lengths(f).items()}, "a whole number of bits"),
+    (lambda f: {s: torch.tensor(float(n)) for s, n in my_huffman_code_lengths(f).items()}, "a whole number of bits"),
     (lambda f: {s: "0" * n for s, n in my_huffman_code_lengths(f).items()}, "looks like the codeword itself"),
     (lambda f: {chr(s): n for s, n in my_huffman_code_lengths(f).items()}, "its keys must be the symbols"),
     (lambda f: {**my_huffman_code_lengths(f), 99: 9}, "symbol 99, which is not in `frequencies`"),
@@ -260,7 +316,7 @@ def test_huffman_hidden_examples_pass_a_right_answer_and_catch_a_table(monkeypat
     monkeypatch.setattr(core, "HIDDEN_SEED", None)
     key = lambda f: tuple(sorted(f.items()))
     grading.check_huffman_code_lengths(lambda f: public.setdefault(key(f), my_huffman_code_lengths(f)), quiet=True)
-    assert len(public) == 9
+    assert len(public) == 10
     monkeypatch.setattr(core, "HIDDEN_SEED", 7)
     # right on the public examples, every symbol 4 bits anywhere else
     table = lambda f: public[key(f)] if key(f) in public else {s: 4 for s, v in f.items() if v}
@@ -277,6 +333,16 @@ def test_layer_storage_bytes_right_answer_passes(capsys):
     fn = grading.use_or_fallback(lambda *a: torch.tensor(my_layer_storage_bytes(*a)),
                                  grading.check_layer_storage_bytes, D.layer_storage_bytes)
     assert type(fn(10, 0, 2, 4, 3, 2)) is int and fn(10, 0, 2, 4, 3, 2) == 14
+
+
+@pytest.mark.parametrize("wrong", [lambda z, f, c, g, e, v: (z + f) * (c + g) + e * v,
+                                   lambda z, f, c, g, e, v: my_layer_storage_bytes(z, f, c, g, e, v) - e * v,
+                                   lambda z, f, c, g, e, v: (z + f) * c // 8 + (z + f) * g // 8 + e * v])
+def test_layer_storage_bytes_mistakes_show_on_the_small_worked_example_first(wrong):
+    # 3 + 5 + 16 bytes can be checked by hand; the 19,661-nonzero matrix comes after it
+    result = grading.check_layer_storage_bytes(wrong, quiet=True)
+    assert "layer_storage_bytes(n_nonzero=10, n_fillers=0, code_bits=2" in result.message, result.message
+    assert "expected 24" in result.message
 
 
 def shared_gpt(bits: int, sparsity: float, seed: int = 0):
@@ -497,7 +563,7 @@ def test_graded_cells_fail_wrong_answers_with_the_hint():
     with pytest.raises(AssertionError, match="a single symbol still needs a 1-bit codeword"):
         grade("huffman_code_lengths", notebook_function(HUFFMAN.replace("{s: 1 for s in used}", "{s: 0 for s in used}"),
                                                         "huffman_code_lengths"))
-    with pytest.raises(AssertionError, match="returned list"):       # the type is named over there too
+    with pytest.raises(AssertionError, match="got list"):       # the type is named over there too
         grade("huffman_code_lengths", notebook_function(HUFFMAN.replace("    return depth", "    return list(depth)"),
                                                         "huffman_code_lengths"))
     with pytest.raises(AssertionError, match="the codebook is missing"):

@@ -9,10 +9,13 @@ core.ALWAYS_FORBIDDEN_MODULES: its helpers trip too.
 Huffman code lengths are not unique when frequencies tie, so `check_huffman_code_lengths` accepts ANY optimal
 prefix code: right symbols, whole positive lengths, Kraft sum <= 1 and the smallest possible total of
 frequency × length bits. An answer that is such a code is shown to the comparison as the check's own optimal
-code; any other answer is compared as given, symbol by symbol, with a hint for the mistake it matches.
+code; any other answer is compared as given, with a hint for the mistake it matches. Answers are written out as
+text where the learner's function ran (what the grader's learner process can send back) and shown unquoted, as
+the dict they are: `expected {0: 1, 1: 2, 2: 2} (10 bits in all), got {0: 2, 1: 2, 2: 2} (12 bits in all)`.
 """
 from __future__ import annotations
 
+import ast
 import heapq
 import math
 import numbers
@@ -22,7 +25,17 @@ from typing import Any, Callable
 import torch
 
 from labkit.grading.checks import INT, _choice, _int_eq, _per_case_ratio, _randint
-from labkit.grading.core import Case, CheckResult, Mistake, Returns, checks_safely, kind_of, run_check
+from labkit.grading.core import (
+    NONE_RETURNED,
+    Case,
+    CheckResult,
+    Mistake,
+    Returns,
+    as_number,
+    checks_safely,
+    kind_of,
+    run_check,
+)
 
 #: What a learner must not call in any lab-07 exercise: labkit's coders, the Deep Compression pipeline and the
 #: streaming module (every function defined in them trips while the learner's function runs).
@@ -98,68 +111,113 @@ def _is_optimal_code(lengths: dict[int, int], frequencies: dict[int, int]) -> bo
         _optimal_lengths(frequencies), frequencies)
 
 
-def _table(lengths: dict[int, int], size: int) -> torch.Tensor:
-    """The lengths as one int64 entry per symbol 0..size-1, 0 where a symbol has no codeword.
+class ShownLengths(str):
+    """An answer written out as text, shown without quotes: `expected {0: 1, 1: 2, 2: 2} (…), got {…}` reads as the
+    dict the function returns. (In the grader it arrives as an object of this name whose repr is the text.)"""
 
-    This is the table canonical Huffman stores (DEFLATE sends exactly these numbers): the check compares it
-    entry by entry, so a difference is reported as 'symbol s: expected a, got b'.
-    """
-    table = torch.zeros(size, dtype=torch.int64)
-    for s, n in lengths.items():
-        table[s] = n
-    return table
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
 
 
-def _table_size(frequencies: dict[int, int]) -> int:
-    return max(frequencies, default=-1) + 1
+def _text(got: Any) -> str | None:
+    """The text of an answer as `_lengths_call` wrote it (a str, or the grader's stand-in for a ShownLengths)."""
+    if isinstance(got, str):
+        return str.__str__(got)
+    if type(got).__name__ == ShownLengths.__name__:
+        try:
+            text = repr(got)
+        except Exception:   # noqa: BLE001 — an unreadable answer is simply not one of ours
+            return None
+        return str.__str__(text) if isinstance(text, str) else None
+    return None
+
+
+class Shown:
+    """The expected answer's text: equal to an answer with the same text, and shown without quotes."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return _text(other) == self.text
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _shown_lengths(lengths: dict[int, int], frequencies: dict[int, int]) -> str:
+    """'{0: 1, 1: 2, 2: 2} (10 bits in all)': the lengths by symbol, the total when every used symbol has one, and
+    the symbols of frequency > 0 that have no codeword."""
+    text = "{" + ", ".join(f"{s}: {n}" for s, n in sorted(lengths.items())) + "}"
+    used = sorted(s for s, f in frequencies.items() if f > 0)
+    missing = [s for s in used if lengths.get(s, 0) == 0]
+    if missing:
+        return text + f" — no codeword for symbol{'s' if len(missing) > 1 else ''} " + ", ".join(map(str, missing))
+    if used:
+        text += f" ({_total_bits(lengths, frequencies):,} bits in all)"
+    return text
+
+
+class NotLengths(Exception):
+    """The learner's answer is not a dict of code lengths: what it is instead, said as a message."""
 
 
 def _as_lengths(got: Any, frequencies: dict[int, int]) -> dict[int, int]:
-    """The learner's answer as {int symbol: int length}, or a TypeError/ValueError saying what the lab needs instead."""
+    """The learner's answer as {int symbol: int length}, or NotLengths saying what the lab needs instead."""
     if not isinstance(got, dict):
-        raise TypeError(f"huffman_code_lengths returned {kind_of(got)}; the lab needs a dict {{symbol: code length "
-                        f"in bits}} (it builds the canonical codes from it)")
+        raise NotLengths(f"{kind_of(got)} — the lab needs a dict {{symbol: code length in bits}} (it builds the "
+                         "canonical codes from it)")
     out = {}
-    for s, n in got.items():
+    for s, n in list(dict.items(got)):
         if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-            raise TypeError(f"the returned dict has the key {s!r}; its keys must be the symbols of `frequencies` "
-                            "(ints)")
+            raise NotLengths(f"a dict with the key {s!r} — its keys must be the symbols of `frequencies` (ints)")
         if s not in frequencies:
-            raise ValueError(f"the returned dict has a length for symbol {s}, which is not in `frequencies`: only "
-                             "symbols with a frequency > 0 get a codeword")
+            raise NotLengths(f"a dict with a length for symbol {s}, which is not in `frequencies` — only symbols "
+                             "with a frequency > 0 get a codeword")
         if isinstance(n, str) or (isinstance(n, (tuple, list)) and len(n) == 2):
-            raise TypeError(f"the returned dict maps symbol {s} to {n!r}: that looks like the codeword itself; "
-                            "return each codeword's LENGTH in bits (an int), e.g. {0: 1, 1: 2, 2: 2}")
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-            raise TypeError(f"the returned dict maps symbol {s} to {kind_of(n)}; a code length is a whole number of "
-                            "bits (an int)")
-        if abs(n) > 2 ** 31:
-            raise ValueError(f"the returned dict gives symbol {s} a length of {n} bits: no code for "
+            raise NotLengths(f"a dict mapping symbol {s} to {n!r} — that looks like the codeword itself; return "
+                             "each codeword's LENGTH in bits (an int), e.g. {0: 1, 1: 2, 2: 2}")
+        value, problem = as_number(n, integer=True)     # ints, numpy ints, 0-dim int tensors
+        if problem:
+            raise NotLengths(f"a dict mapping symbol {s} to {kind_of(n)} — a code length is a whole number of "
+                             "bits (an int)")
+        if abs(value) > 2 ** 31:
+            raise NotLengths(f"a dict giving symbol {s} a length of {value} bits — no code for "
                              f"{len(frequencies)} symbols needs more than {max(len(frequencies) - 1, 1)}")
-        out[int(s)] = int(n)
+        out[int(s)] = int(value)
     return out
 
 
 def _lengths_call(fn: Callable, args: tuple, kwargs: dict) -> Any:
-    """Call the learner's huffman_code_lengths and turn its dict into the per-symbol table the check compares.
+    """Call the learner's huffman_code_lengths; its answer written out as text (ShownLengths) for the comparison.
 
-    Any optimal prefix code is right (ties make several), so an optimal answer is replaced by the check's own
-    optimal code; anything else is compared as given. A dict edited in place is refused: the lab passes the
-    weights' own counts, which later cells use.
+    Any optimal prefix code is right (ties make several), so an optimal answer is written as the check's own
+    optimal code; anything else as given, or as what it is instead of a dict of lengths. A dict edited in place
+    is refused: the lab passes the weights' own counts, which later cells use.
     """
     frequencies = args[0] if args else kwargs["frequencies"]
     before = dict(frequencies)
     got = fn(*args, **kwargs)
-    if dict(frequencies) != before:
-        raise ValueError("huffman_code_lengths changed its `frequencies` dict in place (the lab passes the "
-                         "weights' own counts, which later cells use): read it, don't pop or edit it — work on a "
-                         "copy, e.g. dict(frequencies)")
     if got is None:
-        return None
-    lengths = _as_lengths(got, before)
-    if _is_optimal_code(lengths, before):
-        lengths = _optimal_lengths(before)
-    return _table(lengths, _table_size(before))
+        text = "None"
+    else:
+        try:
+            lengths = _as_lengths(got, before)
+        except NotLengths as e:
+            text = str(e)
+        else:
+            if _is_optimal_code(lengths, before):
+                lengths = _optimal_lengths(before)
+            text = _shown_lengths(lengths, before)
+    if dict(frequencies) != before:
+        text += (" — but huffman_code_lengths changed its `frequencies` dict in place (the lab passes the weights' "
+                 "own counts, which later cells use): read it, don't pop or edit it — work on a copy, e.g. "
+                 "dict(frequencies)")
+    return ShownLengths(text)
 
 
 def _lengths_case(description: str, frequencies: dict[int, int]) -> Case:
@@ -168,14 +226,21 @@ def _lengths_case(description: str, frequencies: dict[int, int]) -> Case:
     about = (f"{used} symbol{'s' if used != 1 else ''} with frequency > 0, an optimal code takes "
              f"{_total_bits(best, frequencies):,} bits in all (Σ frequency × length)" if used else "no symbol to code")
     return Case(f"huffman_code_lengths({frequencies}): {description} — {about}", (dict(frequencies),), {},
-                _table(best, _table_size(frequencies)))
+                Shown(_shown_lengths(best, frequencies)))
 
 
 def _lengths_of(got: Any) -> dict[int, int] | None:
-    """The learner's answer back as {symbol: length} from the compared table (symbols of length 0 left out)."""
-    if not (isinstance(got, torch.Tensor) and got.dim() == 1 and not got.is_floating_point()):
+    """The learner's answer back as {symbol: length} from its text (symbols of length 0 left out), else None."""
+    text = _text(got)
+    if text is None or not text.startswith("{"):
         return None
-    return {s: int(n) for s, n in enumerate(got.tolist()) if n != 0}
+    try:
+        lengths = ast.literal_eval(text[:text.index("}") + 1])
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(lengths, dict) or not all(type(n) is int for n in lengths.values()):
+        return None
+    return {s: n for s, n in lengths.items() if n != 0}
 
 
 @checks_safely("huffman_code_lengths")
@@ -195,6 +260,8 @@ def check_huffman_code_lengths(fn: Callable[[dict[int, int]], dict[int, int]], q
         ("two symbols, very unequal: one bit each whatever the counts", {0: 1, 1: 1000}),
         ("Fibonacci frequencies: the most lopsided tree, 6 bits deep", {0: 1, 1: 1, 2: 2, 3: 3, 4: 5, 5: 8, 6: 13}),
         ("the bytes of b'abracadabra' (a = 97 ... r = 114)", {97: 5, 98: 2, 99: 1, 100: 1, 114: 2}),
+        ("splitting the symbols into two halves of equal weight, top down (Shannon–Fano), gives 2, 2, 2, 3, 3 bits "
+         "= 89 in all; Huffman's merges, bottom up, do better", {0: 15, 1: 7, 2: 6, 3: 6, 4: 5}),
         ("no symbols at all: an empty dict", {}),
     ]
     cases = [_lengths_case(what, f) for what, f in examples]
@@ -273,8 +340,12 @@ def check_huffman_code_lengths(fn: Callable[[dict[int, int]], dict[int, int]], q
         Mistake("a prefix code, but not an optimal one: its Σ frequency × length is larger than Huffman's — merge "
                 "the two LEAST frequent subtrees each step, and count each symbol's depth", not_optimal),
     ]
-    returns = Returns("tensor", dtypes=(torch.int64,), axes=("symbol",),
-                      why="the lab builds canonical codes from your lengths and codes the model's weights with them")
+    mistakes = [
+        Mistake(f"your function {NONE_RETURNED}", lambda got, frequencies: _text(got) == "None"),
+        *(Mistake(m.hint, m.matches) for m in mistakes),
+    ]
+    returns = Returns("any", why="the lab builds canonical codes from your lengths and codes the model's weights "
+                                 "with them")
 
     def hidden(g: torch.Generator) -> Case:
         n = _randint(g, 1, 10)
@@ -377,12 +448,12 @@ def check_layer_storage_bytes(fn: Callable[[int, int, int, int, int, int], int],
     """
     kept = 65_536 - round(0.7 * 65_536)
     examples = [
-        (f"the baby GPT's mlp.fc weight (512 × 128) at 70% sparsity: {kept:,} nonzeros, 12 fillers, 4-bit codes, "
-         "4-bit gaps, 15 shared values in fp16", (kept, 12, 4, 4, 15, 2)),
-        ("10 nonzeros, no fillers, 2-bit codes, 4-bit gaps, 3 shared values in fp16: 3 + 5 + 6 bytes",
-         (10, 0, 2, 4, 3, 2)),
+        ("10 nonzeros, no fillers, 2-bit codes, 4-bit gaps, 4 shared values in fp32: 3 + 5 + 16 bytes",
+         (10, 0, 2, 4, 4, 4)),
         ("3 nonzeros, 3-bit codes, 4-bit gaps: the codes take 9 bits → 2 bytes and the gaps 12 bits → 2 bytes, two "
          "streams (one stream of 21 bits would be 3 bytes)", (3, 0, 3, 4, 7, 2)),
+        (f"the baby GPT's mlp.fc weight (512 × 128) at 70% sparsity: {kept:,} nonzeros, 12 fillers, 4-bit codes, "
+         "4-bit gaps, 15 shared values in fp16", (kept, 12, 4, 4, 15, 2)),
         ("a very sparse matrix: 40 nonzeros and 25 fillers (runs of zeros longer than 15), 4-bit codes and gaps, "
          "10 shared values in fp16", (40, 25, 4, 4, 10, 2)),
         ("the paper's fully connected layers: 5-bit codes, 8-bit gaps (labkit.sparse's other gap width), fp32 "

@@ -33,11 +33,11 @@ ctypes function pointer while it is unpickled, or runs a copy of labkit's source
 pasting the source) is not caught in that process. What still holds then is the hidden examples (drawn
 from a seed the learner's process never sees) plus the comparison, made in the grader's own process on
 the decoded answer: a passing function gave the right answers to inputs nobody saw before, though whether
-it computed them with labkit's code is no longer guaranteed. Also: code that runs in the notebook's kernel *before* the graded cell can still
-replace what `grade` itself relies on (subprocess, cloudpickle, the import system) — only grading outside
-the student's kernel closes that; and when grading runs as root, the learner's process may read the
-grader's memory through /proc (prctl(PR_SET_DUMPABLE, 0) stops that for any other user): grade as an
-ordinary user.
+it computed them with labkit's code is no longer guaranteed. Also: code that runs in the notebook's
+kernel *before* the graded cell can still replace what `grade` itself relies on (subprocess, cloudpickle,
+the import system) — only grading outside the student's kernel closes that; and when grading runs as
+root, the learner's process may read the grader's memory through /proc (prctl(PR_SET_DUMPABLE, 0) stops
+that for any other user): grade as an ordinary user.
 """
 from __future__ import annotations
 

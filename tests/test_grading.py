@@ -375,6 +375,16 @@ def test_plain_keeps_right_answers_and_nested_structures():
     assert repr(stand_in) == "LOUD" and type(stand_in).__name__ == "Shouty" and stand_in != "LOUD"
 
 
+def test_plain_does_not_use_names_rebound_in_the_module(monkeypatch):
+    # a function could rebind core._plain_tensor mid-call and restore it from a __repr__ that _plain calls later
+    class Sub(torch.Tensor):
+        pass
+    monkeypatch.setattr(core, "_plain_tensor", lambda x: x)
+    monkeypatch.setattr(core, "_stand_in", lambda x: x)
+    got = core._plain([torch.zeros(2).as_subclass(Sub), object()])
+    assert type(got[0]) is torch.Tensor and isinstance(got[1], core._StandIn)
+
+
 def test_no_module_attribute_holds_the_profile_switches():
     # review item 5A: `core._SETPROFILE(None)` switched the guard off
     assert not [k for k, v in vars(core).items() if v is sys.setprofile or v is sys.settrace]

@@ -336,75 +336,85 @@ def _stand_in(x: Any) -> Any:
 _KEPT_TYPES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.Size, torch.device, np.dtype)
 
 
-def _plain(x: Any, depth: int = 0) -> Any:
-    """`x` as plain data: subclasses of dict/list/tuple/set/int/float/str → their exact base type, tensor and ndarray
-    subclasses → base tensors/arrays, numpy scalars kept, anything else → a stand-in holding its repr.
+def _make_plain() -> tuple[Callable[..., Any], Callable[[torch.Tensor], torch.Tensor]]:
+    """Build `_plain` and `_plain_tensor` around the helpers as they are now (a learner's function that rebinds
+    the module's names mid-call changes nothing here)."""
+    kept, stand_in = _KEPT_TYPES, _stand_in
 
-    Called while the guard is on, so an overridden items()/__iter__/__repr__/__torch_function__ runs guarded, and
-    nothing the learner wrote runs after it (the base types' own methods are used to read the containers).
-    """
-    from decimal import Decimal
-    from fractions import Fraction
-    t = type(x)
-    if t in _KEPT_TYPES or t is Decimal:
-        return x
-    if depth > 50:
-        return _stand_in(x)
-    if t is Fraction:
-        return Fraction(int.__int__(x.numerator), int.__int__(x.denominator))
-    if isinstance(x, torch.Tensor):
-        return _plain_tensor(x)
-    if isinstance(x, np.ndarray):
-        if x.dtype == object:
-            return _stand_in(x)
-        return x if t is np.ndarray else np.ndarray.view(x, np.ndarray).copy()
-    if isinstance(x, np.generic):
-        return x if t.__module__ == "numpy" else _stand_in(x)
-    if isinstance(x, int):
-        return int.__int__(x)
-    if isinstance(x, float):
-        return float.__float__(x)
-    if isinstance(x, complex):
-        return complex.__complex__(x)
-    if isinstance(x, str):
-        return str.__str__(x)
-    if isinstance(x, bytes):
-        return bytes.__bytes__(x) if hasattr(bytes, "__bytes__") else bytes(memoryview(x))
-    if isinstance(x, dict):
-        return {_plain(k, depth + 1): _plain(v, depth + 1) for k, v in list(dict.items(x))}
-    if isinstance(x, list):
-        return [_plain(v, depth + 1) for v in list.__iter__(x)]
-    if isinstance(x, tuple):
-        return tuple(_plain(v, depth + 1) for v in tuple.__iter__(x))
-    if isinstance(x, frozenset):
-        return frozenset(_plain(v, depth + 1) for v in frozenset.__iter__(x))
-    if isinstance(x, set):
-        return {_plain(v, depth + 1) for v in set.__iter__(x)}
-    return _stand_in(x)
+    def _plain(x: Any, depth: int = 0) -> Any:
+        """`x` as plain data: subclasses of dict/list/tuple/set/int/float/str → their exact base type,
+        tensor and ndarray subclasses → base tensors/arrays, numpy scalars kept, anything else → a
+        stand-in holding its repr.
+
+        Called while the guard is on, so an overridden items()/__iter__/__repr__/__torch_function__ runs
+        guarded, and nothing the learner wrote runs after it (the base types' own methods read the containers).
+        """
+        from decimal import Decimal
+        from fractions import Fraction
+        t = type(x)
+        if t in kept or t is Decimal:
+            return x
+        if depth > 50:
+            return stand_in(x)
+        if t is Fraction:
+            return Fraction(int.__int__(x.numerator), int.__int__(x.denominator))
+        if isinstance(x, torch.Tensor):
+            return plain_tensor(x)
+        if isinstance(x, np.ndarray):
+            if x.dtype == object:
+                return stand_in(x)
+            return x if t is np.ndarray else np.ndarray.view(x, np.ndarray).copy()
+        if isinstance(x, np.generic):
+            return x if t.__module__ == "numpy" else stand_in(x)
+        if isinstance(x, int):
+            return int.__int__(x)
+        if isinstance(x, float):
+            return float.__float__(x)
+        if isinstance(x, complex):
+            return complex.__complex__(x)
+        if isinstance(x, str):
+            return str.__str__(x)
+        if isinstance(x, bytes):
+            return bytes.__bytes__(x) if hasattr(bytes, "__bytes__") else bytes(memoryview(x))
+        if isinstance(x, dict):
+            return {plain(k, depth + 1): plain(v, depth + 1) for k, v in list(dict.items(x))}
+        if isinstance(x, list):
+            return [plain(v, depth + 1) for v in list.__iter__(x)]
+        if isinstance(x, tuple):
+            return tuple(plain(v, depth + 1) for v in tuple.__iter__(x))
+        if isinstance(x, frozenset):
+            return frozenset(plain(v, depth + 1) for v in frozenset.__iter__(x))
+        if isinstance(x, set):
+            return {plain(v, depth + 1) for v in set.__iter__(x)}
+        return stand_in(x)
+
+    def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
+        """A base torch.Tensor with the same values (and autograd history), built with torch function subclasses off."""
+        if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
+            base = x
+        else:
+            with torch._C.DisableTorchFunctionSubclass():
+                base = torch.Tensor.as_subclass(x, torch.Tensor)
+        if torch._C._dispatch_keys(base).has(torch._C.DispatchKey.Python):   # a wrapper whose ops run Python code
+            with torch._C.DisableTorchFunctionSubclass():
+                values = torch.Tensor.tolist(base)
+            base = torch.tensor(plain(values), dtype=base.dtype)
+        return base
+
+    plain, plain_tensor = _plain, _plain_tensor
+    return _plain, _plain_tensor
 
 
-def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
-    """A base torch.Tensor with the same values (and autograd history), built with torch function subclasses off."""
-    if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
-        base = x
-    else:
-        with torch._C.DisableTorchFunctionSubclass():
-            base = torch.Tensor.as_subclass(x, torch.Tensor)
-    if torch._C._dispatch_keys(base).has(torch._C.DispatchKey.Python):   # a wrapper whose ops run Python code
-        with torch._C.DisableTorchFunctionSubclass():
-            values = torch.Tensor.tolist(base)
-        base = torch.tensor(_plain(values), dtype=base.dtype)
-    return base
+_plain, _plain_tensor = _make_plain()
 
 
-def _c_functions(module_name: str, names: Sequence[str] | None = None) -> list:
-    """The built-in functions `names` of a module (all of them when None); [] where the module is missing."""
+def _c_functions(module_name: str) -> list:
+    """The built-in functions of a module; [] where the module is missing."""
     try:
         module = importlib.import_module(module_name)
     except ImportError:
         return []
-    values = [getattr(module, n, None) for n in names] if names is not None else list(vars(module).values())
-    return [v for v in values if type(v).__name__ == "builtin_function_or_method"]
+    return [v for v in vars(module).values() if type(v).__name__ == "builtin_function_or_method"]
 
 
 #: Built-in functions that load C code by hand (ctypes' own entry points): calling the C library's system() that
@@ -728,8 +738,9 @@ def run_check(name: str, fn: Callable, cases: Sequence[Case | tuple], rtol: floa
             return done(FAIL, f"❌ {name}: the grading guard was switched off or changed while your function ran "
                               f"(`{str(got).split(' (')[0]}`); write the function without touching the grader.")
         if outcome == "called" and str(got).endswith(THROUGH_CTYPES):
-            return done(FAIL, f"❌ {name}: your function calls C code through ctypes (`{str(got).split(' ')[0]}`), which "
-                              "the check cannot watch (it can start another program); compute the answer in Python.")
+            return done(FAIL, f"❌ {name}: your function calls C code through ctypes (`{str(got).split(' ')[0]}`), "
+                              "which the check cannot watch (it can start another program); compute the answer in "
+                              "Python.")
         if outcome == "called" and str(got).endswith("(starting an unguarded thread)"):
             return done(FAIL, f"❌ {name}: your function starts another thread (`{str(got).split(' ')[0]}`), which the "
                               "check cannot watch; compute the answer in your function itself.")

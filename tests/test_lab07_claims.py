@@ -247,3 +247,16 @@ def test_ratios_beside_the_paper_match_the_stage_table_and_the_key(nb, text):
 def test_fp32_weights_barely_compress_as_the_text_says(text):
     found = dict(re.findall(rf"(corpus text|fp32 weights): order-0 entropy .+?; best: .+? ({NUMBER})×", text))
     assert _float(found["fp32 weights"]) < 1.2 < _float(found["corpus text"])
+
+
+def test_exercises_are_graded_in_the_tamper_proof_form(nb):
+    graded = {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}
+    points = {gid: c.metadata["nbgrader"]["points"] for gid, c in graded.items()}
+    assert points == {"ex07-1-huffman-code-lengths-test": 2, "ex07-2-layer-storage-bytes-test": 2,
+                      "ex07-3-replay-buffer-bytes-test": 1, "ex07-w1-disk-or-memory": 2}
+    for name in ("huffman_code_lengths", "layer_storage_bytes", "replay_buffer_bytes"):
+        cell = next(c for gid, c in graded.items() if name.replace("_", "-") in gid)
+        assert cell.metadata["nbgrader"]["locked"] and f'grade("{name}", {name})' in cell.source
+        assert 'sys.modules.pop("labkit.autograde", None)' in cell.source
+    written = graded["ex07-w1-disk-or-memory"]
+    assert written.cell_type == "markdown" and "Marking guide" in written.source

@@ -138,6 +138,12 @@ def test_compaction_keeps_contents_and_closes_every_hole(text):
     h = _one(rf"holes between live blocks: (\d+) holes of ({NUMBER}) bytes -> (\d+) holes of ({NUMBER}) bytes",
              text, "the holes before and after")
     assert int(h[3]) == 0 and _float(h[4]) == 0
+    f = _one(rf"the largest free block ({NUMBER}) -> ({NUMBER}) bytes \(the arena is ({NUMBER}) bytes\); external "
+             rf"fragmentation \(1 − largest free block / free bytes, whole arena\) ({NUMBER})% -> ({NUMBER})%", text,
+             "the fragmentation before and after")
+    largest_after, arena_bytes = _float(f[2]), _float(f[3])
+    assert largest_after == arena_bytes - in_use and _float(f[5]) == 0      # one hole: everything free, in one piece
+    assert _float(f[1]) < largest_after and _float(f[4]) > 0
     assert f"the same {m[2]} handles are valid and all blocks read back unchanged" in text
     a = _one(rf"the compacting arena served all (\d+) tensors in ({NUMBER}) bytes \(the lower bound, 64-byte sizes\) "
              rf"with (\d+) compaction\(s\) moving ({NUMBER}) bytes", text, "the compacting arena in the bound")

@@ -260,3 +260,11 @@ def test_exercises_are_graded_in_the_tamper_proof_form(nb):
         assert 'sys.modules.pop("labkit.autograde", None)' in cell.source
     written = graded["ex07-w1-disk-or-memory"]
     assert written.cell_type == "markdown" and "Marking guide" in written.source
+
+
+def test_largest_stage_factor_is_named_from_the_factors(text):
+    m = re.search(r"each stage's own factor \(bytes of the row above / its bytes\): (.+); the largest: (.+)", text)
+    assert m
+    factors = {stage: _float(f) for stage, f in re.findall(rf"([\w +()-]+?) ({NUMBER})×(?:, |$)", m[1])}
+    assert len(factors) >= 5 and max(factors, key=factors.get).strip() == m[2].strip()
+    assert factors["pruned + fine-tuned"] == 1.0          # fine-tuning changes values, not storage

@@ -344,6 +344,24 @@ def test_arena_lower_bound_mistakes_get_their_hints(wrong, hint):
     assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
 
 
+def sweep_in_given_order(lifetimes):
+    # right when the tensors come sorted by start: at each start, add up the ones taken so far still live
+    live, peak = [], 0
+    for size, first, last in lifetimes:
+        live = [(s, l) for s, l in live if l > first] + [(size, last)]
+        peak = max(peak, sum(s for s, _ in live))
+    return peak
+
+
+def test_a_sweep_that_does_not_sort_by_time_is_told_to_sort():
+    # it passes every example given in time order, and the out-of-order one names sorting (not "sum of all sizes")
+    result = check_arena_lower_bound(sweep_in_given_order, quiet=True)
+    assert result.status == grading.FAIL and "out of time order" in result.message, result.message
+    assert "hint: the tensors come in any order: sort them by start step" in result.message, result.message
+    assert "sum of all sizes" not in result.message
+    assert check_arena_lower_bound(lambda ls: sweep_in_given_order(sorted(ls, key=lambda lv: lv[1])), quiet=True)
+
+
 def test_arena_lower_bound_may_not_sort_its_input_in_place():
     # the lab places tensors by their index in that list afterwards: sorting it would mix them up
     result = check_arena_lower_bound(sorts_in_place, quiet=True)
@@ -394,9 +412,16 @@ def test_kv_blocks_needed_mistakes_get_their_hints(wrong, hint):
     assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
 
 
+def test_the_copy_on_write_hint_says_the_idea_without_the_formula():
+    result = check_kv_blocks_needed(lambda p, o, b, n: math.ceil(p / b) + n * math.ceil(o / b), quiet=True)
+    hint = result.message.split("hint: ", 1)[1]
+    assert "copy on write" in hint and "FULL prompt blocks are shared" in hint, hint
+    assert "%" not in hint and "ceil(" not in hint, hint
+
+
 @pytest.mark.parametrize("answer, words", [
     (lambda p, o, b, n: None, "did you forget `return`?"),
-    (lambda p, o, b, n: my_kv_blocks_needed(p, o, b, n) / 1, "return an int"),
+    (lambda p, o, b, n: my_kv_blocks_needed(p, o, b, n) / 1, "this is a whole number, so return an int"),
     (lambda p, o, b, n: [][0], "IndexError"),
 ])
 def test_kv_blocks_needed_none_float_and_crash_are_reported(answer, words):

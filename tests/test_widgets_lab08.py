@@ -179,16 +179,29 @@ def test_panel_redraws_in_one_step_and_reports_its_time(rows):
     assert panel.png and panel.png.startswith(b"\x89PNG") and "image/png" in panel._repr_mimebundle_()
     changes = []
     panel.output.observe(lambda change: changes.append(change), "outputs")
-    times = []
+    times, first_figure = [], panel.figure
     for key, value in (("policy", "contiguous"), ("block_size", 64), ("mix", "long"), ("budget_gib", 16)):
         panel.controls[key].value = value
         times.append(panel.render_ms)
         assert panel.state[key] == value
     assert len(changes) == 4 and len(panel.output.outputs) == 2        # text and figure, replaced not appended
+    assert panel.figure is first_figure                                  # one figure, its artists updated
     assert panel.controls["block_size"].continuous_update is False
     # printed, not asserted: the machine running the tests is shared (the lab's target is <= 300 ms quiet)
     print(f"serving panel redraws (ms, this machine under its current load): {[round(t) for t in times]}")
     assert all(t > 0 for t in times)
+
+
+def test_a_reused_figure_draws_exactly_what_a_new_one_draws(rows):
+    # the panel updates one figure's artists; every setting must come out as a fresh figure of that state would
+    fig = None
+    for setting in (("chat", 16, "paged", 8), ("long", 64, "contiguous", 16), ("chat", 64, "paged+sharing", 16),
+                    ("long", 16, "paged", 8)):
+        s = WP.serving_state(*setting, rows=rows)
+        fig = WP.serving_figure(s, fig)
+        assert figure_png(fig, tight=False) == figure_png(WP.serving_figure(s), tight=False), setting
+    with pytest.raises(ValueError, match="figure must be one serving_figure made"):
+        WP.serving_figure(s, WP.memory_map_figure([]))
 
 
 def test_panel_names_a_bad_start(rows):

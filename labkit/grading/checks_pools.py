@@ -577,7 +577,8 @@ def check_arena_lower_bound(fn: Callable[[list[tuple[int, int, int]]], int], qui
          "max(..., default=0))", []),
         ("the peak is not at the first step: a gradient born at step 6 meets the weights and an activation",
          [(1000, 0, 10), (300, 2, 7), (700, 6, 9), (50, 8, 10)]),
-        ("given out of time order (as a trace sorted by size would be)", [(10, 5, 8), (30, 0, 6), (20, 3, 4)]),
+        ("given out of time order (as a trace sorted by size would be)",
+         [(10, 5, 8), (30, 0, 6), (20, 3, 4), (40, 6, 9)]),
     ]
     cases = [Case(f"arena_lower_bound({lives}) — {what}", (list(lives),), {}, _arena_lower_bound(lives))
              for what, lives in examples]
@@ -585,7 +586,22 @@ def check_arena_lower_bound(fn: Callable[[list[tuple[int, int, int]]], int], qui
     def different(wrong: Callable[[list], int]) -> Callable[..., bool]:
         return lambda got, lives: wrong(lives) != _arena_lower_bound(lives) and _int_eq(got, wrong(lives))
 
+    def in_given_order(lives: list) -> int:
+        """The peak a sweep finds that takes the tensors in the order given: at each one's start, the bytes of the
+        ones taken so far that have not ended yet (right only if they come sorted by start)."""
+        live, peak = [], 0
+        for size, first, last in lives:
+            live = [(s, l) for s, l in live if l > first] + [(size, last)]
+            peak = max(peak, sum(s for s, _ in live))
+        return peak
+
+    def out_of_order(got: Any, lives: list) -> bool:
+        starts = [first for _, first, _ in lives]
+        return starts != sorted(starts) and different(in_given_order)(got, lives)
+
     mistakes = [
+        Mistake("the tensors come in any order: sort them by start step (or sort the start and end events by "
+                "step) first — a sweep over them in the order given misses which tensors are live together", out_of_order),
         Mistake("that is the sum of all sizes, the arena with NO reuse: tensors whose lifetimes don't overlap can "
                 "share bytes, so count only the ones live at the same step", different(lambda ls: sum(s for s, _, _ in ls))),
         Mistake("`last` is the first step the tensor is GONE ([first, last) is half-open, like range): a tensor that "
@@ -659,9 +675,9 @@ def check_kv_blocks_needed(fn: Callable[[int, int, int, int], int], quiet: bool 
         Mistake("a partly filled block is still a whole block: round UP (ceil), e.g. -(-tokens // block_size)",
                 different(lambda p, o, b, n: (p + n * o) // b)),
         Mistake("the prompt's partly filled last block can't stay shared once sequences write into it: each "
-                "sequence copies it (copy on write) and its own tokens fill that copy first — each owns "
-                "ceil((prompt_len % block_size + output_len) / block_size) blocks, and only the FULL prompt blocks "
-                "are shared", different(lambda p, o, b, n: _ceil_div(p, b) + n * _ceil_div(o, b))),
+                "sequence copies it (copy on write) and its own tokens fill that copy first, so the copied prompt "
+                "tokens and the new ones share that sequence's blocks; only the FULL prompt blocks are shared",
+                different(lambda p, o, b, n: _ceil_div(p, b) + n * _ceil_div(o, b))),
         Mistake("with nothing generated (output_len 0) no sequence writes, so nothing is copied: the prompt's "
                 "ceil(prompt_len / block_size) blocks, shared by all",
                 lambda got, p, o, b, n: o == 0 and not _int_eq(got, _kv_blocks_needed(p, o, b, n))),

@@ -154,8 +154,8 @@ def as_number(got: Any, integer: bool) -> tuple[Any, str | None]:
                       "return a float — e.g. float(...) around it")
     if isinstance(got, numbers.Real):
         if integer:
-            return None, (f"returned {float(got)!r} (a {type(got).__name__}); this is a count (whole bytes or "
-                          "parameters), so return an int — e.g. use // for division, or int(...) around an exact result")
+            return None, (f"returned {float(got)!r} (a {type(got).__name__}); this is a whole number, so return "
+                          "an int — e.g. use // for division, or int(...) around an exact result")
         return float(got), None
     return None, f"returned {kind_of(got)}; expected a number"
 

@@ -278,42 +278,30 @@ def serving_state(mix: str = "chat", block_size: int = 16, policy: str = "paged"
             "paged_vs_contiguous": ratio, "text": "\n".join(lines)}
 
 
-def serving_figure(state: dict) -> Figure:
-    """Left: KV reserved vs used over time (the chosen policy). Middle: sequences running, per policy.
-    Right: waste (% of reserved KV) per policy, with the sequences each runs at once."""
+def _serving_axes() -> tuple[Figure, dict[str, Any]]:
+    """The serving figure's axes and every artist a redraw changes (drawn empty; `_draw_serving` fills them)."""
     fig = Figure(figsize=(13, 3.7))
     fig.subplots_adjust(left=0.06, right=0.985, bottom=0.15, top=0.88, wspace=0.32)
     ax_mem, ax_seq, ax_waste = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1.25, 0.8]})
     ax_seq.sharex(ax_mem)               # one time axis: how long each policy takes to serve the trace shows too
-    chosen, policy = state["chosen"], state["policy"]
-    color = POLICY_COLORS[policy]
-    steps = chosen["step"]
-    reserved = np.array(chosen["reserved_bytes"]) / GiB
-    used = np.array(chosen["used_bytes"]) / GiB
-    ax_mem.fill_between(steps, 0, used, color=color, alpha=0.85, lw=0, label="used: keys/values stored")
-    ax_mem.fill_between(steps, used, reserved, color=color, alpha=0.25, lw=0, label="reserved but empty (waste)")
-    ax_mem.axhline(chosen["budget_bytes"] / GiB, color="k", ls="--", lw=1, label="budget")
+    a: dict[str, Any] = {"mem": ax_mem, "seq": ax_seq, "waste": ax_waste}
+    a["used"] = ax_mem.fill_between([0, 1], 0, 0, alpha=0.85, lw=0, label="used: keys/values stored")
+    a["empty"] = ax_mem.fill_between([0, 1], 0, 0, alpha=0.25, lw=0, label="reserved but empty (waste)")
+    a["budget"] = ax_mem.axhline(1, color="k", ls="--", lw=1, label="budget")
     ax_mem.set_xlabel("decoding step")
     ax_mem.set_ylabel("KV cache (GiB)")
-    ax_mem.set_ylim(0, chosen["budget_bytes"] / GiB * 1.25)
-    ax_mem.set_title(f"{policy}: KV memory over time" + (f" (means of {chosen['bin_steps']} steps)"
-                                                          if chosen["bin_steps"] > 1 else ""), fontsize=10, y=1.0, pad=8)
-    ax_mem.legend(fontsize=7, loc="upper right", ncol=3, columnspacing=0.8, handlelength=1.2)
-    for p, row in state["rows"].items():
-        ax_seq.plot(row["step"], row["running_sequences"], color=POLICY_COLORS[p], lw=2.2 if p == policy else 1.0,
-                    alpha=1.0 if p == policy else 0.7, label=p)
+    a["mem_title"] = ax_mem.set_title("", fontsize=10, y=1.0, pad=8)
+    a["mem_legend"] = ax_mem.legend(fontsize=7, loc="upper right", ncol=3, columnspacing=0.8, handlelength=1.2)
+    a["lines"] = {p: ax_seq.plot([], [], color=POLICY_COLORS[p], label=p)[0] for p in SERVING_POLICIES}
     ax_seq.set_xlabel("decoding step")
     ax_seq.set_ylabel("sequences running")
     ax_seq.set_title("sequences running at once, same trace and budget", fontsize=10, y=1.0, pad=8)
-    ax_seq.legend(fontsize=7, loc="upper right")
-    names = list(state["rows"])
-    waste = [100 * state["rows"][p]["waste_fraction"] for p in names]
-    bars = ax_waste.bar(range(len(names)), waste, color=[POLICY_COLORS[p] for p in names],
-                        edgecolor=["k" if p == policy else "none" for p in names], linewidth=1.5)
-    for bar, p in zip(bars, names):
-        ax_waste.annotate(f"{bar.get_height():.1f}%\n{state['concurrency'][p]:.1f} seq.", (bar.get_x() + 0.4,
-                          bar.get_height()), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
-    ax_waste.set_xticks(range(len(names)), names, fontsize=8)
+    a["seq_legend"] = ax_seq.legend(fontsize=7, loc="upper right")
+    n = len(SERVING_POLICIES)
+    a["bars"] = ax_waste.bar(range(n), [0] * n, color=[POLICY_COLORS[p] for p in SERVING_POLICIES], linewidth=1.5)
+    a["bar_labels"] = [ax_waste.annotate("", (bar.get_x() + 0.4, 0), textcoords="offset points", xytext=(0, 2),
+                                         ha="center", fontsize=7) for bar in a["bars"]]
+    ax_waste.set_xticks(range(n), list(SERVING_POLICIES), fontsize=8)
     ax_waste.set_ylim(0, 100)
     ax_waste.set_ylabel("waste (% of reserved KV bytes)")
     ax_waste.set_title("waste per policy", fontsize=10, y=1.0, pad=8)
@@ -321,6 +309,59 @@ def serving_figure(state: dict) -> Figure:
         ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
     ax_mem.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
     ax_mem.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    fig._labkit_serving = a
+    return fig, a
+
+
+def _draw_serving(a: dict[str, Any], state: dict) -> None:
+    """Put one state's numbers into the serving figure's artists (data, colours, limits, titles, labels)."""
+    chosen, policy = state["chosen"], state["policy"]
+    if list(state["rows"]) != list(SERVING_POLICIES):
+        raise ValueError(f"state['rows'] must hold the policies {list(SERVING_POLICIES)} in this order, "
+                         f"got {list(state['rows'])}")
+    color = POLICY_COLORS[policy]
+    steps = np.asarray(chosen["step"], dtype=np.float64)
+    reserved = np.asarray(chosen["reserved_bytes"]) / GiB
+    used = np.asarray(chosen["used_bytes"]) / GiB
+    budget = chosen["budget_bytes"] / GiB
+    a["used"].set_data(steps, 0, used)
+    a["empty"].set_data(steps, used, reserved)
+    for artist, handle in zip((a["used"], a["empty"]), a["mem_legend"].legend_handles):
+        artist.set_facecolor(color)
+        handle.set_facecolor(matplotlib.colors.to_rgba(color, artist.get_alpha()))   # a legend keeps copies
+    a["budget"].set_ydata([budget, budget])
+    a["mem"].set_ylim(0, budget * 1.25)
+    a["mem_title"].set_text(f"{policy}: KV memory over time" + (f" (means of {chosen['bin_steps']} steps)"
+                                                                 if chosen["bin_steps"] > 1 else ""))
+    last = max([row["step"][-1] for row in state["rows"].values() if row["step"]] + [1])
+    a["mem"].set_xlim(0, last * 1.02)                          # shared with the middle axes
+    top = max([max(row["running_sequences"], default=0) for row in state["rows"].values()] + [1])
+    a["seq"].set_ylim(0, top * 1.08)
+    for (p, row), handle in zip(state["rows"].items(), a["seq_legend"].legend_handles):
+        width, alpha = (2.2, 1.0) if p == policy else (1.0, 0.7)
+        for line in (a["lines"][p], handle):
+            line.set_linewidth(width)
+            line.set_alpha(alpha)
+        a["lines"][p].set_data(row["step"], row["running_sequences"])
+    for bar, label, (p, row) in zip(a["bars"], a["bar_labels"], state["rows"].items()):
+        height = 100 * row["waste_fraction"]
+        bar.set_height(height)
+        bar.set_edgecolor("k" if p == policy else "none")
+        label.xy = (bar.get_x() + 0.4, height)
+        label.set_text(f"{height:.1f}%\n{state['concurrency'][p]:.1f} seq.")
+
+
+def serving_figure(state: dict, figure: Figure | None = None) -> Figure:
+    """Left: KV reserved vs used over time (the chosen policy). Middle: sequences running, per policy.
+    Right: waste (% of reserved KV) per policy, with the sequences each runs at once.
+
+    Given a `figure` this function drew before, its artists are updated in place (a panel's redraw: making
+    the axes, ticks and legends again cost about as much as drawing them); else a new figure is made.
+    """
+    if figure is not None and not hasattr(figure, "_labkit_serving"):
+        raise ValueError("figure must be one serving_figure made (or None for a new one)")
+    fig, artists = (figure, figure._labkit_serving) if figure is not None else _serving_axes()
+    _draw_serving(artists, state)
     return fig
 
 
@@ -350,7 +391,7 @@ def serving_panel(rows: Sequence[dict] | None = None, mix: str = "chat", block_s
     def refresh(*_):
         t0 = time.perf_counter()
         panel.state = serving_state(**{k: c.value for k, c in controls.items()}, rows=rows)
-        panel.figure = serving_figure(panel.state)
+        panel.figure = serving_figure(panel.state, panel.figure)      # the same figure, its artists updated
         render_into(output, panel.figure, panel.state["text"], panel=panel, tight=False)
         panel.render_ms = (time.perf_counter() - t0) * 1000
 

@@ -478,8 +478,10 @@ def simulate_serving(trace: list[Request], policy: str = "paged", budget_bytes: 
     """Serve `trace` one decoding step at a time in a fixed KV budget; the memory timeline and its waste.
 
     Each step (iteration-level scheduling, as Orca and vLLM do): every running sample stores one more
-    token; a paged cache that no longer fits preempts the most recently arrived request (its blocks are
-    freed and it starts again later, as vLLM's recompute preemption does); waiting requests are admitted
+    token; a paged cache that no longer fits preempts the most recently arrived request: its blocks are
+    freed and it is restarted from its prompt later, decoding its tokens again one step each (vLLM's recompute
+    preemption keeps the tokens and rebuilds their KV in one prefill, so this simulation is pessimistic for
+    the paged policies' step counts and latencies; contiguous never preempts); waiting requests are admitted
     first come first served while their admission memory fits (contiguous: max_context slots per sample;
     paged: the prompt's blocks, keeping `watermark` of the blocks free, vLLM's default 1%); the step is
     recorded; requests whose samples have all output_len tokens finish and free their memory. A request

@@ -601,7 +601,8 @@ def check_arena_lower_bound(fn: Callable[[list[tuple[int, int, int]]], int], qui
 
     mistakes = [
         Mistake("the tensors come in any order: sort them by start step (or sort the start and end events by "
-                "step) first — a sweep over them in the order given misses which tensors are live together", out_of_order),
+                "step) first — a sweep over them in the order given misses which tensors are live together",
+                out_of_order),
         Mistake("that is the sum of all sizes, the arena with NO reuse: tensors whose lifetimes don't overlap can "
                 "share bytes, so count only the ones live at the same step", different(lambda ls: sum(s for s, _, _ in ls))),
         Mistake("`last` is the first step the tensor is GONE ([first, last) is half-open, like range): a tensor that "

@@ -189,6 +189,12 @@ def test_paged_cache_accounting_and_the_block_count(text):
     p, o, b, n, counted, held, alone = (int(g) for g in k.groups())
     assert counted == held == blocks == paged_kv.kv_blocks_needed(p, o, b, n)
     assert alone == n * math.ceil((p + o) / b)
+    tables = re.findall(r"  sequence (\d+): \[([\d, ]+)\]", text)
+    assert len(tables) == n, "one block table per sequence"
+    shared = p // b                   # the prompt's full blocks: the same physical blocks in every table (the text)
+    firsts = {tuple(int(x) for x in t.split(",")[:shared]) for _, t in tables}
+    assert len(firsts) == 1 and all(len(t.split(",")) == math.ceil((p + o) / b) for _, t in tables)
+    assert int(m[6]) == n - 1, "each sequence but the last writer copies the shared partial block"
     c = _one(rf"reserves the model's whole context \((\d+) tokens\) for each: ({NUMBER}) bytes, ({NUMBER})× the paged",
              text, "the contiguous cache's bytes")
     assert math.isclose(_float(c[3]), _float(c[2]) / total, abs_tol=0.006)

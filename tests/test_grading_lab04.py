@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from grading_helpers import notebook_function
+from grading_helpers import assert_fails, assert_hidden_examples_defeat_a_table, examples_of, grade_cell
 
 from labkit import grading, prune, sparse
-from labkit.autograde import grade
 from labkit.grading.checks import _is_magnitude_mask
 
 # ---- the learner's answers, written here by hand ----------------------------------------------
@@ -99,22 +98,19 @@ def test_magnitude_check_matches_torch_prune_on_its_examples():
 ], ids=["keeps smallest", "signed", "inverted", "float mask", "pruned weight", "flattened", "> with ties",
         ">= off by one", "floor", "ceil"])
 def test_magnitude_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_magnitude_mask(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_magnitude_mask, wrong, hint=hint)
 
 
 def test_magnitude_float_mask_says_the_lab_needs_bool():
-    result = grading.check_magnitude_mask(lambda w, s: my_magnitude_mask(w, s).float(), quiet=True)
-    assert "dtype torch.float32; the lab needs torch.bool" in result.message
+    assert_fails(grading.check_magnitude_mask, lambda w, s: my_magnitude_mask(w, s).float(),
+                 "dtype torch.float32; the lab needs torch.bool")
 
 
 def test_magnitude_ties_kept_by_greater_equal_get_the_tie_hint():
     # `>=` keeps every weight tied at the cut: on the tie example that is the tie hint, not "one too few"
     def ge_only_on_ties(w, s):
         return threshold_mask(w, s, keep_ties=True) if w.numel() == 8 else my_magnitude_mask(w, s)
-    result = grading.check_magnitude_mask(ge_only_on_ties, quiet=True)
-    assert result.status == grading.FAIL and "ALL kept (|w| >= t)" in result.message, result.message
-    assert "a tie at the cut" in result.message
+    assert_fails(grading.check_magnitude_mask, ge_only_on_ties, "ALL kept (|w| >= t)", "a tie at the cut")
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -124,8 +120,7 @@ def test_magnitude_ties_kept_by_greater_equal_get_the_tie_hint():
     (lambda w, s: w.abs().kthvalue(0), "your function raised"),
 ])
 def test_magnitude_none_numpy_and_crash_are_reported_not_raised(answer, words):
-    result = grading.check_magnitude_mask(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_magnitude_mask, answer, words)
 
 
 def test_magnitude_mask_may_not_delegate():
@@ -135,8 +130,7 @@ def test_magnitude_mask_may_not_delegate():
         torch.nn.utils.prune.l1_unstructured(m, "weight", amount=s)
         return m.weight_mask.bool()
 
-    result = grading.check_magnitude_mask(via_torch, quiet=True)
-    assert result.status == grading.FAIL and "torch.nn.utils.prune.l1_unstructured" in result.message
+    assert_fails(grading.check_magnitude_mask, via_torch, "torch.nn.utils.prune.l1_unstructured")
 
     def via_global(w, s):
         m = torch.nn.Linear(1, 1, bias=False)
@@ -144,33 +138,19 @@ def test_magnitude_mask_may_not_delegate():
         torch.nn.utils.prune.global_unstructured([(m, "weight")], torch.nn.utils.prune.L1Unstructured, amount=s)
         return m.weight_mask.bool()
 
-    result = grading.check_magnitude_mask(via_global, quiet=True)
-    assert result.status == grading.FAIL and "torch.nn.utils.prune" in result.message
+    assert_fails(grading.check_magnitude_mask, via_global, "torch.nn.utils.prune")
 
 
 def test_magnitude_mask_may_not_call_labkit_prune():
-    result = grading.check_magnitude_mask(lambda w, s: prune.magnitude_mask(w, s), quiet=True)
-    assert result.status == grading.FAIL and "labkit.prune.magnitude_mask" in result.message
-    result = grading.check_magnitude_mask(prune.magnitude_mask, quiet=True)   # handing it in
-    assert result.status == grading.FAIL and "labkit.prune.magnitude_mask" in result.message
-    result = grading.check_magnitude_mask(lambda w, s: prune.layer_masks(w, s), quiet=True)
-    assert result.status == grading.FAIL and "labkit.prune.layer_masks" in result.message
+    assert_fails(grading.check_magnitude_mask, lambda w, s: prune.magnitude_mask(w, s), "labkit.prune.magnitude_mask")
+    assert_fails(grading.check_magnitude_mask, prune.magnitude_mask, "labkit.prune.magnitude_mask")  # handed in
+    assert_fails(grading.check_magnitude_mask, lambda w, s: prune.layer_masks(w, s), "labkit.prune.layer_masks")
 
 
-def test_magnitude_hidden_examples_pass_a_right_answer_and_catch_a_wrong_one(monkeypatch):
-    from labkit.grading import core
-    for seed in range(20):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        assert grading.check_magnitude_mask(topk_magnitude_mask, quiet=True), seed
-        assert grading.check_magnitude_mask(reverse_ties_mask, quiet=True), seed
-    # a table of the public examples' answers fails the hidden ones
-    public = {}
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    grading.check_magnitude_mask(lambda w, s: public.setdefault((tuple(w.flatten().tolist()), s),
-                                                                my_magnitude_mask(w, s)), quiet=True)
-    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
-    table = lambda w, s: public.get((tuple(w.flatten().tolist()), s), torch.ones_like(w, dtype=torch.bool))
-    assert not grading.check_magnitude_mask(table, quiet=True)
+def test_magnitude_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    assert_hidden_examples_defeat_a_table(grading.check_magnitude_mask, my_magnitude_mask,
+                                          also_right=[topk_magnitude_mask, reverse_ties_mask],
+                                          otherwise=lambda w, s: torch.ones_like(w, dtype=torch.bool))
 
 
 # ---- csr_bytes --------------------------------------------------------------------------------
@@ -200,8 +180,7 @@ def test_csr_bytes_closed_form_is_what_torch_stores():
     (lambda r, z, v, i: z * v + (r + 1) * i, "its value AND its column index"),
 ], ids=["n_rows pointers", "no pointers", "coo", "pointer width", "bits", "divided by 8", "no column index"])
 def test_csr_bytes_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_csr_bytes(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_csr_bytes, wrong, hint=hint)
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -210,8 +189,7 @@ def test_csr_bytes_mistakes_get_their_hints(wrong, hint):
     (lambda r, z, v, i: 1 / 0, "ZeroDivisionError"),
 ])
 def test_csr_bytes_none_float_and_crash_are_reported(answer, words):
-    result = grading.check_csr_bytes(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_csr_bytes, answer, words)
 
 
 def test_csr_bytes_accepts_numpy_and_tensor_integers():
@@ -222,10 +200,13 @@ def test_csr_bytes_accepts_numpy_and_tensor_integers():
 
 
 def test_csr_bytes_may_not_delegate():
-    result = grading.check_csr_bytes(lambda r, z, v, i: sparse.csr_bytes(r, z, v, i), quiet=True)
-    assert result.status == grading.FAIL and "labkit.sparse.csr_bytes" in result.message
-    result = grading.check_csr_bytes(lambda r, z, v, i: sparse.format_bytes("csr", (r, 1 + z // r), z), quiet=True)
-    assert result.status == grading.FAIL and "labkit.sparse.format_bytes" in result.message
+    assert_fails(grading.check_csr_bytes, lambda r, z, v, i: sparse.csr_bytes(r, z, v, i), "labkit.sparse.csr_bytes")
+    assert_fails(grading.check_csr_bytes, lambda r, z, v, i: sparse.format_bytes("csr", (r, 1 + z // r), z),
+                 "labkit.sparse.format_bytes")
+
+
+def test_csr_bytes_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    assert_hidden_examples_defeat_a_table(grading.check_csr_bytes, my_csr_bytes, otherwise=lambda *a: 0)
 
 
 # ---- csr_break_even ---------------------------------------------------------------------------
@@ -254,8 +235,7 @@ def test_csr_break_even_is_where_the_bytes_cross():
     (lambda r, c, v, i: max(0.0, (r * c * v - r * i) / (r * c * (v + i))), "n_rows pointers, one too few"),
 ], ids=["no row pointers", "v/i", "1 - d", "i/(v+i)", "percent", "not clamped", "csc", "n_rows pointers"])
 def test_csr_break_even_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_csr_break_even(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_csr_break_even, wrong, hint=hint)
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -264,8 +244,7 @@ def test_csr_break_even_mistakes_get_their_hints(wrong, hint):
     (lambda r, c, v, i: [][0], "IndexError"),
 ])
 def test_csr_break_even_none_tensor_and_crash_are_reported(answer, words):
-    result = grading.check_csr_break_even(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_csr_break_even, answer, words)
 
 
 def test_csr_break_even_accepts_numpy_scalars_and_hands_on_a_float():
@@ -276,11 +255,14 @@ def test_csr_break_even_accepts_numpy_scalars_and_hands_on_a_float():
 
 
 def test_csr_break_even_may_not_delegate():
-    result = grading.check_csr_break_even(lambda r, c, v, i: sparse.break_even_density("csr", r, c, v, i), quiet=True)
-    assert result.status == grading.FAIL and "labkit.sparse.break_even_density" in result.message
+    assert_fails(grading.check_csr_break_even, lambda r, c, v, i: sparse.break_even_density("csr", r, c, v, i),
+                 "labkit.sparse.break_even_density")
     handed_in = functools.partial(sparse.break_even_density, "csr")     # what the lab's fallback hands on
-    result = grading.check_csr_break_even(handed_in, quiet=True)
-    assert result.status == grading.FAIL and "labkit.sparse.break_even_density" in result.message
+    assert_fails(grading.check_csr_break_even, handed_in, "labkit.sparse.break_even_density")
+
+
+def test_csr_break_even_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    assert_hidden_examples_defeat_a_table(grading.check_csr_break_even, my_csr_break_even, otherwise=lambda *a: 0.5)
 
 
 # ---- in the grader's fresh process ------------------------------------------------------------
@@ -300,43 +282,23 @@ BREAK_EVEN = ("def csr_break_even(n_rows, n_cols, value_bytes, index_bytes):\n"
 
 
 def test_graded_cells_pass_right_answers_in_a_fresh_process():
-    assert grade("magnitude_mask", notebook_function(MASK, "magnitude_mask")) is None
-    assert grade("csr_bytes", notebook_function(CSR, "csr_bytes")) is None
-    assert grade("csr_break_even", notebook_function(BREAK_EVEN, "csr_break_even")) is None
+    assert grade_cell("magnitude_mask", MASK) is None
+    assert grade_cell("csr_bytes", CSR) is None
+    assert grade_cell("csr_break_even", BREAK_EVEN) is None
 
 
 def test_graded_cells_fail_wrong_answers_with_the_hint():
     with pytest.raises(AssertionError, match="inverted"):
-        grade("magnitude_mask", notebook_function(MASK.replace("return mask", "return ~mask"), "magnitude_mask"))
+        grade_cell("magnitude_mask", MASK.replace("return mask", "return ~mask"))
     with pytest.raises(AssertionError, match="dtype torch.float32; the lab needs torch.bool"):
-        grade("magnitude_mask", notebook_function(MASK.replace("view_as(weight)", "view_as(weight).float()"),
-                                                  "magnitude_mask"))
+        grade_cell("magnitude_mask", MASK.replace("view_as(weight)", "view_as(weight).float()"))
     with pytest.raises(AssertionError, match="one too few"):
-        grade("csr_bytes", notebook_function(CSR.replace("(n_rows + 1)", "n_rows"), "csr_bytes"))
+        grade_cell("csr_bytes", CSR.replace("(n_rows + 1)", "n_rows"))
     with pytest.raises(AssertionError, match="ignores the n_rows . 1 row pointers"):
-        grade("csr_break_even", notebook_function(
-            "def csr_break_even(r, c, v, i):\n    return v / (v + i)\n", "csr_break_even"))
+        grade_cell("csr_break_even", "def csr_break_even(r, c, v, i):\n    return v / (v + i)\n")
 
 
 # ---- the fallbacks the lab hands on when a check fails give the check's answers -----------------
-
-def examples_of(check, right):
-    """The arguments of every example `check` runs (public and three hidden seeds' worth), via a spy."""
-    from labkit.grading import core
-    seen = []
-
-    def spy(*args):
-        seen.append(args)
-        return right(*args)
-
-    for seed in (None, 1, 2, 3):
-        old, core.HIDDEN_SEED = core.HIDDEN_SEED, seed
-        try:
-            assert check(spy, quiet=True)
-        finally:
-            core.HIDDEN_SEED = old
-    return seen
-
 
 def test_labkit_references_agree_with_the_checks():
     for w, s in examples_of(grading.check_magnitude_mask, my_magnitude_mask):
@@ -353,8 +315,7 @@ def test_magnitude_per_row_pruning_gets_its_hint():
         if w.dim() == 1:
             return my_magnitude_mask(w, s)
         return torch.stack([my_magnitude_mask(row, s) for row in w])
-    result = grading.check_magnitude_mask(per_row, quiet=True)
-    assert result.status == grading.FAIL and "each row separately" in result.message, result.message
+    assert_fails(grading.check_magnitude_mask, per_row, "each row separately")
 
 
 @pytest.mark.parametrize("check, wrong, hint", [
@@ -364,5 +325,4 @@ def test_magnitude_per_row_pruning_gets_its_hint():
     ("csr_break_even", lambda r, c, v, i: max(0, (r * c * v - (r + 1) * i) // (r * c * (v + i))), "integer division"),
 ])
 def test_hints_found_by_the_review(check, wrong, hint):
-    result = getattr(grading, f"check_{check}")(wrong, quiet=True)
-    assert not result and hint in result.message, result.message
+    assert_fails(getattr(grading, f"check_{check}"), wrong, hint=hint)

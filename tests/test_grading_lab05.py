@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from grading_helpers import notebook_function
+from grading_helpers import assert_fails, assert_hidden_examples_defeat_a_table, examples_of, grade_cell
 
 from labkit import grading
 from labkit import quantize as Q
-from labkit.autograde import grade
 
 # ---- the learner's answers, written here by hand ----------------------------------------------
 
@@ -108,19 +107,17 @@ RIGHT_LEVELS = lambda b: 2 ** (b - 1) - 1
 ], ids=["codes", "int8 codes", "unsigned codes", "2^(b-1) no clamp", "2^(b-1) clamped", "2^b-1", "2^b-1 no clamp",
         "per row", "floor", "trunc", "half up", "NaN on zeros", "float32 for float64"])
 def test_absmax_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_absmax_quantize(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_absmax_quantize, wrong, hint=hint)
 
 
 def test_absmax_float32_for_float64_says_the_lab_needs_the_input_dtype():
-    result = grading.check_absmax_quantize(lambda w, b: my_absmax_quantize(w, b).float(), quiet=True)
-    assert "dtype torch.float32; the lab needs torch.float64" in result.message
-    assert "float64 5×5 weight" in result.message
+    assert_fails(grading.check_absmax_quantize, lambda w, b: my_absmax_quantize(w, b).float(),
+                 "dtype torch.float32; the lab needs torch.float64", "float64 5×5 weight")
 
 
 def test_absmax_nan_on_zeros_fails_only_on_the_all_zero_example():
-    result = grading.check_absmax_quantize(absmax_with(RIGHT_LEVELS), quiet=True)
-    assert "an all-zero 2×4 weight" in result.message and "expected 0, got nan" in result.message
+    assert_fails(grading.check_absmax_quantize, absmax_with(RIGHT_LEVELS), "an all-zero 2×4 weight",
+                 "expected 0, got nan")
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -130,8 +127,7 @@ def test_absmax_nan_on_zeros_fails_only_on_the_all_zero_example():
     (lambda w, b: w.reshape(-1, 7), "your function raised RuntimeError"),
 ])
 def test_absmax_none_numpy_and_crash_are_reported_not_raised(answer, words):
-    result = grading.check_absmax_quantize(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_absmax_quantize, answer, words)
 
 
 def absmax_scale(w, b):
@@ -152,8 +148,7 @@ def absmax_scale(w, b):
      "torch.ao.quantization.FakeQuantize"),
 ])
 def test_absmax_may_not_delegate(delegate, name):
-    result = grading.check_absmax_quantize(delegate, quiet=True)
-    assert result.status == grading.FAIL and name in result.message, result.message
+    assert_fails(grading.check_absmax_quantize, delegate, name)
 
 
 def test_absmax_torch_round_and_clamp_stay_allowed():
@@ -165,19 +160,10 @@ def test_absmax_fallback_names_labkits_reference(capsys):
     assert fn is Q.absmax_quantize and "`labkit.quantize.absmax_quantize`" in capsys.readouterr().out
 
 
-def test_absmax_hidden_examples_pass_a_right_answer_and_catch_a_wrong_one(monkeypatch):
-    from labkit.grading import core
-    for seed in range(20):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        assert grading.check_absmax_quantize(my_absmax_quantize, quiet=True), seed
-    public = {}
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    grading.check_absmax_quantize(lambda w, b: public.setdefault((tuple(w.flatten().tolist()), b),
-                                                                 my_absmax_quantize(w, b)), quiet=True)
-    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
-    table = lambda w, b: public.get((tuple(w.flatten().tolist()), b), torch.zeros_like(w))
-    result = grading.check_absmax_quantize(table, quiet=True)
-    assert not result and "hidden example (grader's seed 7)" in result.message
+def test_absmax_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    assert_hidden_examples_defeat_a_table(grading.check_absmax_quantize, my_absmax_quantize,
+                                          also_right=[absmax_via_python_floats],
+                                          otherwise=lambda w, b: torch.zeros_like(w))
 
 
 # ---- group_scales -------------------------------------------------------------------------------
@@ -220,13 +206,12 @@ def test_group_scales_check_is_what_quantize_stores():
 ], ids=["along rows", "transposed", "signed max", "2^b-1", "2^(b-1)", "no division", "per row", "per row 2-D",
         "per tensor", "zero group clamped", "flattened"])
 def test_group_scales_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_group_scales(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_group_scales, wrong, hint=hint)
 
 
 def test_group_scales_names_where_a_value_differs_by_row_and_group():
-    result = grading.check_group_scales(lambda w, g, b: my_group_scales(w, g, b) * 1.5, quiet=True)
-    assert "row 0, group 0: expected" in result.message
+    assert_fails(grading.check_group_scales, lambda w, g, b: my_group_scales(w, g, b) * 1.5,
+                 "row 0, group 0: expected")
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -237,8 +222,7 @@ def test_group_scales_names_where_a_value_differs_by_row_and_group():
     (lambda w, g, b: w.reshape(w.shape[0], -1, g + 1), "your function raised RuntimeError"),
 ])
 def test_group_scales_none_numpy_and_crash_are_reported(answer, words):
-    result = grading.check_group_scales(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_group_scales, answer, words)
 
 
 @pytest.mark.parametrize("delegate, name", [
@@ -254,23 +238,13 @@ def test_group_scales_none_numpy_and_crash_are_reported(answer, words):
      "torch.ao.quantization.PerChannelMinMaxObserver"),
 ])
 def test_group_scales_may_not_delegate(delegate, name):
-    result = grading.check_group_scales(delegate, quiet=True)
-    assert result.status == grading.FAIL and name in result.message, result.message
+    assert_fails(grading.check_group_scales, delegate, name)
 
 
-def test_group_scales_hidden_examples(monkeypatch):
-    from labkit.grading import core
-    for seed in range(20):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        assert grading.check_group_scales(group_scales_by_loops, quiet=True), seed
-    # a table of the public examples' answers fails the hidden ones
-    public = {}
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    grading.check_group_scales(lambda w, g, b: public.setdefault((tuple(w.flatten().tolist()), g, b),
-                                                               my_group_scales(w, g, b)), quiet=True)
-    monkeypatch.setattr(core, "HIDDEN_SEED", 3)
-    table = lambda w, g, b: public.get((tuple(w.flatten().tolist()), g, b), my_group_scales(w, g, b) + 1)
-    assert not grading.check_group_scales(table, quiet=True)
+def test_group_scales_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    assert_hidden_examples_defeat_a_table(grading.check_group_scales, my_group_scales,
+                                          also_right=[group_scales_by_loops],
+                                          otherwise=lambda w, g, b: my_group_scales(w, g, b) + 1, seed=3)
 
 
 # ---- group_quantized_bytes ----------------------------------------------------------------------
@@ -316,14 +290,12 @@ def int_when_whole(value: float):
 ], ids=["no scales", "bits as bytes", "all in bits", "codes in bits", "zero point scale", "packed zero points",
         "int8 zero points", "per row", "per group", "floor", "float 40.5", "rows forgotten", "scale bytes / 8"])
 def test_group_quantized_bytes_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_group_quantized_bytes(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_group_quantized_bytes, wrong, hint=hint)
 
 
 def test_group_quantized_bytes_per_row_packing_fails_on_the_3_bit_example():
-    result = grading.check_group_quantized_bytes(lambda r, c, b, g, s: r * math.ceil(c * b / 8) + r * (c // g) * s,
-                                                 quiet=True)
-    assert "3 × 36 at 3 bits" in result.message and "expected 77, got 78 (+1)" in result.message
+    assert_fails(grading.check_group_quantized_bytes, lambda r, c, b, g, s: r * math.ceil(c * b / 8) + r * (c // g) * s,
+                 "3 × 36 at 3 bits", "expected 77, got 78 (+1)")
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -332,8 +304,7 @@ def test_group_quantized_bytes_per_row_packing_fails_on_the_3_bit_example():
     (lambda r, c, b, g, s: r // 0, "ZeroDivisionError"),
 ])
 def test_group_quantized_bytes_none_float_and_crash_are_reported(answer, words):
-    result = grading.check_group_quantized_bytes(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_group_quantized_bytes, answer, words)
 
 
 @pytest.mark.parametrize("delegate, name", [
@@ -343,20 +314,12 @@ def test_group_quantized_bytes_none_float_and_crash_are_reported(answer, words):
     (lambda r, c, b, g, s: Q.packed_bytes(r * c, b) + r * (c // g) * s, "labkit.quantize.packed_bytes"),
 ])
 def test_group_quantized_bytes_may_not_delegate(delegate, name):
-    result = grading.check_group_quantized_bytes(delegate, quiet=True)
-    assert result.status == grading.FAIL and name in result.message, result.message
+    assert_fails(grading.check_group_quantized_bytes, delegate, name)
 
 
-def test_group_quantized_bytes_hidden_examples(monkeypatch):
-    from labkit.grading import core
-    for seed in range(20):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        assert grading.check_group_quantized_bytes(my_group_quantized_bytes, quiet=True), seed
-    answers = {}
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    grading.check_group_quantized_bytes(lambda *a: answers.setdefault(a, my_group_quantized_bytes(*a)), quiet=True)
-    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
-    assert not grading.check_group_quantized_bytes(lambda *a: answers.get(a, 0), quiet=True)
+def test_group_quantized_bytes_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    assert_hidden_examples_defeat_a_table(grading.check_group_quantized_bytes, my_group_quantized_bytes,
+                                          otherwise=lambda *a: 0)
 
 
 # ---- in the grader's fresh process ------------------------------------------------------------
@@ -375,41 +338,21 @@ BYTES = ("def group_quantized_bytes(n_rows, n_cols, bits, group_size, scale_byte
 
 
 def test_graded_cells_pass_right_answers_in_a_fresh_process():
-    assert grade("absmax_quantize", notebook_function(ABSMAX, "absmax_quantize")) is None
-    assert grade("group_scales", notebook_function(SCALES, "group_scales")) is None
-    assert grade("group_quantized_bytes", notebook_function(BYTES, "group_quantized_bytes")) is None
+    assert grade_cell("absmax_quantize", ABSMAX) is None
+    assert grade_cell("group_scales", SCALES) is None
+    assert grade_cell("group_quantized_bytes", BYTES) is None
 
 
 def test_graded_cells_fail_wrong_answers_with_the_hint():
     with pytest.raises(AssertionError, match="those are the integer codes"):
-        grade("absmax_quantize", notebook_function(ABSMAX.replace(".clamp(-levels, levels) * scale",
-                                                                  ".clamp(-levels, levels)"), "absmax_quantize"))
+        grade_cell("absmax_quantize", ABSMAX.replace(".clamp(-levels, levels) * scale", ".clamp(-levels, levels)"))
     with pytest.raises(AssertionError, match="max.w., not max w"):
-        grade("group_scales", notebook_function(SCALES.replace("w.abs()", "w"), "group_scales"))
+        grade_cell("group_scales", SCALES.replace("w.abs()", "w"))
     with pytest.raises(AssertionError, match="the scales are missing"):
-        grade("group_quantized_bytes", notebook_function(
-            BYTES.replace(" + n_rows * (n_cols // group_size) * scale_bytes", ""), "group_quantized_bytes"))
+        grade_cell("group_quantized_bytes", BYTES.replace(" + n_rows * (n_cols // group_size) * scale_bytes", ""))
 
 
 # ---- labkit's references (the lab's fallbacks) give the checks' answers -------------------------
-
-def examples_of(check, right):
-    """The arguments of every example `check` runs (public and three hidden seeds' worth), via a spy."""
-    from labkit.grading import core
-    seen = []
-
-    def spy(*args):
-        seen.append(tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
-        return right(*args)
-
-    for seed in (None, 1, 2, 3):
-        old, core.HIDDEN_SEED = core.HIDDEN_SEED, seed
-        try:
-            assert check(spy, quiet=True)
-        finally:
-            core.HIDDEN_SEED = old
-    return seen
-
 
 def test_labkit_references_agree_with_the_checks():
     for w, b in examples_of(grading.check_absmax_quantize, my_absmax_quantize):

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from grading_helpers import notebook_function
+from grading_helpers import assert_fails, assert_hidden_examples_defeat_a_table, examples_of, grade_cell
 
 from labkit import distill as D
 from labkit import grading
 from labkit import losses as L
-from labkit.autograde import grade
 
 # ---- the learner's answers, written here by hand ----------------------------------------------
 
@@ -35,24 +34,6 @@ def my_teacher_targets_bytes(n_tokens, vocab_size, top_k, value_bytes, index_byt
     if top_k is None:
         return n_tokens * vocab_size * value_bytes
     return n_tokens * top_k * (value_bytes + index_bytes)
-
-
-def examples_of(check, right):
-    """The arguments of every example `check` runs (public and three hidden seeds' worth), via a spy."""
-    from labkit.grading import core
-    seen = []
-
-    def spy(*args):
-        seen.append(tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args))
-        return right(*args)
-
-    for seed in (None, 1, 2, 3):
-        old, core.HIDDEN_SEED = core.HIDDEN_SEED, seed
-        try:
-            assert check(spy, quiet=True)
-        finally:
-            core.HIDDEN_SEED = old
-    return seen
 
 
 # ---- distillation_loss --------------------------------------------------------------------------
@@ -85,9 +66,8 @@ def test_distillation_checks_the_gradient_scale_with_T():
         loss = my_distillation_loss(s, t, y, T, alpha)
         return loss.detach() + (loss - loss.detach()) / T ** 2      # value unchanged, gradient / T²
 
-    result = grading.check_distillation_loss(right_value_wrong_gradient, quiet=True)
-    assert result.status == grading.FAIL and "gradient loss.backward() gives the STUDENT's logits at T=2" \
-        in result.message and "position 0, character 0: expected" in result.message, result.message
+    assert_fails(grading.check_distillation_loss, right_value_wrong_gradient,
+                 "gradient loss.backward() gives the STUDENT's logits at T=2", "position 0, character 0: expected")
 
 
 def teacher_not_detached(s, t, y, T, alpha):
@@ -145,8 +125,7 @@ def loss_with(scale=lambda T: T ** 2, hard=lambda s, y, T: F.cross_entropy(s, y)
         "reverse KL", "softmax for log_softmax", "soft cross-entropy", "alpha swapped", "KL summed", "both summed",
         "mean over V", "per position", "teacher not detached", "item", "detach", "log of softmax"])
 def test_distillation_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_distillation_loss(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_distillation_loss, wrong, hint=hint)
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -159,8 +138,7 @@ def test_distillation_mistakes_get_their_hints(wrong, hint):
      "your function raised IndexError"),
 ])
 def test_distillation_none_numpy_float_and_crash_are_reported_not_raised(answer, words):
-    result = grading.check_distillation_loss(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_distillation_loss, answer, words)
 
 
 @pytest.mark.parametrize("delegate, name", [
@@ -179,8 +157,7 @@ def test_distillation_none_numpy_float_and_crash_are_reported_not_raised(answer,
      + (1 - a) * F.cross_entropy(s, y), "torch.nn.KLDivLoss"),
 ])
 def test_distillation_may_not_delegate(delegate, name):
-    result = grading.check_distillation_loss(delegate, quiet=True)
-    assert result.status == grading.FAIL and f"`{name}`" in result.message, result.message
+    assert_fails(grading.check_distillation_loss, delegate, f"`{name}`")
 
 
 def test_distillation_logits_edited_in_place_work_as_they_would_on_a_models_output():
@@ -204,20 +181,11 @@ def test_distillation_fallback_names_labkits_reference(capsys):
                                    L.distillation_loss) is my_distillation_loss
 
 
-def test_distillation_hidden_examples_pass_a_right_answer_and_catch_a_table(monkeypatch):
-    from labkit.grading import core
-    for seed in range(20):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        assert grading.check_distillation_loss(my_distillation_loss, quiet=True), seed
-    key = lambda s, t, y, T, a: (tuple(s.flatten().tolist()), tuple(t.flatten().tolist()), T, a)
-    public = {}
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    grading.check_distillation_loss(lambda *a: public.setdefault(key(*a), my_distillation_loss(*a)), quiet=True)
-    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
-    # right on the public examples' inputs (values and gradients), a constant anywhere else
-    table = lambda *a: my_distillation_loss(*a) if key(*a) in public else (a[0] * 0).sum()
-    result = grading.check_distillation_loss(table, quiet=True)
-    assert not result and "hidden example (grader's seed 7)" in result.message
+def test_distillation_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    # the table is right on the public examples' inputs (values and gradients), a constant anywhere else
+    assert_hidden_examples_defeat_a_table(grading.check_distillation_loss, my_distillation_loss,
+                                          also_right=[distillation_with_xlogy],
+                                          otherwise=lambda s, *rest: (s * 0).sum())
 
 
 # ---- teacher_targets_bytes ----------------------------------------------------------------------
@@ -251,8 +219,7 @@ def test_teacher_targets_bytes_check_is_what_a_drop_cache_stores():
     (lambda n, v, k, vb, ib: n * v * vb if k is None else n * (k * vb + ib), "its OWN token id"),
 ], ids=["no ids", "ids for full logits", "V for k", "bits", "divided by 8", "one position", "one id per position"])
 def test_teacher_targets_bytes_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_teacher_targets_bytes(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_teacher_targets_bytes, wrong, hint=hint)
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -261,8 +228,7 @@ def test_teacher_targets_bytes_mistakes_get_their_hints(wrong, hint):
     (lambda n, v, k, vb, ib: n * k * (vb + ib), "raised TypeError"),        # top_k=None not handled
 ])
 def test_teacher_targets_bytes_none_float_and_crash_are_reported(answer, words):
-    result = grading.check_teacher_targets_bytes(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_teacher_targets_bytes, answer, words)
 
 
 @pytest.mark.parametrize("delegate, name", [
@@ -273,20 +239,12 @@ def test_teacher_targets_bytes_none_float_and_crash_are_reported(answer, words):
     (lambda n, v, k, vb, ib: D.cache_bytes(n, 1, 1, v, k)["targets"], "labkit.distill.cache_bytes"),
 ])
 def test_teacher_targets_bytes_may_not_delegate(delegate, name):
-    result = grading.check_teacher_targets_bytes(delegate, quiet=True)
-    assert result.status == grading.FAIL and name in result.message, result.message
+    assert_fails(grading.check_teacher_targets_bytes, delegate, name)
 
 
-def test_teacher_targets_bytes_hidden_examples(monkeypatch):
-    from labkit.grading import core
-    for seed in range(20):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        assert grading.check_teacher_targets_bytes(my_teacher_targets_bytes, quiet=True), seed
-    answers = {}
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    grading.check_teacher_targets_bytes(lambda *a: answers.setdefault(a, my_teacher_targets_bytes(*a)), quiet=True)
-    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
-    assert not grading.check_teacher_targets_bytes(lambda *a: answers.get(a, 0), quiet=True)
+def test_teacher_targets_bytes_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    assert_hidden_examples_defeat_a_table(grading.check_teacher_targets_bytes, my_teacher_targets_bytes,
+                                          otherwise=lambda *a: 0)
 
 
 # ---- in the grader's fresh process ------------------------------------------------------------
@@ -303,20 +261,17 @@ BYTES = ("def teacher_targets_bytes(n_tokens, vocab_size, top_k, value_bytes, in
 
 
 def test_graded_cells_pass_right_answers_in_a_fresh_process():
-    assert grade("distillation_loss", notebook_function(LOSS, "distillation_loss")) is None
-    assert grade("teacher_targets_bytes", notebook_function(BYTES, "teacher_targets_bytes")) is None
+    assert grade_cell("distillation_loss", LOSS) is None
+    assert grade_cell("teacher_targets_bytes", BYTES) is None
 
 
 def test_graded_cells_fail_wrong_answers_with_the_hint():
     with pytest.raises(AssertionError, match="the T² factor is missing"):
-        grade("distillation_loss", notebook_function(LOSS.replace("alpha * T ** 2 * kl", "alpha * kl"),
-                                                     "distillation_loss"))
+        grade_cell("distillation_loss", LOSS.replace("alpha * T ** 2 * kl", "alpha * kl"))
     with pytest.raises(AssertionError, match="detach them"):             # found by the gradient, over there
-        grade("distillation_loss", notebook_function(LOSS.replace("teacher_logits.detach()", "teacher_logits"),
-                                                     "distillation_loss"))
+        grade_cell("distillation_loss", LOSS.replace("teacher_logits.detach()", "teacher_logits"))
     with pytest.raises(AssertionError, match="the token ids are missing"):
-        grade("teacher_targets_bytes", notebook_function(BYTES.replace(" * (value_bytes + index_bytes)",
-                                                                       " * value_bytes"), "teacher_targets_bytes"))
+        grade_cell("teacher_targets_bytes", BYTES.replace(" * (value_bytes + index_bytes)", " * value_bytes"))
 
 
 def test_a_delegating_function_fails_in_the_grader_too():
@@ -324,7 +279,7 @@ def test_a_delegating_function_fails_in_the_grader_too():
               "def distillation_loss(s, t, y, T, alpha):\n"
               "    return labkit.losses.distillation_loss(s, t, y, T, alpha)\n")
     with pytest.raises(AssertionError, match="labkit.losses.distillation_loss"):
-        grade("distillation_loss", notebook_function(source, "distillation_loss"))
+        grade_cell("distillation_loss", source)
 
 
 # ---- labkit's references (the lab's fallbacks) give the checks' answers -------------------------

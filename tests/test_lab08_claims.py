@@ -66,7 +66,9 @@ def test_page_fault_verdict_follows_from_the_printed_means(text):
         assert verdict == "keeping freed memory removed every page fault of the measured steps"
     else:
         ratio = _float(re.search(rf"cut the page faults per step ({NUMBER})× on average", verdict)[1])
-        assert math.isclose(ratio, default / keep, abs_tol=0.06)
+        # the means are printed to 0.1 and the ratio to 0.1: it must lie in what those roundings allow
+        low, high = (default - 0.05) / (keep + 0.05), (default + 0.05) / max(keep - 0.05, 1e-9)
+        assert low - 0.05 <= ratio <= high + 0.05, (ratio, low, high)
 
 
 def test_malloc_demo_sentence_reads_its_own_rounds(text):
@@ -77,9 +79,15 @@ def test_malloc_demo_sentence_reads_its_own_rounds(text):
     without = [int(x) for x in m[3].split(",")]
     kept = [int(x) for x in m[4].split(",")]
     v = _one(rf"every later round: with the defaults at least ({NUMBER}) faults for the buffer's ({NUMBER}) pages "
-             rf"\(all of it faulted in again\), with keeping at most ({NUMBER})", text, "the malloc demo's verdict")
-    assert int(_float(v[1])) == min(without[1:]) and int(_float(v[3])) == max(kept[1:])
-    assert min(without[1:]) >= pages      # "all of it faulted in again" must be true of every later round
+             rf"\((all of it faulted in again|({NUMBER})% of its pages: fewer faults than pages, as when the kernel "
+             rf"maps 2 MiB huge pages)\), with keeping at most ({NUMBER}); transparent huge pages on this machine: "
+             rf"(\w[\w ]*)", text, "the malloc demo's verdict")
+    again = int(_float(v[1]))
+    assert again == min(without[1:]) and int(_float(v[5])) == max(kept[1:]) and int(_float(v[2])) == pages
+    if v[3] == "all of it faulted in again":       # must be true of every later round
+        assert again >= pages
+    else:                                          # the share is the printed count over the pages
+        assert again < pages and math.isclose(_float(v[4]), 100 * again / pages, abs_tol=0.6)
 
 
 def test_trace_totals_and_their_ratio(text):
@@ -121,10 +129,13 @@ def test_caching_allocator_reuses_its_segments(text):
     m = _one(r"segments asked from the device \(cudaMalloc calls\): (\d+) in step 1, (\d+) in step 2, (\d+) in step 3",
              text, "the segment counts")
     assert int(m[1]) > 0 and int(m[2]) == 0 and int(m[3]) == 0     # the lab's text: "never asked again"
-    p = _one(rf"peak allocated ({NUMBER}) bytes \(= the lower bound: (True|False)\); peak reserved ({NUMBER}) bytes = "
-             rf"({NUMBER})× the peak allocated", text, "reserved vs allocated")
+    p = _one(rf"peak allocated ({NUMBER}) bytes \((equal to|NOT equal to) the lower bound\); peak reserved ({NUMBER}) "
+             rf"bytes = ({NUMBER})× the peak allocated", text, "reserved vs allocated")
     allocated, reserved = _float(p[1]), _float(p[3])
-    assert (p[2] == "True") == (allocated == _bound(text))
+    assert (p[2] == "equal to") == (allocated == _bound(text))
+    seg = _one(rf"after the third step (no tensor is alive|({NUMBER}) bytes are in use), yet all (\d+) segments "
+               rf"\(({NUMBER}) bytes\) stay reserved", text, "the segments after the last step")
+    assert _float(seg[4]) == reserved, "segments are never given back: the reserved bytes at the end are the peak"
     assert math.isclose(_float(p[4]), reserved / allocated, abs_tol=0.006) and reserved > allocated
     assert reserved % (2 * MiB) == 0, "segments are multiples of 2 MiB"
 
@@ -159,6 +170,17 @@ def test_arena_must_hold_verdict_follows_from_its_ratio(text):
     assert math.isclose(ratio, greedy / bound, abs_tol=6e-5)
     assert verdict == ("HOLDS" if greedy / bound <= 1.05 else "DOES NOT HOLD")
     assert greedy / bound <= 1.0001, "the lab's text says greedy by size reaches the bound here"
+    p = _one(rf"first fit by time uses nothing from the future .+?: (the same arena as|({NUMBER})× the arena of) online "
+             rf"first fit \(({NUMBER}) vs ({NUMBER}) bytes\); greedy by size needs every size and lifetime in advance "
+             rf"and saves ({NUMBER}) MiB over it", text, "the planners against online first fit")
+    by_time, online = _float(p[3]), _float(p[4])
+    assert (p[1] == "the same arena as") == (by_time == online)
+    if p[2]:
+        assert math.isclose(_float(p[2]), by_time / online, abs_tol=6e-5)
+    assert math.isclose(_float(p[5]), (online - greedy) / MiB, abs_tol=0.006) and _float(p[5]) > 0
+    first_fit = _one(rf"first fit \((?:your|labkit's reference) functions\) needed an arena of ({NUMBER}) bytes", text,
+                     "first fit's arena")
+    assert _float(first_fit[1]) == online
     r = _one(rf"greedy by size needs ({NUMBER})% of the no-reuse bytes \(({NUMBER})× less\)", text, "the reduction")
     no_reuse = _float(_one(rf"their sizes add up to ({NUMBER}) bytes", text, "the no-reuse bytes")[1])
     assert math.isclose(_float(r[1]), 100 * greedy / no_reuse, abs_tol=0.06)
@@ -211,19 +233,35 @@ def test_serving_verdicts_follow_from_the_printed_waste(text, source):
     assert (_float(v[1]), _float(v[2])) == (_float(c[1]), _float(m[1]))
     s = _one(rf"contiguous runs ({NUMBER}) sequences at once, paged ({NUMBER}) \(({NUMBER})×\)", text, "concurrency")
     assert math.isclose(_float(s[3]), _float(s[2]) / _float(s[1]), rel_tol=0.02)
-    long = _one(rf"on the 'long' trace .+? contiguous wastes ({NUMBER})%: (still at least half|less than half)", text,
-                "the long trace's sentence")
-    assert (long[2] == "still at least half") == (_float(long[1]) >= 50.0)
+    long = _one(rf"on the 'long' trace \(median prompt ({NUMBER}) of the ({NUMBER}) tokens of a slab\) contiguous "
+                rf"wastes ({NUMBER})%: (still at least half|less than half)", text, "the long trace's sentence")
+    assert (long[4] == "still at least half") == (_float(long[3]) >= 50.0)
+    prompts = sorted(r.prompt_len for r in paged_kv.request_trace(200, seed=0, mix="long"))
+    assert _float(long[1]) == (prompts[99] + prompts[100]) / 2 and _float(long[2]) == 2048
+    steps = _one(rf"the chat trace is served in ({NUMBER}) vs ({NUMBER}) steps( \(paged's count is pessimistic: after "
+                 rf"each of its ({NUMBER}) preemptions the request decodes its tokens again)?", text,
+                 "the steps to serve the chat trace")
+    if steps[3]:                                   # printed only when paged preempted
+        assert _float(steps[4]) > 0
+        # the panel's first picture is the same chat trace, 8 GiB, blocks of 16: its text counts the same preemptions
+        shown = re.search(r"chat trace, 200 requests \(seed 0\), 8\.00 GiB .+?, blocks of 16 tokens:\n.*\n  paged +waste "
+                          r".+? steps, ([\d,]+) preemptions", text)
+        if shown:
+            assert _float(shown[1]) == _float(steps[4])
+    assert "restarted from its prompt" in source and "pessimistic" in source
     assert "Efficient Memory Management for Large Language Model Serving with PagedAttention" in source
     assert "vLLM paper: 60%–80% of the KV memory" in text and "under 4% with paging" in text
+    assert "60–80%" not in source and "under 4%\"" not in source   # the summary formats LITERATURE, types nothing
 
 
 def test_llama_kv_bytes_per_token_is_the_formula(text):
-    m = _one(rf"= ({NUMBER}) bytes per token \(memory\.kv_cache_bytes\); (\d+) GiB hold ({NUMBER}) tokens", text,
-             "the KV bytes per token")
-    per_token = int(_float(m[1]))
-    assert per_token == 2 * 32 * 32 * 128 * 2
-    assert int(_float(m[3])) == int(m[2]) * GiB // per_token
+    m = _one(rf"2 \(k, v\) × (\d+) layers × (\d+) heads × (\d+) × (\d+) bytes = ({NUMBER}) bytes per token "
+             rf"\(memory\.kv_cache_bytes\); (\d+) GiB hold ({NUMBER}) tokens", text, "the KV bytes per token")
+    layers, heads, head_dim, nbytes = (int(m[i]) for i in range(1, 5))
+    per_token = int(_float(m[5]))
+    assert (layers, heads, head_dim, nbytes) == (32, 32, 128, 2), "LLaMA-2-7B: 32 layers of 32 heads of 128, fp16"
+    assert per_token == 2 * layers * heads * head_dim * nbytes == paged_kv.LLAMA2_7B_KV_BYTES_PER_TOKEN
+    assert int(_float(m[7])) == int(m[6]) * GiB // per_token
 
 
 def test_panel_text_is_shown_for_its_settings(text):

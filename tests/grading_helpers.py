@@ -44,9 +44,9 @@ def snapshot(x: Any) -> Any:
     """A copy of an example's argument as the check passed it (tensors detached and cloned, containers copied)."""
     if isinstance(x, torch.Tensor):
         return x.detach().clone()
-    if isinstance(x, dict):
+    if type(x) is dict:
         return {k: snapshot(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
+    if type(x) in (list, tuple):
         return type(x)(snapshot(v) for v in x)
     return x
 

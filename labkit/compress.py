@@ -15,8 +15,11 @@ Two ideas make almost every lossless compressor, and this module writes each one
 
 2. Say "the same as N bytes ago" instead of repeating yourself (DICTIONARY CODING). Ziv and Lempel's "A Universal
    Algorithm for Sequential Data Compression" (1977) replaces a repeat by a (offset, length) pair pointing back into
-   a sliding window of recent bytes (`lz77_tokens`). Finding the longest earlier match is the slow part; a HASH
-   CHAIN (the trick zlib uses) only looks at earlier positions that start with the same `min_match` bytes.
+   a sliding window of recent bytes, its tokens (offset, length, next byte) triples; `lz77_tokens` emits a literal
+   or a match instead, Storer and Szymanski's variant ("Data Compression via Textual Substitution", 1982, LZSS),
+   as DEFLATE does. Finding a long earlier match is the slow part; a HASH CHAIN (the trick zlib uses) only looks at
+   earlier positions that start with the same `min_match` bytes, and at most `max_chain` of them (zlib caps its
+   chain too), so the match found is the longest among those candidates.
 
 zlib's DEFLATE is exactly 1 then 2 combined (LZ77 tokens, then Huffman codes for them); lzma and bz2 model the data
 more cleverly still. `compare_coders` runs all of them on the same bytes: the library coders are the reference,

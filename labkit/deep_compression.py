@@ -50,15 +50,19 @@ measuring the trade-off on the zoo model: the smallest file whose perplexity ris
 behind; 80% sparsity passed the bound before quantization did. Trained centroids recover part of what k-means
 loses at 2 and 3 bits; at 4 bits k-means loses too little for them to change anything measurable.
 
-`pipeline_sweep(model, sparsities, bits, fine_tune_steps)` returns a pandas DataFrame for the lab's panel, one row
-per (sparsity, bits, stage), columns: sparsity, bits, stage, bytes, ratio, loss, loss_se, perplexity, increase,
-increase_se (cached with labkit.data.cached_results; the sparsities pruned iteratively, each fine-tuned model reused
-for every bits; no centroid training unless centroid_steps > 0).
+`pipeline_sweep(model, sparsities, bits, fine_tune_steps, fine_tuned=result)` returns a pandas DataFrame for the
+lab's panel, one row per (sparsity, bits, stage), columns: sparsity, bits, stage, bytes, ratio, weights (the
+parameters stored: all but the block matrices' zeros), loss, loss_se, perplexity, increase, increase_se (cached
+with labkit.data.cached_results; the sparsities pruned iteratively, each fine-tuned model reused for every bits; no
+centroid training unless centroid_steps > 0; `fine_tuned` reuses deep_compression's pruned, fine-tuned model for
+its sparsity instead of fine-tuning again).
 
 Exercise 2's reference: layer_storage_bytes(n_nonzero, n_fillers, code_bits, gap_bits, codebook_entries,
 codebook_value_bytes=2) -> int, the bytes of one matrix in the "relative index" row.
 
-PAPER_RATIOS: the paper's AlexNet figures (pruning 9×, + quantization 27×, + Huffman coding 35×).
+PAPER_RATIOS: the paper's AlexNet figures, keyed by the stage each belongs beside: pruning 9× fewer WEIGHTS
+("pruned"; compare with this run's `weights` column, not its bytes), + quantization 27× in bytes with the relative
+index ("relative index"), + Huffman coding 35× in bytes ("Huffman"); PAPER_COUNTS says which counts what.
 """
 from __future__ import annotations
 
@@ -79,15 +83,20 @@ from torch.nn.utils import parametrize
 from labkit.model import GPT, build_model, model_config_dict
 
 __all__ = [
-    "COLUMNS", "PAPER_RATIOS", "STAGES", "CompressionResult", "EncodedModel", "SharedWeight", "decode_model",
+    "COLUMNS", "PAPER_COUNTS", "PAPER_RATIOS", "STAGES", "CompressionResult", "EncodedModel", "SharedWeight", "decode_model",
     "deep_compression", "encode_model", "fine_tune_centroids", "layer_storage_bytes", "load_compressed",
     "pipeline_sweep", "save_compressed", "shared_weights", "stage_bytes",
 ]
 
 #: "Deep Compression" (Han, Mao and Dally, ICLR 2016), AlexNet on ImageNet: 240 MB → 6.9 MB, no loss of accuracy.
+#: Each figure is keyed by the stage of this pipeline it belongs beside. What each counts (PAPER_COUNTS):
+#: pruning's 9× is "9× fewer connections", a count of WEIGHTS (set it beside this run's stored weights, not its
+#: bytes: CSR's indices cost bytes the weight count does not see); 27× is the bytes after quantization stored
+#: with the relative index (so beside "relative index", not the k-means row); 35× the bytes after Huffman coding.
 PAPER_RATIOS = {"source": "Deep Compression: Compressing Deep Neural Networks with Pruning, Trained Quantization "
                           "and Huffman Coding (Han, Mao and Dally, ICLR 2016), AlexNet",
-                "pruned": 9.0, "weight sharing (k-means)": 27.0, "Huffman": 35.0}
+                "pruned": 9.0, "relative index": 27.0, "Huffman": 35.0}
+PAPER_COUNTS = {"pruned": "weights", "relative index": "bytes", "Huffman": "bytes"}
 STAGES = ("fp32", "pruned", "pruned + fine-tuned", "weight sharing (k-means)", "centroids fine-tuned",
           "relative index", "Huffman")
 FILE_FORMAT = "labkit.deep_compression/1"
@@ -95,7 +104,7 @@ CODE_BITS = tuple(range(2, 9))
 OUTER_BITS = 8            # embeddings and lm_head: 8-bit k-means, dense codes
 DEFAULTS = dict(sparsity=0.7, bits=3, fine_tune_steps=300, centroid_steps=100, lr=1e-3, centroid_lr=1e-4,
                 gap_bits=4, kmeans_iterations=30)
-COLUMNS = ("sparsity", "bits", "stage", "bytes", "ratio", "loss", "loss_se", "perplexity", "increase",
+COLUMNS = ("sparsity", "bits", "stage", "bytes", "ratio", "weights", "loss", "loss_se", "perplexity", "increase",
            "increase_se")
 
 
@@ -564,6 +573,9 @@ class CompressionResult:
     settings: dict
     file_bytes: bytes = field(repr=False)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the pruned and fine-tuned model (the one-shot pruned copy when fine_tune_steps=0), before weight sharing:
+    #: pipeline_sweep(..., fine_tuned=result) starts from it instead of pruning and fine-tuning again
+    tuned: GPT | None = field(default=None, repr=False)
 
 
 def _score(model: GPT, eval_set, base) -> dict:
@@ -579,8 +591,14 @@ def _score(model: GPT, eval_set, base) -> dict:
     return out
 
 
-def _row(stage: str, n_bytes: int, fp32_bytes: int, score: dict) -> dict:
-    return {"stage": stage, "bytes": int(n_bytes), "ratio": fp32_bytes / n_bytes,
+def _stored_weights(model: GPT) -> int:
+    """The parameters a stage stores: every one but the zeros of the block matrices (what pruning removed)."""
+    blocks = {f"{name}.weight" for name in _block_matrices(model)}
+    return sum(int(torch.count_nonzero(p)) if name in blocks else p.numel() for name, p in model.named_parameters())
+
+
+def _row(stage: str, n_bytes: int, fp32_bytes: int, score: dict, model: GPT) -> dict:
+    return {"stage": stage, "bytes": int(n_bytes), "ratio": fp32_bytes / n_bytes, "weights": _stored_weights(model),
             **{k: float(score[k]) for k in ("loss", "loss_se", "perplexity", "increase", "increase_se")}}
 
 
@@ -624,7 +642,7 @@ def _quantize_stages(tuned: GPT, s: dict, corpus, eval_set, base, fp32_bytes: in
     timings["kmeans_s"] = time.perf_counter() - t0
     rows = [_row("weight sharing (k-means)", stage_bytes(shared_model, "weight sharing (k-means)", s["bits"],
                                                          s["gap_bits"]), fp32_bytes, _score(shared_model, eval_set,
-                                                                                            base))]
+                                                                                            base), shared_model)]
     final = shared_model
     if s["centroid_steps"]:
         t0 = time.perf_counter()
@@ -633,7 +651,7 @@ def _quantize_stages(tuned: GPT, s: dict, corpus, eval_set, base, fp32_bytes: in
         timings["centroids_s"] = time.perf_counter() - t0
         rows.append(_row("centroids fine-tuned", stage_bytes(final, "centroids fine-tuned", s["bits"],
                                                               s["gap_bits"]), fp32_bytes,
-                         _score(final, eval_set, base)))
+                         _score(final, eval_set, base), final))
     t0 = time.perf_counter()
     encoded = encode_model(final, s["bits"], s["gap_bits"])
     relative = decode_model(encoded)
@@ -651,8 +669,9 @@ def _quantize_stages(tuned: GPT, s: dict, corpus, eval_set, base, fp32_bytes: in
     # the relative index holds the same weights (checked above), so it scores what the row above measured; the
     # file's row is measured again on the model decoded from the file
     relative_score = {k: rows[-1][k] for k in ("loss", "loss_se", "perplexity", "increase", "increase_se")}
-    rows.append(_row("relative index", _nbytes(_packed(encoded)), fp32_bytes, relative_score))
-    rows.append(_row("Huffman", len(blob), fp32_bytes, _score(loaded, eval_set, base) if verify else relative_score))
+    rows.append(_row("relative index", _nbytes(_packed(encoded)), fp32_bytes, relative_score, relative))
+    rows.append(_row("Huffman", len(blob), fp32_bytes, _score(loaded, eval_set, base) if verify else relative_score,
+                     loaded))
     return rows, loaded, blob
 
 
@@ -685,16 +704,16 @@ def deep_compression(model: GPT, sparsity: float = DEFAULTS["sparsity"], bits: i
     log(f"seed {s['seed']}")
     base = _score(model, eval_set, None)
     fp32_bytes = _fp32_file_bytes(model)
-    rows = [_row("fp32", fp32_bytes, fp32_bytes, base)]
+    rows = [_row("fp32", fp32_bytes, fp32_bytes, base, model)]
     masks, pruned, tuned = _prune_and_tune(model, s, corpus, progress, log, timings)
-    rows.append(_row("pruned", stage_bytes(pruned, "pruned"), fp32_bytes, _score(pruned, eval_set, base)))
+    rows.append(_row("pruned", stage_bytes(pruned, "pruned"), fp32_bytes, _score(pruned, eval_set, base), pruned))
     if tuned is not None:
         rows.append(_row("pruned + fine-tuned", stage_bytes(tuned, "pruned + fine-tuned"), fp32_bytes,
-                         _score(tuned, eval_set, base)))
+                         _score(tuned, eval_set, base), tuned))
     more, final, blob = _quantize_stages(tuned if tuned is not None else pruned, s, corpus, eval_set, base,
                                          fp32_bytes, progress, log, timings)
     rows.extend(more)
-    return CompressionResult(rows, final, masks, s, blob, timings)
+    return CompressionResult(rows, final, masks, s, blob, timings, tuned if tuned is not None else pruned)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,34 +756,47 @@ def load_compressed(path: Path | str) -> GPT:
 # The sweep for the lab's panel
 
 
+def _weights_sha256(model: GPT) -> str:
+    """sha256 of the model's config and weights."""
+    import hashlib
+
+    weights = hashlib.sha256(json.dumps(model_config_dict(model), sort_keys=True).encode())
+    for name, t in model.state_dict().items():
+        weights.update(name.encode())
+        weights.update(t.detach().contiguous().numpy().tobytes())
+    return weights.hexdigest()
+
+
 def _fingerprint(model: GPT, corpus) -> dict:
     """sha256 of the model's config and weights and of the corpus's training tokens (the cache's key)."""
     import hashlib
 
     import numpy as np
 
-    weights = hashlib.sha256(json.dumps(model_config_dict(model), sort_keys=True).encode())
-    for name, t in model.state_dict().items():
-        weights.update(name.encode())
-        weights.update(t.detach().contiguous().numpy().tobytes())
     tokens = hashlib.sha256(np.ascontiguousarray(corpus.train).tobytes())
-    return {"model_sha256": weights.hexdigest(), "corpus_train_sha256": tokens.hexdigest()}
+    return {"model_sha256": _weights_sha256(model), "corpus_train_sha256": tokens.hexdigest()}
 
 
 def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4), fine_tune_steps: int = 150,
                    centroid_steps: int = 0, seed: int = 0, corpus=None, eval_set=None, progress: bool = True,
-                   log=print, cache: bool = True):
+                   log=print, cache: bool = True, fine_tuned: CompressionResult | None = None):
     """A pandas DataFrame, one row per (sparsity, bits, stage), columns COLUMNS: the lab panel's data.
 
     Pruning is iterative, as in the paper: the sparsities in increasing order, each one pruned from the previous
     one's fine-tuned model and fine-tuned `fine_tune_steps` more steps (so 0.7 after 0.5 has had 2 × steps in
     all; its "pruned" row is the loss right after that further pruning). Each fine-tuned model is reused for
-    every bits. Its default of 150 steps per sparsity (half the main run's 300, all at the final sparsity there)
-    keeps the cold sweep near a minute at one thread; the rows at the main run's sparsity and bits therefore show
-    a larger rise than deep_compression's table (pass fine_tune_steps=300 for the same fine-tuning, at about
-    twice the time). The "Huffman" row carries the relative index's score (the same weights, losslessly coded; the
-    main run, deep_compression, decodes its file and scores it). Cached with labkit.data.cached_results, keyed by
-    every setting and the model's and corpus's sha256, so a second run reads a file."""
+    every bits. The "Huffman" row carries the relative index's score (the same weights, losslessly coded; the
+    main run, deep_compression, decodes its file and scores it).
+
+    fine_tuned: a deep_compression result on this model and `eval_set`. Its pruned and fine-tuned model
+    (`.tuned`) stands for its sparsity, which must be one of `sparsities`: that sparsity's fp32, pruned and
+    pruned + fine-tuned rows are its rows, no fine-tuning is repeated, the sparsities above it are pruned from
+    it, and the rows at its sparsity and bits match its table up to weight sharing (no centroid training here).
+    The sparsities below it start from `model`. This is how the lab keeps its cold run short: one fine-tuning
+    per extra sparsity instead of one per sparsity.
+
+    Cached with labkit.data.cached_results, keyed by every setting and the model's, the corpus's and (if given)
+    the fine-tuned model's sha256, so a second run reads a file."""
     import pandas as pd
 
     from labkit import data as data_mod
@@ -781,12 +813,25 @@ def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4), fine_
         raise ValueError(f"sparsities and bits must each hold at least one value, got {sparsities} and {bits}")
     s0 = _check_settings(sparsities[0], bits[0], fine_tune_steps, centroid_steps, DEFAULTS["lr"],
                          DEFAULTS["centroid_lr"], DEFAULTS["gap_bits"], seed)
+    reused = None
+    if fine_tuned is not None:
+        if not isinstance(fine_tuned, CompressionResult) or fine_tuned.tuned is None:
+            raise TypeError(f"fine_tuned must be a CompressionResult of deep_compression, got "
+                            f"{type(fine_tuned).__name__}")
+        reused = fine_tuned.settings["sparsity"]
+        if not any(math.isclose(reused, x) for x in sparsities):
+            raise ValueError(f"fine_tuned was pruned to sparsity {reused!r}, which is not in sparsities "
+                             f"{sparsities}; add it")
+        reused = min(sparsities, key=lambda x: abs(x - reused))
     corpus = corpus if corpus is not None else data_mod.load_corpus()
     if eval_set is None:
         eval_set = default_eval_set(corpus)
     settings = {"sparsities": sparsities, "bits": bits, **{k: v for k, v in s0.items() if k not in ("sparsity",
                                                                                                     "bits")},
-                "pruning": "iterative, magnitude per matrix", "eval_set": eval_set.name, **_fingerprint(model, corpus)}
+                "pruning": "iterative, magnitude per matrix", "eval_set": eval_set.name, "columns": list(COLUMNS),
+                **_fingerprint(model, corpus)}
+    if fine_tuned is not None:
+        settings["fine_tuned"] = {**fine_tuned.settings, "tuned_sha256": _weights_sha256(fine_tuned.tuned)}
 
     def compute() -> list[dict]:
         from tqdm.auto import tqdm
@@ -796,21 +841,32 @@ def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4), fine_
 
         base = _score(model, eval_set, None)
         fp32_bytes = _fp32_file_bytes(model)
+        if fine_tuned is not None:
+            theirs = fine_tuned.stages[0]
+            if theirs["bytes"] != fp32_bytes or theirs["loss"] != base["loss"]:
+                raise ValueError("fine_tuned was made from another model or scored on another evaluation set: its "
+                                 f"fp32 row has {theirs['bytes']:,} bytes and loss {theirs['loss']:.6f}, this model "
+                                 f"{fp32_bytes:,} bytes and loss {base['loss']:.6f}")
         out = []
         bar = tqdm(total=len(sparsities) * len(bits), desc="pipeline sweep", disable=not progress, mininterval=1.0)
         start = model
         for sparsity in sparsities:
             s = {**s0, "sparsity": sparsity}
-            masks = layer_masks(start, sparsity)          # the previous zeros are the smallest |w|: nested masks
-            pruned = pruned_copy(start, masks)
-            first = [_row("fp32", fp32_bytes, fp32_bytes, base),
-                     _row("pruned", stage_bytes(pruned, "pruned"), fp32_bytes, _score(pruned, eval_set, base))]
-            tuned = pruned
-            if s["fine_tune_steps"]:
-                tuned, _ = fine_tune(copy.deepcopy(pruned), masks, s["fine_tune_steps"], lr=s["lr"], seed=s["seed"],
-                                     corpus=corpus, progress=False, log=quiet, eval_iters=1)
-                first.append(_row("pruned + fine-tuned", stage_bytes(tuned, "pruned + fine-tuned"), fp32_bytes,
-                                  _score(tuned, eval_set, base)))
+            if sparsity == reused:
+                tuned = fine_tuned.tuned
+                first = [r for r in fine_tuned.stages if r["stage"] in ("fp32", "pruned", "pruned + fine-tuned")]
+            else:
+                masks = layer_masks(start, sparsity)          # the previous zeros are the smallest |w|: nested masks
+                pruned = pruned_copy(start, masks)
+                first = [_row("fp32", fp32_bytes, fp32_bytes, base, model),
+                         _row("pruned", stage_bytes(pruned, "pruned"), fp32_bytes, _score(pruned, eval_set, base),
+                              pruned)]
+                tuned = pruned
+                if s["fine_tune_steps"]:
+                    tuned, _ = fine_tune(copy.deepcopy(pruned), masks, s["fine_tune_steps"], lr=s["lr"],
+                                         seed=s["seed"], corpus=corpus, progress=False, log=quiet, eval_iters=1)
+                    first.append(_row("pruned + fine-tuned", stage_bytes(tuned, "pruned + fine-tuned"), fp32_bytes,
+                                      _score(tuned, eval_set, base), tuned))
             for b in bits:
                 rows, _, _ = _quantize_stages(tuned, {**s, "bits": b}, corpus, eval_set, base, fp32_bytes, False,
                                               quiet, {}, verify=False)
@@ -822,5 +878,6 @@ def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4), fine_
 
     rows = cached_results("deep-compression-sweep", settings, compute) if cache else compute()
     log(f"pipeline sweep: seed {s0['seed']}, sparsities {sparsities}, bits {bits}, {s0['fine_tune_steps']} "
-        f"fine-tuning steps per sparsity")
+        f"fine-tuning steps per sparsity" + (f" (at {reused:g}: deep_compression's model, "
+                                              f"{fine_tuned.settings['fine_tune_steps']} steps)" if reused is not None else ""))
     return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -386,74 +386,112 @@ def _forgetting_config(seed: int, steps_per_phase: int, threads: int | None) -> 
                        model_args=dict(n_layer=1, n_head=2, n_embd=32))
 
 
-def _forgetting_rows(seeds, replay_sizes, steps_per_phase, replay_per_batch, chunk_tokens, shuffle_buffer, n_eval,
-                     threads, progress) -> list[dict]:
-    streams = genre_streams(("comedy", "tragedy"))
+_STREAMS: dict = {}     # genre_streams(("comedy", "tragedy")), read once per process
+
+
+def _forgetting_seed_rows(seed, replay_sizes, steps_per_phase, replay_per_batch, chunk_tokens, shuffle_buffer, n_eval,
+                          threads) -> list[dict]:
+    """One seed of the forgetting experiment: its rows (after comedies, no shift, each replay size, shuffled)."""
+    if "streams" not in _STREAMS:
+        _STREAMS["streams"] = genre_streams(("comedy", "tragedy"))
+    streams = _STREAMS["streams"]
     tokenizer = data_mod.load_corpus("shakespeare").tokenizer
     quiet = lambda *_: None  # noqa: E731
     rows = []
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(seeds) * (len(replay_sizes) + 3), desc="forgetting", disable=not progress)
-    for seed in seeds:
-        cfg = _forgetting_config(seed, steps_per_phase, threads)
-        evals = {g: heldout_windows(streams[g]["heldout"], cfg.block_size, n_eval) for g in ("comedy", "tragedy")}
+    cfg = _forgetting_config(seed, steps_per_phase, threads)
+    evals = {g: heldout_windows(streams[g]["heldout"], cfg.block_size, n_eval) for g in ("comedy", "tragedy")}
 
-        def measure(model, evals=evals) -> dict:
-            out = {}
-            for g, w in evals.items():
-                out[f"{g}_loss"], out[f"{g}_loss_se"] = (round(v, 4) for v in heldout_loss(model, w))
-            return out
+    def measure(model) -> dict:
+        out = {}
+        for g, w in evals.items():
+            out[f"{g}_loss"], out[f"{g}_loss_se"] = (round(v, 4) for v in heldout_loss(model, w))
+        return out
 
-        comedies = shuffled_chunks(streams["comedy"]["train"], chunk_tokens, seed)
-        comedies, more_comedies = comedies[:len(comedies) // 2], comedies[len(comedies) // 2:]
-        tragedies = shuffled_chunks(streams["tragedy"]["train"], chunk_tokens, seed + 1)
-        # phase 1, once per seed: the buffers only collect (replaying comedies while learning comedies
-        # changes little), so every variant starts the tragedies from the same model: a paired comparison
-        torch.manual_seed(seed)
-        model = build_for_corpus(cfg, data_mod.Corpus(Path("."), streams["comedy"]["train"],
-                                                      streams["comedy"]["heldout"], tokenizer, {}))
-        opt = make_optimizer(model, cfg)
-        buffers = {size: ReplayBuffer(size, cfg.block_size, seed=seed) for size in replay_sizes if size}
-        collector = _Fanout(list(buffers.values()))
-        model, r1 = stream_train(model, comedies, cfg, replay=collector if buffers else None,
-                                 shuffle_buffer=shuffle_buffer, optimizer=opt, log=quiet)
-        after_comedies = measure(model)
-        rows.append({"seed": seed, "method": "stream", "replay_sequences": 0, "replay_bytes": 0,
-                     "phase": "after comedies", "steps": r1["steps"], "new_tokens": r1["new_tokens"],
-                     "replayed_tokens": 0, **after_comedies, "ms_per_step": r1["ms_per_step"]})
-        # the control: no shift, the same steps on comedies not seen yet (what the tragedies cost on comedies)
+    comedies = shuffled_chunks(streams["comedy"]["train"], chunk_tokens, seed)
+    comedies, more_comedies = comedies[:len(comedies) // 2], comedies[len(comedies) // 2:]
+    tragedies = shuffled_chunks(streams["tragedy"]["train"], chunk_tokens, seed + 1)
+    # phase 1, once per seed: the buffers only collect (replaying comedies while learning comedies
+    # changes little), so every variant starts the tragedies from the same model: a paired comparison
+    torch.manual_seed(seed)
+    model = build_for_corpus(cfg, data_mod.Corpus(Path("."), streams["comedy"]["train"],
+                                                  streams["comedy"]["heldout"], tokenizer, {}))
+    opt = make_optimizer(model, cfg)
+    buffers = {size: ReplayBuffer(size, cfg.block_size, seed=seed) for size in replay_sizes if size}
+    collector = _Fanout(list(buffers.values()))
+    model, r1 = stream_train(model, comedies, cfg, replay=collector if buffers else None,
+                             shuffle_buffer=shuffle_buffer, optimizer=opt, log=quiet)
+    after_comedies = measure(model)
+    rows.append({"seed": seed, "method": "stream", "replay_sequences": 0, "replay_bytes": 0,
+                 "phase": "after comedies", "steps": r1["steps"], "new_tokens": r1["new_tokens"],
+                 "replayed_tokens": 0, **after_comedies, "ms_per_step": r1["ms_per_step"]})
+    # the control: no shift, the same steps on comedies not seen yet (what the tragedies cost on comedies)
+    m2, o2 = copy.deepcopy((model, opt))
+    m2, r2 = stream_train(m2, more_comedies, cfg, shuffle_buffer=shuffle_buffer, optimizer=o2,
+                          first_step=r1["steps"], log=quiet)
+    rows.append({"seed": seed, "method": "no shift", "replay_sequences": 0, "replay_bytes": 0,
+                 "phase": "after more comedies", "steps": r1["steps"] + r2["steps"],
+                 "new_tokens": r1["new_tokens"] + r2["new_tokens"], "replayed_tokens": 0, **measure(m2),
+                 "ms_per_step": r2["ms_per_step"]})
+    for size in replay_sizes:
         m2, o2 = copy.deepcopy((model, opt))
-        m2, r2 = stream_train(m2, more_comedies, cfg, shuffle_buffer=shuffle_buffer, optimizer=o2,
-                              first_step=r1["steps"], log=quiet)
-        rows.append({"seed": seed, "method": "no shift", "replay_sequences": 0, "replay_bytes": 0,
-                     "phase": "after more comedies", "steps": r1["steps"] + r2["steps"],
-                     "new_tokens": r1["new_tokens"] + r2["new_tokens"], "replayed_tokens": 0, **measure(m2),
-                     "ms_per_step": r2["ms_per_step"]})
-        bar.update(1)
-        for size in replay_sizes:
-            bar.update(1)
-            m2, o2 = copy.deepcopy((model, opt))
-            buffer = buffers.get(size)
-            m2, r2 = stream_train(m2, tragedies, cfg, replay=buffer, replay_per_batch=replay_per_batch if size else 0,
-                                  shuffle_buffer=shuffle_buffer, optimizer=o2, first_step=r1["steps"], log=quiet)
-            method = f"stream + replay {size}" if size else "stream"
-            rows.append({"seed": seed, "method": method, "replay_sequences": size,
-                         "replay_bytes": buffer.nbytes if buffer is not None else 0, "phase": "after tragedies",
-                         "steps": r1["steps"] + r2["steps"], "new_tokens": r1["new_tokens"] + r2["new_tokens"],
-                         "replayed_tokens": r2["replayed_tokens"], **measure(m2), "ms_per_step": r2["ms_per_step"]})
-        # the yardstick: ordinary training on random windows of both genres, same steps and batch
-        both = np.concatenate([streams["comedy"]["train"], streams["tragedy"]["train"]])
-        shuffled_cfg = dataclasses.replace(cfg, max_iters=2 * steps_per_phase)
-        torch.manual_seed(seed)
-        both_corpus = data_mod.Corpus(Path("."), both, streams["comedy"]["heldout"], tokenizer, {})
-        m3, r3 = train(shuffled_cfg, corpus=both_corpus, log=quiet)
-        bar.update(2)
-        rows.append({"seed": seed, "method": "shuffled", "replay_sequences": 0, "replay_bytes": 0,
-                     "phase": "after tragedies", "steps": 2 * steps_per_phase,
-                     "new_tokens": 2 * steps_per_phase * cfg.batch_size * cfg.block_size, "replayed_tokens": 0,
-                     **measure(m3), "ms_per_step": r3["ms_per_iter"]})
-    bar.close()
+        buffer = buffers.get(size)
+        m2, r2 = stream_train(m2, tragedies, cfg, replay=buffer, replay_per_batch=replay_per_batch if size else 0,
+                              shuffle_buffer=shuffle_buffer, optimizer=o2, first_step=r1["steps"], log=quiet)
+        method = f"stream + replay {size}" if size else "stream"
+        rows.append({"seed": seed, "method": method, "replay_sequences": size,
+                     "replay_bytes": buffer.nbytes if buffer is not None else 0, "phase": "after tragedies",
+                     "steps": r1["steps"] + r2["steps"], "new_tokens": r1["new_tokens"] + r2["new_tokens"],
+                     "replayed_tokens": r2["replayed_tokens"], **measure(m2), "ms_per_step": r2["ms_per_step"]})
+    # the yardstick: ordinary training on random windows of both genres, same steps and batch
+    both = np.concatenate([streams["comedy"]["train"], streams["tragedy"]["train"]])
+    shuffled_cfg = dataclasses.replace(cfg, max_iters=2 * steps_per_phase)
+    torch.manual_seed(seed)
+    both_corpus = data_mod.Corpus(Path("."), both, streams["comedy"]["heldout"], tokenizer, {})
+    m3, r3 = train(shuffled_cfg, corpus=both_corpus, log=quiet)
+    rows.append({"seed": seed, "method": "shuffled", "replay_sequences": 0, "replay_bytes": 0,
+                 "phase": "after tragedies", "steps": 2 * steps_per_phase,
+                 "new_tokens": 2 * steps_per_phase * cfg.batch_size * cfg.block_size, "replayed_tokens": 0,
+                 **measure(m3), "ms_per_step": r3["ms_per_iter"]})
     return rows
+
+
+def _forgetting_rows(seeds, replay_sizes, steps_per_phase, replay_per_batch, chunk_tokens, shuffle_buffer, n_eval,
+                     threads, progress, workers: int = 1) -> list[dict]:
+    """Every seed's rows, in the order of `seeds`; with workers > 1 the seeds are split among that many fresh
+    processes (`python -m labkit.stream forgetting-seeds`), which run at the same time.
+
+    Each seed's rows depend on its seed only (every random draw is seeded from it), so the rows are the same either
+    way; only ms_per_step, a timing, differs."""
+    from tqdm.auto import tqdm
+
+    settings = dict(replay_sizes=list(replay_sizes), steps_per_phase=steps_per_phase,
+                    replay_per_batch=replay_per_batch, chunk_tokens=chunk_tokens, shuffle_buffer=shuffle_buffer,
+                    n_eval=n_eval, threads=threads)
+    by_seed = {}
+    with tqdm(total=len(seeds), desc="forgetting (seeds)", disable=not progress) as bar:
+        if workers > 1 and len(seeds) > 1:
+            groups = [seeds[i::workers] for i in range(min(workers, len(seeds)))]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}
+            procs = [(group, subprocess.Popen(
+                [sys.executable, "-m", "labkit.stream", "forgetting-seeds", "--seeds", *map(str, group),
+                 "--settings", json.dumps(settings)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=env, cwd=str(data_mod.REPO_ROOT))) for group in groups]
+            for group, proc in procs:
+                out, err = proc.communicate()
+                if proc.returncode != 0:
+                    for _, other in procs:
+                        if other.poll() is None:
+                            other.kill()
+                    raise RuntimeError(f"a forgetting process (seeds {group}) failed (exit {proc.returncode}):\n"
+                                       f"{data_mod.last_lines(err, 8)}")
+                for row in json.loads(out.strip().splitlines()[-1]):
+                    by_seed.setdefault(row["seed"], []).append(row)
+                bar.update(len(group))
+        else:
+            for seed in seeds:
+                by_seed[seed] = _forgetting_seed_rows(seed, **settings)
+                bar.update(1)
+    return [row for seed in seeds for row in by_seed[seed]]
 
 
 class _Fanout:
@@ -475,7 +513,7 @@ class _Fanout:
 def forgetting_experiment(seeds: Iterable[int] = (0, 1, 2, 3, 4), replay_sizes: Iterable[int] = (0, 256, 1024),
                           steps_per_phase: int = 200, replay_per_batch: int = 4, chunk_tokens: int = 4096,
                           shuffle_buffer: int = 1024, n_eval: int = 128, threads: int | None = 1,
-                          progress: bool = True) -> list[dict]:
+                          progress: bool = True, workers: int | None = None) -> list[dict]:
     """Rows (seed, method, phase, losses on held-out comedy and tragedy windows ± SE, replay bytes), cached.
 
     Per seed: a small GPT learns a stream of comedies (steps_per_phase steps; phase "after comedies"), then
@@ -485,8 +523,14 @@ def forgetting_experiment(seeds: Iterable[int] = (0, 1, 2, 3, 4), replay_sizes: 
     phases, which collected during the comedies too); and "shuffled": ordinary training (labkit.train.train)
     on random windows of both genres for the same steps and batch. Losses on fixed held-out windows of each
     genre (the last 10% of every play), with their SE over windows. Cached with labkit.data.cached_results.
+
+    workers: processes the seeds run in when the rows are computed (None: 2 if the machine has 2 or more cores, the
+    course's budget, else 1). Every seed's rows come from its own seeded draws, so they do not depend on it.
     """
     seeds = [_check_int("seed", s, 0) for s in seeds]
+    if workers is None:
+        workers = 2 if (os.cpu_count() or 1) >= 2 else 1
+    workers = _check_int("workers", workers, 1)
     replay_sizes = [_check_int("replay size", s, 0) for s in replay_sizes]
     if not seeds or not replay_sizes:
         raise ValueError("seeds and replay_sizes must each hold at least one value")
@@ -501,7 +545,7 @@ def forgetting_experiment(seeds: Iterable[int] = (0, 1, 2, 3, 4), replay_sizes: 
     return data_mod.cached_results(
         "stream-forgetting", settings,
         lambda: _forgetting_rows(seeds, replay_sizes, steps_per_phase, replay_per_batch, chunk_tokens, shuffle_buffer,
-                                 n_eval, threads, progress))
+                                 n_eval, threads, progress, workers=workers))
 
 
 def forgetting_summary(rows: list[dict]) -> list[dict]:
@@ -620,20 +664,48 @@ def rss_parts_mb() -> dict[str, float]:
     return parts
 
 
-def _rss_child(source: str, token_file: str, steps: int, seed: int, threads: int) -> dict:
-    """In a fresh process: open the token file as `source`, train `steps` steps of a small GPT, report RSS (MiB)."""
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: VmHWM, by writing 5 to /proc/self/clear_refs); False if it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_child(source: str, token_file: str | list[str], steps: int, seed: int, threads: int) -> dict | list[dict]:
+    """In a fresh process: open the token file as `source`, train `steps` steps of a small GPT, report RSS (MiB).
+
+    Several token files (a list, smallest first) are measured one after the other in this one process, each
+    from a reset peak (`_reset_peak_rss`) after the previous file's data was freed: one process start (PyTorch's
+    import is most of its seconds) instead of one per file. Returns one row per file (a list), or a dict for
+    one file given as a str."""
+    files = [token_file] if isinstance(token_file, (str, os.PathLike)) else list(token_file)
     cfg = make_config("gpt", "tiny", batch_size=16, block_size=64, max_iters=steps, lr=1e-3, warmup_iters=5,
                       eval_interval=0, eval_iters=1, seed=seed, threads=threads, progress=False,
                       model_args=dict(n_layer=2, n_head=2, n_embd=64))
     real = data_mod.load_corpus("shakespeare")
     torch.manual_seed(seed)
     model = build_for_corpus(cfg, real)
-    corpus_bytes = os.path.getsize(token_file)
     # a first training run pays what PyTorch sets up once (kernels, autograd, the optimizer, tqdm: ~100 MiB
     # here), so what follows "before" is the data and the steady training state, not one-time costs
     warm = np.array(real.train[:1 << 16])
     train(dataclasses.replace(cfg, max_iters=2), model=copy.deepcopy(model),
           corpus=data_mod.Corpus(real.path, warm, warm, real.tokenizer, {}), log=lambda *_: None)
+    rows = []
+    for path in files:
+        if len(files) > 1 and not _reset_peak_rss():
+            raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs): measure one file per process")
+        rows.append(_rss_one_file(source, str(path), copy.deepcopy(model), cfg, real, steps))
+        import gc
+        gc.collect()                          # the file's array and map are gone before the next file's peak
+    return rows[0] if isinstance(token_file, (str, os.PathLike)) else rows
+
+
+def _rss_one_file(source: str, token_file: str, model, cfg: TrainConfig, real, steps: int) -> dict:
+    """Train `steps` steps reading `token_file` as `source`; the RSS before, with the data, after and at peak (MiB)."""
+    corpus_bytes = os.path.getsize(token_file)
     rss_before = current_rss_mb()
     t0 = time.perf_counter()
     quiet = lambda *_: None  # noqa: E731
@@ -656,6 +728,24 @@ def _rss_child(source: str, token_file: str, steps: int, seed: int, threads: int
             "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
+def _measure_in_fresh_process(source: str, token_files: list[Path], steps: int, seed: int, threads: int,
+                              timeout_s: float) -> list[dict]:
+    """Run `python -m labkit.stream rss` once for `source` over these files (each dropped from the page cache)."""
+    cmd = [sys.executable, "-m", "labkit.stream", "rss", "--source", source, "--steps", str(steps), "--seed",
+           str(seed), "--threads", str(threads)]
+    for path in token_files:
+        drop_from_page_cache(path)   # every measurement starts with the file on disk, not in memory
+        cmd += ["--token-file", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
+                          cwd=str(data_mod.REPO_ROOT))
+    if proc.returncode != 0:
+        raise RuntimeError(f"the measuring process failed (exit {proc.returncode}):\n"
+                           f"{data_mod.last_lines(proc.stderr, 8)}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out if isinstance(out, list) else [out]
+
+
 def training_rss(source: str, corpus_mb: float | None = None, steps: int = 20, token_file: Path | str | None = None,
                  seed: int = 0, threads: int = 1, timeout_s: float = 300) -> dict:
     """Train `steps` steps in a FRESH process reading a token file as `source`; its RSS in MiB and the corpus bytes.
@@ -676,37 +766,40 @@ def training_rss(source: str, corpus_mb: float | None = None, steps: int = 20, t
             make_token_file(corpus_mb, token_file)
         elif not Path(token_file).is_file():
             raise ValueError(f"token_file={str(token_file)!r} is not a file")
-        drop_from_page_cache(token_file)   # every measurement starts with the file on disk, not in memory
-        cmd = [sys.executable, "-m", "labkit.stream", "rss", "--source", source, "--token-file", str(token_file),
-               "--steps", str(steps), "--seed", str(seed), "--threads", str(threads)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
-                              cwd=str(data_mod.REPO_ROOT))
-    if proc.returncode != 0:
-        raise RuntimeError(f"the measuring process failed (exit {proc.returncode}):\n"
-                           f"{data_mod.last_lines(proc.stderr, 8)}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return _measure_in_fresh_process(source, [Path(token_file)], steps, seed, threads, timeout_s)[0]
 
 
 def rss_vs_corpus_size(sizes_mb: Iterable[float] = (5, 20, 80), sources: Iterable[str] = SOURCES, steps: int = 20,
                        seed: int = 0, threads: int = 1, progress: bool = True) -> list[dict]:
-    """training_rss for every (size, source), one token file per size: rows for a plot of peak RSS vs corpus MiB."""
+    """training_rss for every (size, source): rows for a plot of peak RSS vs corpus MiB, size by size.
+
+    One fresh process per source measures every size, smallest first, each from a reset peak RSS after the
+    previous file's data was freed (Linux; elsewhere one process per size and source): a process start costs
+    seconds, mostly PyTorch's import."""
     sizes_mb, sources = list(sizes_mb), list(sources)
+    for size in sizes_mb:
+        if isinstance(size, bool) or not (isinstance(size, numbers.Real) and 0 < size <= 4096):
+            raise ValueError(f"sizes_mb holds {size!r}; allowed: numbers in (0, 4096] (MiB)")
+    sizes_mb = sorted(sizes_mb)
     for s in sources:
         if s not in SOURCES:
             raise ValueError(f"source={s!r}; allowed: {SOURCES}")
     from tqdm.auto import tqdm
+    one_process = os.access("/proc/self/clear_refs", os.W_OK)     # the child can reset its peak (not tried here:
+    #                                                                  that would reset the caller's own peak)
     rows = []
     with tempfile.TemporaryDirectory(prefix="labkit-stream-") as tmp, \
-            tqdm(total=len(sizes_mb) * len(sources), desc="fresh processes", disable=not progress) as bar:
+            tqdm(total=len(sources) if one_process else len(sizes_mb) * len(sources), desc="fresh processes",
+                 disable=not progress) as bar:
+        paths = []
         for size in sizes_mb:
-            path = Path(tmp) / f"tokens-{size}.bin"
-            make_token_file(size, path)
-            for source in sources:
-                rows.append(training_rss(source, steps=steps, token_file=path, seed=seed, threads=threads))
+            paths.append(Path(tmp) / f"tokens-{size}.bin")
+            make_token_file(size, paths[-1])
+        for source in sources:
+            for group in ([paths] if one_process else [[p] for p in paths]):
+                rows.extend(_measure_in_fresh_process(source, group, steps, seed, threads, timeout_s=300))
                 bar.update(1)
-            path.unlink()
-    return rows
+    return sorted(rows, key=lambda r: (r["corpus_bytes"], sources.index(r["source"])))   # size by size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -718,11 +811,17 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("rss", help="train a few steps reading a token file; print RSS as one JSON line")
     r.add_argument("--source", choices=SOURCES, required=True)
-    r.add_argument("--token-file", default=None)
+    r.add_argument("--token-file", action="append", default=None,
+                   help="a token file to read; several (smallest first) are measured one after the other")
     r.add_argument("--corpus-mb", type=float, default=None, help="make a temporary token file of this size instead")
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=1)
+    fs = sub.add_parser("forgetting-seeds", help="the forgetting experiment's rows for some seeds, one JSON list "
+                                                 "(not cached: forgetting_experiment's worker)")
+    fs.add_argument("--seeds", type=int, nargs="+", required=True)
+    fs.add_argument("--settings", required=True, help="JSON: replay_sizes, steps_per_phase, replay_per_batch, "
+                                                      "chunk_tokens, shuffle_buffer, n_eval, threads")
     f = sub.add_parser("forgetting", help="the forgetting experiment's summary (cached), as JSON lines")
     f.add_argument("--steps-per-phase", type=int, default=200)
     args = p.parse_args(argv)
@@ -732,7 +831,13 @@ def main(argv: list[str] | None = None) -> None:
                                           threads=args.threads)))
         else:
             torch.set_num_threads(args.threads)
-            print(json.dumps(_rss_child(args.source, args.token_file, args.steps, args.seed, args.threads)))
+            files = args.token_file[0] if len(args.token_file) == 1 else args.token_file
+            print(json.dumps(_rss_child(args.source, files, args.steps, args.seed, args.threads)))
+    elif args.command == "forgetting-seeds":
+        settings = json.loads(args.settings)
+        if settings.get("threads"):
+            torch.set_num_threads(settings["threads"])
+        print(json.dumps([row for seed in args.seeds for row in _forgetting_seed_rows(seed, **settings)]))
     else:
         rows = forgetting_experiment(steps_per_phase=args.steps_per_phase)
         for row in forgetting_summary(rows):

@@ -50,9 +50,15 @@ def test_the_table_has_every_stage_in_order_with_ratios_of_the_fp32_file(result)
     fp32 = result.stages[0]["bytes"]
     for row in result.stages:
         assert row["ratio"] == pytest.approx(fp32 / row["bytes"])
-        assert set(row) == {"stage", "bytes", "ratio", "loss", "loss_se", "perplexity", "increase", "increase_se"}
+        assert set(row) == {"stage", "bytes", "ratio", "weights", "loss", "loss_se", "perplexity", "increase",
+                            "increase_se"}
         assert row["perplexity"] == pytest.approx(math.exp(row["loss"]))
     assert result.stages[0]["increase"] == 0.0
+    # weights: every parameter in fp32; from pruning on, all but the block matrices' zeros (the same in every row)
+    n_params = sum(p.numel() for p in result.model.parameters())
+    zeros = sum(int((result.model.get_submodule(n).weight == 0).sum()) for n in dc._block_matrices(result.model))
+    assert result.stages[0]["weights"] == n_params
+    assert {r["weights"] for r in result.stages[1:]} == {n_params - zeros}
     # storage shrinks stage after stage where the format changes (Huffman's tables and the file's header cost
     # more than they save on a model this tiny: 12k block weights; the zoo model is the notebook's)
     by_stage = {r["stage"]: r["bytes"] for r in result.stages}
@@ -375,6 +381,52 @@ def test_pipeline_sweep_has_the_contracts_columns_prunes_iteratively_and_is_cach
         dc.pipeline_sweep(model, sparsities=(), corpus=corpus, eval_set=eval_set, **QUIET)
     with pytest.raises(ValueError, match="bits"):
         dc.pipeline_sweep(model, sparsities=(0.5,), bits=(1,), corpus=corpus, eval_set=eval_set, **QUIET)
+
+
+def test_pipeline_sweep_reuses_deep_compressions_fine_tuned_model_for_its_sparsity(corpus, eval_set, result,
+                                                                                   monkeypatch):
+    model = tiny_gpt_for(corpus)                   # the model `result` compressed
+    calls = []
+    original = prune.fine_tune
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(prune, "fine_tune", counting)
+    sweep = dc.pipeline_sweep(model, sparsities=(0.6, 0.8), bits=(3, 2), fine_tune_steps=1, corpus=corpus,
+                              eval_set=eval_set, cache=False, fine_tuned=result, **QUIET)
+    assert len(calls) == 1                                       # only 0.8 is fine-tuned; 0.6 is result's model
+    at = sweep[(sweep.sparsity == 0.6) & (sweep.bits == 3)].set_index("stage")
+    for row in result.stages[:3]:                                # fp32, pruned, pruned + fine-tuned: its own rows
+        assert at.loc[row["stage"], "bytes"] == row["bytes"] and at.loc[row["stage"], "loss"] == row["loss"]
+    ours = {r["stage"]: r for r in result.stages}                # and the k-means row is the one it measured
+    assert at.loc["weight sharing (k-means)", "bytes"] == ours["weight sharing (k-means)"]["bytes"]
+    assert at.loc["weight sharing (k-means)", "loss"] == pytest.approx(ours["weight sharing (k-means)"]["loss"])
+    # 0.8 is pruned from result's fine-tuned model (iterative): its zeros include all of 0.6's
+    n_params = sum(p.numel() for p in model.parameters())
+    weights = sweep.drop_duplicates(["sparsity", "stage"]).set_index(["sparsity", "stage"])["weights"]
+    assert weights[(0.6, "fp32")] == n_params
+    assert weights[(0.8, "pruned")] < weights[(0.6, "pruned + fine-tuned")] < n_params
+    assert weights[(0.6, "pruned + fine-tuned")] == dc._stored_weights(result.tuned)
+    with pytest.raises(ValueError, match="sparsity 0.6, which is not in sparsities"):
+        dc.pipeline_sweep(model, sparsities=(0.5,), bits=(3,), corpus=corpus, eval_set=eval_set, cache=False,
+                          fine_tuned=result, **QUIET)
+    with pytest.raises(ValueError, match="another model or scored on another evaluation set"):
+        dc.pipeline_sweep(tiny_gpt_for(corpus, seed=1), sparsities=(0.6,), bits=(3,), corpus=corpus,
+                          eval_set=eval_set, cache=False, fine_tuned=result, **QUIET)
+    with pytest.raises(TypeError, match="CompressionResult"):
+        dc.pipeline_sweep(model, sparsities=(0.6,), bits=(3,), corpus=corpus, eval_set=eval_set, cache=False,
+                          fine_tuned=model, **QUIET)
+
+
+def test_the_papers_figures_are_keyed_by_the_stage_they_belong_beside():
+    assert set(dc.PAPER_COUNTS) == {k for k, v in dc.PAPER_RATIOS.items() if not isinstance(v, str)}
+    assert set(dc.PAPER_COUNTS) <= set(dc.STAGES)
+    # 9× fewer connections is a weight count; 27× (quantized, with the relative index) and 35× are bytes
+    assert dc.PAPER_RATIOS["pruned"] == 9 and dc.PAPER_COUNTS["pruned"] == "weights"
+    assert dc.PAPER_RATIOS["relative index"] == 27 and dc.PAPER_COUNTS["relative index"] == "bytes"
+    assert dc.PAPER_RATIOS["Huffman"] == 35 and dc.PAPER_COUNTS["Huffman"] == "bytes"
 
 
 # ----------------------------------------------------------------------------- the zoo model's bytes

@@ -223,6 +223,54 @@ def test_huffman_mistakes_get_their_hints(wrong, hint):
     assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
 
 
+class Node:
+    """A tree node without an order: what a learner's (weight, Node) heap entries hold."""
+
+    def __init__(self, symbol=None, left=None, right=None):
+        self.symbol, self.left, self.right = symbol, left, right
+
+
+def heap_of_weight_and_node(frequencies):
+    """The commonest heapq bug: (weight, Node) entries; on a tie heapq compares the Nodes -> TypeError."""
+    used = {s: f for s, f in frequencies.items() if f > 0}
+    if len(used) <= 1:
+        return {s: 1 for s in used}
+    heap = [(f, Node(s)) for s, f in used.items()]
+    heapq.heapify(heap)
+    while len(heap) > 1:
+        w1, a = heapq.heappop(heap)
+        w2, b = heapq.heappop(heap)
+        heapq.heappush(heap, (w1 + w2, Node(None, a, b)))
+    lengths, todo = {}, [(heap[0][1], 0)]
+    while todo:
+        node, depth = todo.pop()
+        if node.symbol is not None:
+            lengths[node.symbol] = depth
+        else:
+            todo += [(node.left, depth + 1), (node.right, depth + 1)]
+    return lengths
+
+
+def test_huffman_tied_weights_with_unordered_trees_get_the_tie_breaker_hint():
+    result = grading.check_huffman_code_lengths(heap_of_weight_and_node, quiet=True)
+    assert result.status == grading.FAIL, result.message
+    assert "got no answer: your function raised TypeError: '<' not supported between instances of 'Node' and " \
+           "'Node'" in result.message, result.message
+    assert "hint: two subtrees had the same weight, so heapq compared the NEXT item" in result.message
+    assert "(weight, next(counter), tree)" in result.message
+    # the same in the grader's fresh process, and any other TypeError is still a crash, reported as one
+    with pytest.raises(AssertionError, match="heapq compared the NEXT item"):
+        grade("huffman_code_lengths", notebook_function(
+            HUFFMAN.replace("(f, i, [s])", "(f, {s: 1})").replace("w1, _, a", "w1, a").replace("w2, _, b", "w2, b")
+            .replace("(w1 + w2, counter, a + b)", "(w1 + w2, {**a, **b})").replace("for s in a + b", "for s in {**a, **b}"),
+            "huffman_code_lengths"))
+    result = grading.check_huffman_code_lengths(lambda f: sorted([1, "a"]), quiet=True)
+    assert "raised TypeError: '<' not supported between instances of 'str' and 'int'" in result.message
+    assert "hint" not in result.message                 # two kinds of objects: not a tie of trees
+    result = grading.check_huffman_code_lengths(lambda f: len(5), quiet=True)
+    assert "your function raised TypeError: object of type 'int' has no len()" in result.message, result.message
+
+
 def test_huffman_a_wrong_answer_is_shown_as_the_dict_it_is_without_quotes():
     result = grading.check_huffman_code_lengths(lambda f: with_first(f, {0: 1, 1: 2, 2: 2, 3: 3}), quiet=True)
     assert not result and "an optimal code takes 15 bits in all" in result.message
@@ -408,9 +456,10 @@ def test_layer_storage_bytes_check_agrees_with_labkit():
     (lambda z, f, c, g, e, v: -(-(z + f) * (c + g) // 8) + e * v, "two separate packed streams"),
     (lambda z, f, c, g, e, v: (z + f) * c // 8 + (z + f) * g // 8 + e * v, "round each stream's bytes UP"),
     (lambda z, f, c, g, e, v: my_layer_storage_bytes(z, f, c, g, 2 ** c, v), "not 2**code_bits"),
+    (lambda z, f, c, g, e, v: my_layer_storage_bytes(z, f, c, g, e, v) + 7 * e * v, "the codebook was counted in bits"),
     (lambda z, f, c, g, e, v: my_layer_storage_bytes(z, f, c, g, e, 4), "not 4"),
 ], ids=["no codebook", "no fillers", "fillers without code", "no gaps", "bits as bytes", "bits", "codebook / 8",
-        "one stream", "floor", "2**bits entries", "fp32 codebook"])
+        "one stream", "floor", "2**bits entries", "codebook in bits", "fp32 codebook"])
 def test_layer_storage_bytes_mistakes_get_their_hints(wrong, hint):
     result = grading.check_layer_storage_bytes(wrong, quiet=True)
     assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message

@@ -19,6 +19,7 @@ import ast
 import heapq
 import math
 import numbers
+import re
 from fractions import Fraction
 from typing import Any, Callable
 
@@ -201,7 +202,14 @@ def _lengths_call(fn: Callable, args: tuple, kwargs: dict) -> Any:
     """
     frequencies = args[0] if args else kwargs["frequencies"]
     before = dict(frequencies)
-    got = fn(*args, **kwargs)
+    try:
+        got = fn(*args, **kwargs)
+    except TypeError as e:
+        kinds = re.search(r"not supported between instances of '([^']+)' and '([^']+)'", str(e))
+        if kinds is None or kinds[1] != kinds[2]:    # a tie compares two trees of one kind; anything else is a crash
+            raise
+        # the commonest heapq bug (tuples of (weight, tree) that tie): an answer the hints can speak to, not a crash
+        return ShownLengths(f"no answer: your function raised TypeError: {e}")
     if got is None:
         text = "None"
     else:
@@ -251,7 +259,7 @@ def check_huffman_code_lengths(fn: Callable[[dict[int, int]], dict[int, int]], q
     total bits). One symbol gets length 1 (a codeword needs a bit); {} gives {}.
     """
     examples = [
-        ("the module docstring's example: a, b, c, d as 0..3", {0: 5, 1: 2, 2: 1, 3: 1}),
+        ("a, b, c, d as 0..3 with counts 5, 2, 1, 1", {0: 5, 1: 2, 2: 1, 3: 1}),
         ("four equal frequencies: every symbol gets 2 bits", {0: 1, 1: 1, 2: 1, 3: 1}),
         ("ties: two different optimal codes exist (all 2 bits, or 1, 2, 3, 3 bits): either passes",
          {0: 2, 1: 1, 2: 1, 3: 2}),
@@ -340,8 +348,16 @@ def check_huffman_code_lengths(fn: Callable[[dict[int, int]], dict[int, int]], q
         Mistake("a prefix code, but not an optimal one: its Σ frequency × length is larger than Huffman's — merge "
                 "the two LEAST frequent subtrees each step, and count each symbol's depth", not_optimal),
     ]
+    def unordered_tie(got: Any, frequencies: dict[int, int]) -> bool:
+        text = _text(got)
+        return text is not None and text.startswith("no answer: your function raised TypeError")
+
     mistakes = [
         Mistake(f"your function {NONE_RETURNED}", lambda got, frequencies: _text(got) == "None"),
+        Mistake("two subtrees had the same weight, so heapq compared the NEXT item of their tuples — your trees, "
+                "which Python cannot order. Put a tie-breaker between the weight and the tree: (weight, "
+                "next(counter), tree) with counter = itertools.count(), or (weight, smallest symbol, tree)",
+                unordered_tie),
         *(Mistake(m.hint, m.matches) for m in mistakes),
     ]
     returns = Returns("any", why="the lab builds canonical codes from your lengths and codes the model's weights "
@@ -490,6 +506,9 @@ def check_layer_storage_bytes(fn: Callable[[int, int, int, int, int, int], int],
         Mistake("code_bits and gap_bits are BITS: divide the streams' bits by 8 to get bytes",
                 is_any(lambda z, f, c, g, e, v: (z + f) * (c + g) + codebook(z, f, c, g, e, v),
                        lambda z, f, c, g, e, v: (z + f) * (c + g))),
+        Mistake("the codebook was counted in bits: codebook_value_bytes is already in bytes, so the codebook takes "
+                "codebook_entries × codebook_value_bytes bytes (no × 8)",
+                is_any(lambda z, f, c, g, e, v: up((z + f) * c) + up((z + f) * g) + 8 * e * v)),
         Mistake("that is bits: return bytes (8 bits each); codebook_value_bytes is already in bytes",
                 is_any(lambda *a: 8 * _layer_storage_bytes(*a),
                        lambda z, f, c, g, e, v: (z + f) * (c + g) + 8 * codebook(z, f, c, g, e, v))),

@@ -576,6 +576,11 @@ class CompressionResult:
     #: the pruned and fine-tuned model (the one-shot pruned copy when fine_tune_steps=0), before weight sharing:
     #: pipeline_sweep(..., fine_tuned=result) starts from it instead of pruning and fine-tuning again
     tuned: GPT | None = field(default=None, repr=False)
+    #: the fp32 model's score (with its per-window losses, the paired differences' base), the evaluation set's name
+    #: and the fp32 model's sha256: pipeline_sweep(..., fine_tuned=result) reuses the score on the same model and set
+    fp32_score: dict | None = field(default=None, repr=False)
+    eval_set_name: str | None = None
+    model_sha256: str | None = None
 
 
 def _score(model: GPT, eval_set, base) -> dict:
@@ -713,7 +718,8 @@ def deep_compression(model: GPT, sparsity: float = DEFAULTS["sparsity"], bits: i
     more, final, blob = _quantize_stages(tuned if tuned is not None else pruned, s, corpus, eval_set, base,
                                          fp32_bytes, progress, log, timings)
     rows.extend(more)
-    return CompressionResult(rows, final, masks, s, blob, timings, tuned if tuned is not None else pruned)
+    return CompressionResult(rows, final, masks, s, blob, timings, tuned if tuned is not None else pruned, base,
+                             getattr(eval_set, "name", None), _weights_sha256(model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -831,6 +837,11 @@ def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4), fine_
                 "pruning": "iterative, magnitude per matrix", "eval_set": eval_set.name, "columns": list(COLUMNS),
                 **_fingerprint(model, corpus)}
     if fine_tuned is not None:
+        if fine_tuned.model_sha256 != settings["model_sha256"] or fine_tuned.eval_set_name != eval_set.name:
+            raise ValueError("fine_tuned was made from another model or scored on another evaluation set: "
+                             f"{fine_tuned.eval_set_name!r} vs eval_set {eval_set.name!r}"
+                             + ("" if fine_tuned.model_sha256 == settings["model_sha256"] else
+                                ", and its fp32 model's weights are not `model`'s"))
         settings["fine_tuned"] = {**fine_tuned.settings, "tuned_sha256": _weights_sha256(fine_tuned.tuned)}
 
     def compute() -> list[dict]:
@@ -839,14 +850,9 @@ def pipeline_sweep(model: GPT, sparsities=(0.5, 0.7, 0.8), bits=(2, 3, 4), fine_
         def quiet(*_args) -> None:
             pass
 
-        base = _score(model, eval_set, None)
+        # the same model on the same windows (checked above): deep_compression's fp32 score is this one
+        base = fine_tuned.fp32_score if fine_tuned is not None else _score(model, eval_set, None)
         fp32_bytes = _fp32_file_bytes(model)
-        if fine_tuned is not None:
-            theirs = fine_tuned.stages[0]
-            if theirs["bytes"] != fp32_bytes or theirs["loss"] != base["loss"]:
-                raise ValueError("fine_tuned was made from another model or scored on another evaluation set: its "
-                                 f"fp32 row has {theirs['bytes']:,} bytes and loss {theirs['loss']:.6f}, this model "
-                                 f"{fp32_bytes:,} bytes and loss {base['loss']:.6f}")
         out = []
         bar = tqdm(total=len(sparsities) * len(bits), desc="pipeline sweep", disable=not progress, mininterval=1.0)
         start = model

@@ -394,9 +394,13 @@ def test_pipeline_sweep_reuses_deep_compressions_fine_tuned_model_for_its_sparsi
         return original(*args, **kwargs)
 
     monkeypatch.setattr(prune, "fine_tune", counting)
+    scored = []
+    score = dc._score
+    monkeypatch.setattr(dc, "_score", lambda m, *a: scored.append(1) or score(m, *a))
     sweep = dc.pipeline_sweep(model, sparsities=(0.6, 0.8), bits=(3, 2), fine_tune_steps=1, corpus=corpus,
                               eval_set=eval_set, cache=False, fine_tuned=result, **QUIET)
     assert len(calls) == 1                                       # only 0.8 is fine-tuned; 0.6 is result's model
+    assert len(scored) == 2 + 4           # 0.8 pruned and fine-tuned, 4 weight-sharing rows; the fp32 score reused
     at = sweep[(sweep.sparsity == 0.6) & (sweep.bits == 3)].set_index("stage")
     for row in result.stages[:3]:                                # fp32, pruned, pruned + fine-tuned: its own rows
         assert at.loc[row["stage"], "bytes"] == row["bytes"] and at.loc[row["stage"], "loss"] == row["loss"]
@@ -415,6 +419,9 @@ def test_pipeline_sweep_reuses_deep_compressions_fine_tuned_model_for_its_sparsi
     with pytest.raises(ValueError, match="another model or scored on another evaluation set"):
         dc.pipeline_sweep(tiny_gpt_for(corpus, seed=1), sparsities=(0.6,), bits=(3,), corpus=corpus,
                           eval_set=eval_set, cache=False, fine_tuned=result, **QUIET)
+    with pytest.raises(ValueError, match="another evaluation set"):
+        dc.pipeline_sweep(model, sparsities=(0.6,), bits=(3,), corpus=corpus, cache=False,
+                          eval_set=evaluation_set(corpus.val, window=16, every=8), fine_tuned=result, **QUIET)
     with pytest.raises(TypeError, match="CompressionResult"):
         dc.pipeline_sweep(model, sparsities=(0.6,), bits=(3,), corpus=corpus, eval_set=eval_set, cache=False,
                           fine_tuned=model, **QUIET)

@@ -253,19 +253,7 @@ def compression_figure(state: dict) -> Figure:
     ax.bar(xs, [s["bytes"] for s in stages], color=[FP32_COLOR] + [BAR_COLOR] * (len(stages) - 1), width=0.6,
            label="bytes of the stored model\n(its ratio to fp32 under its name)")
     paper = [(x, s) for x, s in zip(xs, stages) if s["paper_bytes"] is not None]
-    if paper:
-        ax.plot([x for x, _ in paper], [s["paper_bytes"] for _, s in paper], "_", ms=26, mew=2.5, color=PAPER_COLOR,
-                label="the paper's AlexNet ratio (bytes)\napplied to this fp32 size")
-        for x, s in paper:
-            ax.text(x + 0.33, s["paper_bytes"], f"{s['paper_ratio']:g}×", color=PAPER_COLOR, fontsize=7,
-                    va="center")
     _bytes_axis(ax, "y", [s["bytes"] for s in stages] + [s["paper_bytes"] for _, s in paper])
-    bottom = ax.get_ylim()[0]
-    for x, s in zip(xs, stages):         # a count of weights, not bytes: written inside the bar, not drawn as bytes
-        if s["paper_counts"] == "weights":
-            here = f"\nhere {s['weight_ratio']:.1f}×" if s["weight_ratio"] is not None else ""
-            ax.text(x, bottom * 1.4, f"AlexNet:\n{s['paper_ratio']:g}× fewer\nweights{here}", color="white",
-                    fontsize=7, ha="center", va="bottom", fontweight="bold")
     ax.set_xticks(xs, [f"{s['stage']}\n{s['ratio']:.1f}×" for s in stages], rotation=20, ha="right", fontsize=8)
     ax.set_xlabel("pipeline stage (and its bytes' ratio to fp32)")
     ax.set_ylabel("bytes of the stored model (log scale)")
@@ -287,6 +275,21 @@ def compression_figure(state: dict) -> Figure:
     right.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
     right.set_ylabel("validation perplexity", color=PPL_COLOR)
     right.tick_params(axis="y", colors=PPL_COLOR)
+    # the paper's figures, in the bars' coordinates but drawn over the perplexity line (the right axes are on top)
+    if paper:
+        right.plot([x for x, _ in paper], [s["paper_bytes"] for _, s in paper], "_", ms=26, mew=2.5,
+                   color=PAPER_COLOR, transform=ax.transData, zorder=5,
+                   label="the paper's AlexNet ratio (bytes)\napplied to this fp32 size")
+        for x, s in paper:
+            right.text(x + 0.33, s["paper_bytes"], f"{s['paper_ratio']:g}×", color=PAPER_COLOR, fontsize=7,
+                       va="center", transform=ax.transData, zorder=5,
+                       bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.5))
+    bottom = ax.get_ylim()[0]
+    for x, s in zip(xs, stages):         # a count of weights, not bytes: written inside the bar, not drawn as bytes
+        if s["paper_counts"] == "weights":
+            here = f"\nhere {s['weight_ratio']:.1f}×" if s["weight_ratio"] is not None else ""
+            right.text(x, bottom * 1.4, f"AlexNet:\n{s['paper_ratio']:g}× fewer\nweights{here}", color="white",
+                       fontsize=7, ha="center", va="bottom", fontweight="bold", transform=ax.transData, zorder=5)
     handles, labels = ax.get_legend_handles_labels()
     more, more_labels = right.get_legend_handles_labels()
     ax.legend(handles + more, labels + more_labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.13, 1.0),

@@ -8,13 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from grading_helpers import notebook_function
+from grading_helpers import assert_fails, assert_hidden_examples_defeat_a_table, examples_of, grade_cell
 
 from labkit import compress as C
 from labkit import deep_compression as D
 from labkit import grading
 from labkit import stream as S
-from labkit.autograde import grade
 from labkit.grading import checks_compression as CC
 
 # ---- the learner's answers, written here by hand ----------------------------------------------
@@ -75,24 +74,6 @@ def my_replay_buffer_bytes(capacity_sequences, seq_len, token_bytes):
     return capacity_sequences * (seq_len + 1) * token_bytes
 
 
-def examples_of(check, right):
-    """The arguments of every example `check` runs (public and three hidden seeds' worth), via a spy."""
-    from labkit.grading import core
-    seen = []
-
-    def spy(*args):
-        seen.append(tuple(dict(a) if isinstance(a, dict) else a for a in args))
-        return right(*args)
-
-    for seed in (None, 1, 2, 3):
-        old, core.HIDDEN_SEED = core.HIDDEN_SEED, seed
-        try:
-            assert check(spy, quiet=True)
-        finally:
-            core.HIDDEN_SEED = old
-    return seen
-
-
 def kraft(lengths):
     return sum(2.0 ** -n for n in lengths.values())
 
@@ -131,8 +112,7 @@ def shannon_fano(frequencies):
 def test_shannon_fano_fails_on_a_public_example_with_the_not_optimal_hint():
     freqs = {0: 15, 1: 7, 2: 6, 3: 6, 4: 5}
     assert shannon_fano(freqs) == {0: 2, 1: 2, 2: 2, 3: 3, 4: 3}        # 89 bits; Huffman's 1, 3, 3, 3, 3: 87
-    result = grading.check_huffman_code_lengths(shannon_fano, quiet=True)
-    assert not result and f"huffman_code_lengths({freqs})" in result.message, result.message
+    result = assert_fails(grading.check_huffman_code_lengths, shannon_fano, f"huffman_code_lengths({freqs})")
     assert "expected {0: 1, 1: 3, 2: 3, 3: 3, 4: 3} (87 bits in all), got {0: 2, 1: 2, 2: 2, 3: 3, 4: 3} (89 bits in all)" \
         in result.message, result.message
     assert "hint: a prefix code, but not an optimal one" in result.message
@@ -219,8 +199,7 @@ def with_first(frequencies, wrong):
 ], ids=["balanced", "largest merged", "zero frequency", "symbol missing", "one symbol 0 bits", "Shannon",
         "one deeper", "codes as ints", "Kraft > 1", "not optimal"])
 def test_huffman_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_huffman_code_lengths(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_huffman_code_lengths, wrong, hint=hint)
 
 
 class Node:
@@ -260,10 +239,10 @@ def test_huffman_tied_weights_with_unordered_trees_get_the_tie_breaker_hint():
     assert "(weight, next(counter), tree)" in result.message
     # the same in the grader's fresh process, and any other TypeError is still a crash, reported as one
     with pytest.raises(AssertionError, match="heapq compared the NEXT item"):
-        grade("huffman_code_lengths", notebook_function(
-            HUFFMAN.replace("(f, i, [s])", "(f, {s: 1})").replace("w1, _, a", "w1, a").replace("w2, _, b", "w2, b")
-            .replace("(w1 + w2, counter, a + b)", "(w1 + w2, {**a, **b})").replace("for s in a + b", "for s in {**a, **b}"),
-            "huffman_code_lengths"))
+        grade_cell("huffman_code_lengths", HUFFMAN.replace("(f, i, [s])", "(f, {s: 1})")
+                   .replace("w1, _, a", "w1, a").replace("w2, _, b", "w2, b")
+                   .replace("(w1 + w2, counter, a + b)", "(w1 + w2, {**a, **b})")
+                   .replace("for s in a + b", "for s in {**a, **b}"))
     result = grading.check_huffman_code_lengths(lambda f: sorted([1, "a"]), quiet=True)
     assert "raised TypeError: '<' not supported between instances of 'str' and 'int'" in result.message
     assert "hint" not in result.message                 # two kinds of objects: not a tie of trees
@@ -272,8 +251,8 @@ def test_huffman_tied_weights_with_unordered_trees_get_the_tie_breaker_hint():
 
 
 def test_huffman_a_wrong_answer_is_shown_as_the_dict_it_is_without_quotes():
-    result = grading.check_huffman_code_lengths(lambda f: with_first(f, {0: 1, 1: 2, 2: 2, 3: 3}), quiet=True)
-    assert not result and "an optimal code takes 15 bits in all" in result.message
+    result = assert_fails(grading.check_huffman_code_lengths, lambda f: with_first(f, {0: 1, 1: 2, 2: 2, 3: 3}),
+                          "an optimal code takes 15 bits in all")
     assert "expected {0: 1, 1: 2, 2: 3, 3: 3} (15 bits in all), got {0: 1, 1: 2, 2: 2, 3: 3} (14 bits in all)" \
         in result.message, result.message
 
@@ -309,14 +288,12 @@ def test_huffman_an_answer_of_the_wrong_shape_is_not_reported_as_a_crash():
     (lambda f: max(f.values()) and my_huffman_code_lengths(f), "raised ValueError: max() arg is an empty"),
 ])
 def test_huffman_none_wrong_types_and_crash_are_reported_not_raised(answer, words):
-    result = grading.check_huffman_code_lengths(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_huffman_code_lengths, answer, words)
 
 
 def test_huffman_codeword_pairs_are_named():
     pairs = lambda f: {s: (0, n) for s, n in my_huffman_code_lengths(f).items()}      # canonical_codes' shape
-    result = grading.check_huffman_code_lengths(pairs, quiet=True)
-    assert not result and "looks like the codeword itself" in result.message
+    assert_fails(grading.check_huffman_code_lengths, pairs, "looks like the codeword itself")
 
 
 def test_huffman_editing_the_frequencies_in_place_is_refused():
@@ -325,8 +302,7 @@ def test_huffman_editing_the_frequencies_in_place_is_refused():
             del frequencies[s]
         return my_huffman_code_lengths(frequencies)
 
-    result = grading.check_huffman_code_lengths(pops_zeros, quiet=True)
-    assert not result and "changed its `frequencies` dict in place" in result.message, result.message
+    assert_fails(grading.check_huffman_code_lengths, pops_zeros, "changed its `frequencies` dict in place")
     assert grading.check_huffman_code_lengths(lambda f: my_huffman_code_lengths(dict(f)), quiet=True)
 
 
@@ -355,21 +331,11 @@ def test_huffman_fallback_names_labkits_reference(capsys):
                                    C.huffman_code_lengths) is my_huffman_code_lengths
 
 
-def test_huffman_hidden_examples_pass_a_right_answer_and_catch_a_table(monkeypatch):
-    from labkit.grading import core
-    for seed in range(20):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        assert grading.check_huffman_code_lengths(my_huffman_code_lengths, quiet=True), seed
-    public = {}
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    key = lambda f: tuple(sorted(f.items()))
-    grading.check_huffman_code_lengths(lambda f: public.setdefault(key(f), my_huffman_code_lengths(f)), quiet=True)
-    assert len(public) == 10
-    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
-    # right on the public examples, every symbol 4 bits anywhere else
-    table = lambda f: public[key(f)] if key(f) in public else {s: 4 for s, v in f.items() if v}
-    result = grading.check_huffman_code_lengths(table, quiet=True)
-    assert not result and "hidden example (grader's seed 7)" in result.message
+def test_huffman_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    # the table is right on the public examples, every symbol 4 bits anywhere else
+    assert_hidden_examples_defeat_a_table(grading.check_huffman_code_lengths, my_huffman_code_lengths,
+                                          also_right=[two_queue_huffman],
+                                          otherwise=lambda f: {s: 4 for s, v in f.items() if v})
 
 
 # ---- layer_storage_bytes -----------------------------------------------------------------------
@@ -461,8 +427,7 @@ def test_layer_storage_bytes_check_agrees_with_labkit():
 ], ids=["no codebook", "no fillers", "fillers without code", "no gaps", "bits as bytes", "bits", "codebook / 8",
         "one stream", "floor", "2**bits entries", "codebook in bits", "fp32 codebook"])
 def test_layer_storage_bytes_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_layer_storage_bytes(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_layer_storage_bytes, wrong, hint=hint)
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -472,8 +437,7 @@ def test_layer_storage_bytes_mistakes_get_their_hints(wrong, hint):
     (lambda z, f, c, g, e, v: my_layer_storage_bytes(z, f, c, g, e, v) // (e - e), "raised ZeroDivisionError"),
 ])
 def test_layer_storage_bytes_none_float_and_crash_are_reported(answer, words):
-    result = grading.check_layer_storage_bytes(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_layer_storage_bytes, answer, words)
 
 
 @pytest.mark.parametrize("delegate, name", [
@@ -486,20 +450,12 @@ def test_layer_storage_bytes_none_float_and_crash_are_reported(answer, words):
      "labkit.sparse.relative_bytes"),
 ])
 def test_layer_storage_bytes_may_not_delegate(delegate, name):
-    result = grading.check_layer_storage_bytes(delegate, quiet=True)
-    assert result.status == grading.FAIL and name in result.message, result.message
+    assert_fails(grading.check_layer_storage_bytes, delegate, name)
 
 
-def test_layer_storage_bytes_hidden_examples(monkeypatch):
-    from labkit.grading import core
-    for seed in range(20):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        assert grading.check_layer_storage_bytes(my_layer_storage_bytes, quiet=True), seed
-    answers = {}
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    grading.check_layer_storage_bytes(lambda *a: answers.setdefault(a, my_layer_storage_bytes(*a)), quiet=True)
-    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
-    assert not grading.check_layer_storage_bytes(lambda *a: answers.get(a, 0), quiet=True)
+def test_layer_storage_bytes_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    assert_hidden_examples_defeat_a_table(grading.check_layer_storage_bytes, my_layer_storage_bytes,
+                                          otherwise=lambda *a: 0)
 
 
 # ---- replay_buffer_bytes ------------------------------------------------------------------------
@@ -534,8 +490,7 @@ def test_replay_buffer_bytes_is_what_a_real_buffer_stores(dtype):
     (lambda c, t, b: 8 * c * (t + 1), "int64"),
 ], ids=["no +1", "x and y", "bits", "divided by 8", "tokens", "one window", "int64"])
 def test_replay_buffer_bytes_mistakes_get_their_hints(wrong, hint):
-    result = grading.check_replay_buffer_bytes(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(grading.check_replay_buffer_bytes, wrong, hint=hint)
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -546,8 +501,7 @@ def test_replay_buffer_bytes_mistakes_get_their_hints(wrong, hint):
     (lambda c, t, b: my_replay_buffer_bytes(c, t, b) // (c - c), "raised ZeroDivisionError"),
 ])
 def test_replay_buffer_bytes_none_float_and_crash_are_reported(answer, words):
-    result = grading.check_replay_buffer_bytes(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(grading.check_replay_buffer_bytes, answer, words)
 
 
 @pytest.mark.parametrize("delegate, name", [
@@ -558,20 +512,12 @@ def test_replay_buffer_bytes_none_float_and_crash_are_reported(answer, words):
      "labkit.stream.ReplayBuffer"),
 ])
 def test_replay_buffer_bytes_may_not_delegate(delegate, name):
-    result = grading.check_replay_buffer_bytes(delegate, quiet=True)
-    assert result.status == grading.FAIL and name in result.message, result.message
+    assert_fails(grading.check_replay_buffer_bytes, delegate, name)
 
 
-def test_replay_buffer_bytes_hidden_examples(monkeypatch):
-    from labkit.grading import core
-    for seed in range(20):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        assert grading.check_replay_buffer_bytes(my_replay_buffer_bytes, quiet=True), seed
-    answers = {}
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    grading.check_replay_buffer_bytes(lambda *a: answers.setdefault(a, my_replay_buffer_bytes(*a)), quiet=True)
-    monkeypatch.setattr(core, "HIDDEN_SEED", 7)
-    assert not grading.check_replay_buffer_bytes(lambda *a: answers.get(a, 0), quiet=True)
+def test_replay_buffer_bytes_hidden_examples_pass_a_right_answer_and_catch_a_table():
+    assert_hidden_examples_defeat_a_table(grading.check_replay_buffer_bytes, my_replay_buffer_bytes,
+                                          otherwise=lambda *a: 0)
 
 
 # ---- in the grader's fresh process ------------------------------------------------------------
@@ -600,27 +546,22 @@ REPLAY = ("def replay_buffer_bytes(capacity_sequences, seq_len, token_bytes):\n"
 
 
 def test_graded_cells_pass_right_answers_in_a_fresh_process():
-    assert grade("huffman_code_lengths", notebook_function(HUFFMAN, "huffman_code_lengths")) is None
-    assert grade("replay_buffer_bytes", notebook_function(REPLAY, "replay_buffer_bytes")) is None
-    assert grade("layer_storage_bytes", notebook_function(LAYER, "layer_storage_bytes")) is None
+    assert grade_cell("huffman_code_lengths", HUFFMAN) is None
+    assert grade_cell("replay_buffer_bytes", REPLAY) is None
+    assert grade_cell("layer_storage_bytes", LAYER) is None
 
 
 def test_graded_cells_fail_wrong_answers_with_the_hint():
     with pytest.raises(AssertionError, match="you merged the two MOST frequent subtrees"):
-        grade("huffman_code_lengths", notebook_function(HUFFMAN.replace("(f, i, [s])", "(-f, i, [s])"),
-                                                        "huffman_code_lengths"))
+        grade_cell("huffman_code_lengths", HUFFMAN.replace("(f, i, [s])", "(-f, i, [s])"))
     with pytest.raises(AssertionError, match="a single symbol still needs a 1-bit codeword"):
-        grade("huffman_code_lengths", notebook_function(HUFFMAN.replace("{s: 1 for s in used}", "{s: 0 for s in used}"),
-                                                        "huffman_code_lengths"))
+        grade_cell("huffman_code_lengths", HUFFMAN.replace("{s: 1 for s in used}", "{s: 0 for s in used}"))
     with pytest.raises(AssertionError, match="got list"):       # the type is named over there too
-        grade("huffman_code_lengths", notebook_function(HUFFMAN.replace("    return depth", "    return list(depth)"),
-                                                        "huffman_code_lengths"))
+        grade_cell("huffman_code_lengths", HUFFMAN.replace("    return depth", "    return list(depth)"))
     with pytest.raises(AssertionError, match="the codebook is missing"):
-        grade("layer_storage_bytes", notebook_function(LAYER.replace(" + codebook_entries * codebook_value_bytes", ""),
-                                                       "layer_storage_bytes"))
+        grade_cell("layer_storage_bytes", LAYER.replace(" + codebook_entries * codebook_value_bytes", ""))
     with pytest.raises(AssertionError, match="a window holds seq_len \\+ 1 tokens"):
-        grade("replay_buffer_bytes", notebook_function(REPLAY.replace("(seq_len + 1)", "seq_len"),
-                                                       "replay_buffer_bytes"))
+        grade_cell("replay_buffer_bytes", REPLAY.replace("(seq_len + 1)", "seq_len"))
 
 
 def test_a_delegating_function_fails_in_the_grader_too():
@@ -628,7 +569,7 @@ def test_a_delegating_function_fails_in_the_grader_too():
               "def huffman_code_lengths(frequencies):\n"
               "    return labkit.compress.huffman_code_lengths(frequencies)\n")
     with pytest.raises(AssertionError, match="labkit.compress.huffman_code_lengths"):
-        grade("huffman_code_lengths", notebook_function(source, "huffman_code_lengths"))
+        grade_cell("huffman_code_lengths", source)
 
 
 # ---- labkit's references (the lab's fallbacks) give the checks' answers -------------------------

@@ -8,11 +8,9 @@ from collections import namedtuple
 import numpy as np
 import pytest
 import torch
-from grading_helpers import notebook_function
+from grading_helpers import assert_fails, assert_hidden_examples_defeat_a_table, examples_of, grade_cell, hidden_seed
 
 from labkit import arena, grading, paged_kv
-from labkit.autograde import grade
-from labkit.grading import core
 from labkit.grading.checks_pools import (
     check_arena_lower_bound,
     check_first_fit,
@@ -149,8 +147,7 @@ def no_memory_error(free, size):
 ], ids=["best fit", "> not >=", "hole dropped", "hole kept", "0-byte hole", "end of hole", "size kept", "unsorted",
         "mutated", "no MemoryError", "offset only", "swapped", "float", "tensor"])
 def test_first_fit_mistakes_get_their_hints(wrong, hint):
-    result = check_first_fit(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(check_first_fit, wrong, hint=hint)
 
 
 def test_first_fit_names_the_example_and_both_answers():
@@ -171,8 +168,7 @@ def test_free_lists_of_namedtuples_and_tuple_subclasses_are_written_out_as_plain
 
 def test_a_right_answer_that_changes_its_input_still_fails():
     # the allocator keeps the list it passed in: an answer that edits it in place is wrong even when its value is right
-    result = check_first_fit(mutating_first_fit, quiet=True)
-    assert not result and "the free list passed in was changed" in result.message
+    assert_fails(check_first_fit, mutating_first_fit, "the free list passed in was changed")
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -182,8 +178,7 @@ def test_a_right_answer_that_changes_its_input_still_fails():
     (lambda f, s: 1 / 0, "raised ZeroDivisionError"),
 ])
 def test_first_fit_none_numpy_and_crash_are_reported_not_raised(answer, words):
-    result = check_first_fit(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(check_first_fit, answer, words)
 
 
 # ---- release ------------------------------------------------------------------------------------
@@ -225,7 +220,7 @@ def test_a_double_free_test_on_the_block_ends_only_fails_on_a_public_example(wro
         result.message
 
 
-def test_hidden_double_frees_start_before_a_hole_and_cover_one(monkeypatch):
+def test_hidden_double_frees_start_before_a_hole_and_cover_one():
     """Public answers from a table, otherwise a double-free test on the block's start only: hidden examples that
     start 1–3 units before a hole (and run into it or past it) catch it for many seeds."""
     public = {}
@@ -238,8 +233,8 @@ def test_hidden_double_frees_start_before_a_hole_and_cover_one(monkeypatch):
             raise
         return public[repr(args)]
 
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    assert check_release(recording, quiet=True)
+    with hidden_seed(None):
+        assert check_release(recording, quiet=True)
 
     def start_only_with_a_table(*args):
         if repr(args) in public:
@@ -250,8 +245,8 @@ def test_hidden_double_frees_start_before_a_hole_and_cover_one(monkeypatch):
 
     failed = 0
     for seed in range(40):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        failed += not check_release(start_only_with_a_table, quiet=True)
+        with hidden_seed(seed):
+            failed += not check_release(start_only_with_a_table, quiet=True)
     assert failed >= 5, failed          # 25 of 100 seeds measured
 
 
@@ -290,16 +285,14 @@ def mutating_release(free, offset, size):
     (lambda f, o, s: [(a, float(b)) for a, b in my_release(f, o, s)], "whole bytes"),
 ], ids=["no left merge", "no right merge", "no merge", "unsorted", "double free", "mutated", "float"])
 def test_release_mistakes_get_their_hints(wrong, hint):
-    result = check_release(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(check_release, wrong, hint=hint)
 
 
 def test_release_with_no_merging_on_a_gap_between_two_holes_gets_the_merge_both_hint():
     def no_merge_only_when_both(f, o, s):
         touches_both = any(a + b == o for a, b in f) and any(a == o + s for a, _ in f)
         return merge(f, o, s, False, False) if touches_both else my_release(f, o, s)
-    result = check_release(no_merge_only_when_both, quiet=True)
-    assert not result and "holes that touch were not merged" in result.message, result.message
+    assert_fails(check_release, no_merge_only_when_both, "holes that touch were not merged")
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -308,8 +301,7 @@ def test_release_with_no_merging_on_a_gap_between_two_holes_gets_the_merge_both_
     (lambda f, o, s: f[7], "your function raised IndexError"),
 ])
 def test_release_none_numpy_and_crash_are_reported_not_raised(answer, words):
-    result = check_release(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(check_release, answer, words)
 
 
 # ---- arena_lower_bound --------------------------------------------------------------------------
@@ -340,8 +332,7 @@ def sorts_in_place(lifetimes):
     (lambda ls: sum(s for s, f, l in ls if f <= 0 < l), "first step"),
 ], ids=["sum", "inclusive end", "largest", "count", "first step"])
 def test_arena_lower_bound_mistakes_get_their_hints(wrong, hint):
-    result = check_arena_lower_bound(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(check_arena_lower_bound, wrong, hint=hint)
 
 
 def sweep_in_given_order(lifetimes):
@@ -355,8 +346,7 @@ def sweep_in_given_order(lifetimes):
 
 def test_a_sweep_that_does_not_sort_by_time_is_told_to_sort():
     # it passes every example given in time order, and the out-of-order one names sorting (not "sum of all sizes")
-    result = check_arena_lower_bound(sweep_in_given_order, quiet=True)
-    assert result.status == grading.FAIL and "out of time order" in result.message, result.message
+    result = assert_fails(check_arena_lower_bound, sweep_in_given_order, "out of time order")
     assert "hint: the tensors come in any order: sort them by start step" in result.message, result.message
     assert "sum of all sizes" not in result.message
     assert check_arena_lower_bound(lambda ls: sweep_in_given_order(sorted(ls, key=lambda lv: lv[1])), quiet=True)
@@ -364,8 +354,7 @@ def test_a_sweep_that_does_not_sort_by_time_is_told_to_sort():
 
 def test_arena_lower_bound_may_not_sort_its_input_in_place():
     # the lab places tensors by their index in that list afterwards: sorting it would mix them up
-    result = check_arena_lower_bound(sorts_in_place, quiet=True)
-    assert not result and "changed the `lifetimes` list" in result.message and "sorted(lifetimes)" in result.message
+    assert_fails(check_arena_lower_bound, sorts_in_place, "changed the `lifetimes` list", "sorted(lifetimes)")
     assert check_arena_lower_bound(lambda ls: my_arena_lower_bound(sorted(ls)), quiet=True)
 
 
@@ -375,15 +364,13 @@ def test_arena_lower_bound_may_not_sort_its_input_in_place():
     (lambda ls: max(s for s, _, _ in ls) * 0 + max(ls)[9], "your function raised IndexError"),
 ])
 def test_arena_lower_bound_none_float_and_crash_are_reported(answer, words):
-    result = check_arena_lower_bound(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(check_arena_lower_bound, answer, words)
 
 
 def test_an_empty_lifetimes_list_crashing_max_gets_the_default_0_advice():
     def no_default(lifetimes):
         return max(sum(s for s, f, l in lifetimes if f <= t < l) for _, t, _ in lifetimes)
-    result = check_arena_lower_bound(no_default, quiet=True)
-    assert not result and "arena_lower_bound([])" in result.message and "raised ValueError" in result.message
+    result = assert_fails(check_arena_lower_bound, no_default, "arena_lower_bound([])", "raised ValueError")
     assert "max(..., default=0)" in result.message, result.message
 
 
@@ -408,8 +395,7 @@ def test_kv_blocks_needed_right_answer_passes(capsys):
     (lambda p, o, b, n: p + n * o, "tokens, not blocks"),
 ], ids=["per sequence", "floor", "partial shared", "partial forgotten", "output 0", "tokens"])
 def test_kv_blocks_needed_mistakes_get_their_hints(wrong, hint):
-    result = check_kv_blocks_needed(wrong, quiet=True)
-    assert result.status == grading.FAIL and "hint: " in result.message and hint in result.message, result.message
+    assert_fails(check_kv_blocks_needed, wrong, hint=hint)
 
 
 def test_the_copy_on_write_hint_says_the_idea_without_the_formula():
@@ -425,26 +411,21 @@ def test_the_copy_on_write_hint_says_the_idea_without_the_formula():
     (lambda p, o, b, n: [][0], "IndexError"),
 ])
 def test_kv_blocks_needed_none_float_and_crash_are_reported(answer, words):
-    result = check_kv_blocks_needed(answer, quiet=True)
-    assert result.status == grading.FAIL and words in result.message, result.message
+    assert_fails(check_kv_blocks_needed, answer, words)
 
 
 # ---- the references can't be called, however they are reached -------------------------------------
 
 def test_arena_lower_bound_may_not_delegate():
-    result = check_arena_lower_bound(lambda ls: arena.peak_live_bytes(ls), quiet=True)
-    assert result.status == grading.FAIL and "labkit.arena.peak_live_bytes" in result.message, result.message
-    result = check_arena_lower_bound(arena.peak_live_bytes, quiet=True)                    # handing it in
-    assert result.status == grading.FAIL and "labkit.arena.peak_live_bytes" in result.message
-    result = check_arena_lower_bound(lambda ls: max(arena.live_bytes_timeline(ls), default=0), quiet=True)
-    assert result.status == grading.FAIL and "labkit.arena" in result.message
+    assert_fails(check_arena_lower_bound, lambda ls: arena.peak_live_bytes(ls), "labkit.arena.peak_live_bytes")
+    assert_fails(check_arena_lower_bound, arena.peak_live_bytes, "labkit.arena.peak_live_bytes")  # handing it in
+    assert_fails(check_arena_lower_bound, lambda ls: max(arena.live_bytes_timeline(ls), default=0), "labkit.arena")
 
 
 def test_kv_blocks_needed_may_not_delegate():
-    result = check_kv_blocks_needed(lambda p, o, b, n: paged_kv.kv_blocks_needed(p, o, b, n), quiet=True)
-    assert result.status == grading.FAIL and "labkit.paged_kv.kv_blocks_needed" in result.message
-    result = check_kv_blocks_needed(paged_kv.kv_blocks_needed, quiet=True)
-    assert result.status == grading.FAIL and "labkit.paged_kv.kv_blocks_needed" in result.message
+    assert_fails(check_kv_blocks_needed, lambda p, o, b, n: paged_kv.kv_blocks_needed(p, o, b, n),
+                 "labkit.paged_kv.kv_blocks_needed")
+    assert_fails(check_kv_blocks_needed, paged_kv.kv_blocks_needed, "labkit.paged_kv.kv_blocks_needed")
     # a private helper of the module trips too (module-wide tripwire)
     result = check_kv_blocks_needed(lambda p, o, b, n: my_kv_blocks_needed(paged_kv._check_count("p", p), o, b, n),
                                     quiet=True)
@@ -453,78 +434,38 @@ def test_kv_blocks_needed_may_not_delegate():
 
 def test_first_fit_and_release_may_not_delegate():
     pools = pytest.importorskip("labkit.pools")
-    result = check_first_fit(lambda f, s: pools.first_fit(f, s), quiet=True)
-    assert result.status == grading.FAIL and "labkit.pools" in result.message, result.message
-    result = check_first_fit(pools.first_fit, quiet=True)
-    assert result.status == grading.FAIL and "labkit.pools" in result.message, result.message
-    result = check_release(lambda f, o, s: pools.release(f, o, s), quiet=True)
-    assert result.status == grading.FAIL and "labkit.pools" in result.message, result.message
-    result = check_release(pools.release, quiet=True)
-    assert result.status == grading.FAIL and "labkit.pools" in result.message, result.message
+    assert_fails(check_first_fit, lambda f, s: pools.first_fit(f, s), "labkit.pools")
+    assert_fails(check_first_fit, pools.first_fit, "labkit.pools")
+    assert_fails(check_release, lambda f, o, s: pools.release(f, o, s), "labkit.pools")
+    assert_fails(check_release, pools.release, "labkit.pools")
 
 
 def test_the_checks_own_closed_forms_trip_too():
     from labkit.grading import checks_pools
-    result = check_first_fit(checks_pools._first_fit, quiet=True)
-    assert result.status == grading.FAIL and "labkit.grading.checks_pools" in result.message, result.message
-    result = check_kv_blocks_needed(lambda *a: checks_pools._kv_blocks_needed(*a), quiet=True)
-    assert result.status == grading.FAIL and "checks_pools._kv_blocks_needed" in result.message, result.message
+    assert_fails(check_first_fit, checks_pools._first_fit, "labkit.grading.checks_pools")
+    assert_fails(check_kv_blocks_needed, lambda *a: checks_pools._kv_blocks_needed(*a),
+                 "checks_pools._kv_blocks_needed")
 
 
 # ---- hidden examples --------------------------------------------------------------------------------
+
+#: the grader's seeds the edge-case tests look through (None: the public examples)
+SIX_SEEDS = (None, 1, 2, 3, 4, 5)
 
 CHECKS = [(check_first_fit, my_first_fit), (check_release, my_release),
           (check_arena_lower_bound, my_arena_lower_bound), (check_kv_blocks_needed, my_kv_blocks_needed)]
 
 
 @pytest.mark.parametrize("check, right", CHECKS, ids=lambda c: getattr(c, "__name__", ""))
-def test_hidden_examples_pass_a_right_answer_and_defeat_a_table_of_the_public_ones(check, right, monkeypatch):
-    for seed in range(25):
-        monkeypatch.setattr(core, "HIDDEN_SEED", seed)
-        result = check(right, quiet=True)
-        assert result, (seed, result.message)
-    public = {}
-
-    def key(args):
-        return repr(args)
-
-    def recording(*args):
-        return public.setdefault(key(args), right(*args))
-
-    monkeypatch.setattr(core, "HIDDEN_SEED", None)
-    assert check(recording, quiet=True)
-    monkeypatch.setattr(core, "HIDDEN_SEED", 11)
-
-    def table(*args):
-        if key(args) not in public:
-            return None
-        return public[key(args)]
-
-    assert not check(table, quiet=True)
-
-
-def examples_of(check, right):
-    """The arguments of every example `check` runs (public and three hidden seeds' worth), via a spy."""
-    seen = []
-
-    def spy(*args):
-        seen.append(tuple(list(a) if isinstance(a, list) else a for a in args))
-        return right(*args)
-
-    for seed in (None, 1, 2, 3, 4, 5):
-        old, core.HIDDEN_SEED = core.HIDDEN_SEED, seed
-        try:
-            assert check(spy, quiet=True)
-        finally:
-            core.HIDDEN_SEED = old
-    return seen
+def test_hidden_examples_pass_a_right_answer_and_defeat_a_table_of_the_public_ones(check, right):
+    assert_hidden_examples_defeat_a_table(check, right, otherwise=lambda *a: None, seeds=range(25), seed=11)
 
 
 def test_hidden_examples_cover_the_edge_cases():
-    ff = examples_of(check_first_fit, my_first_fit)
+    ff = examples_of(check_first_fit, my_first_fit, SIX_SEEDS)
     assert any(all(s < size for _, s in free) for free, size in ff)                  # nothing fits
     assert any(any(s == size for _, s in free) for free, size in ff)                 # an exact fit
-    rel = examples_of(check_release, my_release)
+    rel = examples_of(check_release, my_release, SIX_SEEDS)
     touching = [(f, o, s) for f, o, s in rel if any(a + b == o for a, b in f) and any(a == o + s for a, _ in f)]
     assert touching and any(any(a < o + s and o < a + b for a, b in f) for f, o, s in rel)  # merges both; double free
     hidden = [args for seed in range(20) for args in _hidden_examples(check_release, my_release, seed)]
@@ -536,38 +477,22 @@ def test_hidden_examples_cover_the_edge_cases():
 
 def _hidden_examples(check, right, seed):
     """The arguments of the hidden examples one grader's seed draws."""
-    public, seen = examples_of_seeds(check, right, [None]), examples_of_seeds(check, right, [seed])
+    public, seen = examples_of(check, right, [None]), examples_of(check, right, [seed])
     return seen[len(public):]
-
-
-def examples_of_seeds(check, right, seeds):
-    seen = []
-
-    def spy(*args):
-        seen.append(tuple(list(a) if isinstance(a, list) else a for a in args))
-        return right(*args)
-
-    for seed in seeds:
-        old, core.HIDDEN_SEED = core.HIDDEN_SEED, seed
-        try:
-            assert check(spy, quiet=True)
-        finally:
-            core.HIDDEN_SEED = old
-    return seen
 
 
 # ---- the lab's references give the checks' answers ---------------------------------------------
 
 def test_labkit_arena_and_paged_kv_agree_with_the_checks():
-    for (lives,) in examples_of(check_arena_lower_bound, my_arena_lower_bound):
+    for (lives,) in examples_of(check_arena_lower_bound, my_arena_lower_bound, SIX_SEEDS):
         assert arena.peak_live_bytes(lives) == my_arena_lower_bound(lives), lives
-    for p, o, b, n in examples_of(check_kv_blocks_needed, my_kv_blocks_needed):
+    for p, o, b, n in examples_of(check_kv_blocks_needed, my_kv_blocks_needed, SIX_SEEDS):
         assert paged_kv.kv_blocks_needed(p, o, b, n, shared_prefix=True) == my_kv_blocks_needed(p, o, b, n)
 
 
 def test_labkit_pools_agrees_with_the_checks():
     pools = pytest.importorskip("labkit.pools")
-    for free, size in examples_of(check_first_fit, my_first_fit):
+    for free, size in examples_of(check_first_fit, my_first_fit, SIX_SEEDS):
         try:
             expected = my_first_fit(list(free), size)
         except MemoryError:
@@ -576,7 +501,7 @@ def test_labkit_pools_agrees_with_the_checks():
             continue
         offset, holes = pools.first_fit(list(free), size)
         assert (offset, [tuple(h) for h in holes]) == expected, (free, size)
-    for free, offset, size in examples_of(check_release, my_release):
+    for free, offset, size in examples_of(check_release, my_release, SIX_SEEDS):
         try:
             expected = my_release(list(free), offset, size)
         except ValueError:
@@ -615,33 +540,30 @@ KV_BLOCKS = ("def kv_blocks_needed(prompt_len, output_len, block_size, n_sequenc
 
 
 def test_graded_cells_pass_right_answers_in_a_fresh_process():
-    assert grade("first_fit", notebook_function(FIRST_FIT, "first_fit")) is None
-    assert grade("release", notebook_function(RELEASE, "release")) is None
-    assert grade("arena_lower_bound", notebook_function(LOWER_BOUND, "arena_lower_bound")) is None
-    assert grade("kv_blocks_needed", notebook_function(KV_BLOCKS, "kv_blocks_needed")) is None
+    assert grade_cell("first_fit", FIRST_FIT) is None
+    assert grade_cell("release", RELEASE) is None
+    assert grade_cell("arena_lower_bound", LOWER_BOUND) is None
+    assert grade_cell("kv_blocks_needed", KV_BLOCKS) is None
 
 
 def test_graded_cells_fail_wrong_answers_with_the_hint():
     with pytest.raises(AssertionError, match="that is BEST fit"):
-        grade("first_fit", notebook_function(FIRST_FIT.replace(
+        grade_cell("first_fit", FIRST_FIT.replace(
             "    for i, (offset, hole) in enumerate(free_blocks):\n",
-            "    for i, (offset, hole) in sorted(enumerate(free_blocks), key=lambda p: p[1][1]):\n"), "first_fit"))
+            "    for i, (offset, hole) in sorted(enumerate(free_blocks), key=lambda p: p[1][1]):\n"))
     with pytest.raises(AssertionError, match="the free list passed in was changed"):
-        grade("first_fit", notebook_function(FIRST_FIT.replace(
-            "            return offset,", "            free_blocks.append((0, 0)); return offset,"), "first_fit"))
+        grade_cell("first_fit", FIRST_FIT.replace(
+            "            return offset,", "            free_blocks.append((0, 0)); return offset,"))
     with pytest.raises(AssertionError, match="double free"):
-        grade("release", notebook_function(RELEASE.replace("raise ValueError('double free')", "pass"), "release"))
+        grade_cell("release", RELEASE.replace("raise ValueError('double free')", "pass"))
     with pytest.raises(AssertionError, match="half-open"):
-        grade("arena_lower_bound", notebook_function(LOWER_BOUND.replace("f <= t < l", "f <= t <= l")
-                                                     .replace("{first for _, first, _ in lifetimes}",
-                                                              "range(max((l for *_, l in lifetimes), default=0) + 1)"),
-                                                     "arena_lower_bound"))
+        grade_cell("arena_lower_bound", LOWER_BOUND.replace("f <= t < l", "f <= t <= l")
+                   .replace("{first for _, first, _ in lifetimes}",
+                            "range(max((l for *_, l in lifetimes), default=0) + 1)"))
     with pytest.raises(AssertionError, match="changed the `lifetimes` list"):
-        grade("arena_lower_bound", notebook_function(LOWER_BOUND.replace("    steps", "    lifetimes.sort()\n    steps"),
-                                                     "arena_lower_bound"))
+        grade_cell("arena_lower_bound", LOWER_BOUND.replace("    steps", "    lifetimes.sort()\n    steps"))
     with pytest.raises(AssertionError, match="once PER SEQUENCE"):
-        grade("kv_blocks_needed", notebook_function(
-            "def kv_blocks_needed(p, o, b, n):\n    return n * -(-(p + o) // b)\n", "kv_blocks_needed"))
+        grade_cell("kv_blocks_needed", "def kv_blocks_needed(p, o, b, n):\n    return n * -(-(p + o) // b)\n")
 
 
 def test_a_learner_may_raise_labkit_pools_out_of_memory_without_tripping_the_check():

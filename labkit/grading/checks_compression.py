@@ -32,10 +32,13 @@ from labkit.grading.core import (
     CheckResult,
     Mistake,
     Returns,
+    Shown,
+    ShownText,
     as_number,
     checks_safely,
     kind_of,
     run_check,
+    shown_text,
 )
 
 #: What a learner must not call in any lab-07 exercise: labkit's coders, the Deep Compression pipeline and the
@@ -112,44 +115,6 @@ def _is_optimal_code(lengths: dict[int, int], frequencies: dict[int, int]) -> bo
         _optimal_lengths(frequencies), frequencies)
 
 
-class ShownLengths(str):
-    """An answer written out as text, shown without quotes: `expected {0: 1, 1: 2, 2: 2} (…), got {…}` reads as the
-    dict the function returns. (In the grader it arrives as an object of this name whose repr is the text.)"""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return str.__str__(self)
-
-
-def _text(got: Any) -> str | None:
-    """The text of an answer as `_lengths_call` wrote it (a str, or the grader's stand-in for a ShownLengths)."""
-    if isinstance(got, str):
-        return str.__str__(got)
-    if type(got).__name__ == ShownLengths.__name__:
-        try:
-            text = repr(got)
-        except Exception:   # noqa: BLE001 — an unreadable answer is simply not one of ours
-            return None
-        return str.__str__(text) if isinstance(text, str) else None
-    return None
-
-
-class Shown:
-    """The expected answer's text: equal to an answer with the same text, and shown without quotes."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __eq__(self, other: object) -> bool:
-        return _text(other) == self.text
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        return self.text
-
-
 def _shown_lengths(lengths: dict[int, int], frequencies: dict[int, int]) -> str:
     """'{0: 1, 1: 2, 2: 2} (10 bits in all)': the lengths by symbol, the total when every used symbol has one, and
     the symbols of frequency > 0 that have no codeword."""
@@ -194,7 +159,7 @@ def _as_lengths(got: Any, frequencies: dict[int, int]) -> dict[int, int]:
 
 
 def _lengths_call(fn: Callable, args: tuple, kwargs: dict) -> Any:
-    """Call the learner's huffman_code_lengths; its answer written out as text (ShownLengths) for the comparison.
+    """Call the learner's huffman_code_lengths; its answer written out as text (ShownText) for the comparison.
 
     Any optimal prefix code is right (ties make several), so an optimal answer is written as the check's own
     optimal code; anything else as given, or as what it is instead of a dict of lengths. A dict edited in place
@@ -209,7 +174,7 @@ def _lengths_call(fn: Callable, args: tuple, kwargs: dict) -> Any:
         if kinds is None or kinds[1] != kinds[2]:    # a tie compares two trees of one kind; anything else is a crash
             raise
         # the commonest heapq bug (tuples of (weight, tree) that tie): an answer the hints can speak to, not a crash
-        return ShownLengths(f"no answer: your function raised TypeError: {e}")
+        return ShownText(f"no answer: your function raised TypeError: {e}")
     if got is None:
         text = "None"
     else:
@@ -225,7 +190,7 @@ def _lengths_call(fn: Callable, args: tuple, kwargs: dict) -> Any:
         text += (" — but huffman_code_lengths changed its `frequencies` dict in place (the lab passes the weights' "
                  "own counts, which later cells use): read it, don't pop or edit it — work on a copy, e.g. "
                  "dict(frequencies)")
-    return ShownLengths(text)
+    return ShownText(text)
 
 
 def _lengths_case(description: str, frequencies: dict[int, int]) -> Case:
@@ -239,7 +204,7 @@ def _lengths_case(description: str, frequencies: dict[int, int]) -> Case:
 
 def _lengths_of(got: Any) -> dict[int, int] | None:
     """The learner's answer back as {symbol: length} from its text (symbols of length 0 left out), else None."""
-    text = _text(got)
+    text = shown_text(got)
     if text is None or not text.startswith("{"):
         return None
     try:
@@ -349,11 +314,11 @@ def check_huffman_code_lengths(fn: Callable[[dict[int, int]], dict[int, int]], q
                 "the two LEAST frequent subtrees each step, and count each symbol's depth", not_optimal),
     ]
     def unordered_tie(got: Any, frequencies: dict[int, int]) -> bool:
-        text = _text(got)
+        text = shown_text(got)
         return text is not None and text.startswith("no answer: your function raised TypeError")
 
     mistakes = [
-        Mistake(f"your function {NONE_RETURNED}", lambda got, frequencies: _text(got) == "None"),
+        Mistake(f"your function {NONE_RETURNED}", lambda got, frequencies: shown_text(got) == "None"),
         Mistake("two subtrees had the same weight, so heapq compared the NEXT item of their tuples — your trees, "
                 "which Python cannot order. Put a tie-breaker between the weight and the tree: (weight, "
                 "next(counter), tree) with counter = itertools.count(), or (weight, smallest symbol, tree)",

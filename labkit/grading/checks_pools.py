@@ -29,8 +29,11 @@ from labkit.grading.core import (
     CheckResult,
     Mistake,
     Returns,
+    Shown,
+    ShownText,
     checks_safely,
     run_check,
+    shown_text,
 )
 
 #: every function of the lab's reference modules trips while the learner's function runs
@@ -161,48 +164,9 @@ def _shown_release(got: Any) -> str:
 CHANGED = " — but the free list passed in was changed"
 
 
-class ShownAnswer(str):
-    """An answer written out as text, shown without quotes: `expected (0, [(48, 16)]), got ...` reads as the
-    structure the function returns, not as a string it should return. (In the grader it arrives as an object of
-    this name whose repr is the text: `_text` reads both.)"""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return str.__str__(self)
-
-
-def _text(got: Any) -> str | None:
-    """The text of an answer as `_free_list_call` wrote it (a str, or the grader's stand-in for a ShownAnswer)."""
-    if isinstance(got, str):
-        return str.__str__(got)
-    if type(got).__name__ == ShownAnswer.__name__:
-        try:
-            text = repr(got)
-        except Exception:
-            return None
-        return str.__str__(text) if isinstance(text, str) else None
-    return None
-
-
 def _on_text(matches: Callable[..., bool]) -> Callable[..., bool]:
     """A mistake's matcher applied to the answer's text."""
-    return lambda got, *args: matches(_text(got), *args)
-
-
-class Shown:
-    """The expected answer's text: equal to an answer with the same text, and shown without quotes."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __eq__(self, other: object) -> bool:
-        return _text(other) == self.text
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        return self.text
+    return lambda got, *args: matches(shown_text(got), *args)
 
 
 def _free_list_call(fn: Callable, args: tuple, kwargs: dict, shown: Callable[[Any], str], raises: type) -> str:
@@ -216,7 +180,7 @@ def _free_list_call(fn: Callable, args: tuple, kwargs: dict, shown: Callable[[An
         text = f"raises {raises.__name__}: {e}"[:200]
     if holes != before:
         text += CHANGED
-    return ShownAnswer(text)
+    return ShownText(text)
 
 
 def _first_fit_call(fn: Callable, args: tuple, kwargs: dict) -> str:
@@ -234,7 +198,7 @@ class Raises:
         self.text = f"raises {error.__name__}"
 
     def __eq__(self, other: object) -> bool:
-        text = _text(other)
+        text = shown_text(other)
         return text is not None and (text == self.text or text.startswith(self.text + ":"))
 
     __hash__ = None
@@ -245,7 +209,7 @@ class Raises:
 
 def _parsed(got: Any) -> Any:
     """The learner's answer read back from its text (None if it is not a plain literal, or a note was added)."""
-    got = _text(got)
+    got = shown_text(got)
     if got is None or got.endswith(CHANGED):
         return None
     try:
@@ -257,7 +221,7 @@ def _parsed(got: Any) -> Any:
 def _gives(wrong: Callable[..., Any], shown: Callable[[Any], str]) -> Callable[..., bool]:
     """A matcher: the learner's text equals what `wrong(*args)` shows (or raises), and that is not the right answer."""
     def matches(got: Any, *args: Any) -> bool:
-        got = _text(got)
+        got = shown_text(got)
         try:
             text = shown(wrong(*copy.deepcopy(args)))
         except MemoryError:
@@ -275,7 +239,7 @@ def _gives(wrong: Callable[..., Any], shown: Callable[[Any], str]) -> Callable[.
 def _unsorted(expected_holes: Callable[..., Holes]) -> Callable[..., bool]:
     """A matcher: the right holes, in some other order than by offset."""
     def matches(got: Any, *args: Any) -> bool:
-        holes = _parsed(_text(got))
+        holes = _parsed(shown_text(got))
         if isinstance(holes, tuple) and len(holes) == 2:
             holes = holes[1]
         try:

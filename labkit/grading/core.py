@@ -236,6 +236,46 @@ def compare_tensor(got: Any, case: Case, returns: Returns, rtol: float, atol: fl
             f"({n_bad:,} of {got.numel():,} values differ)")
 
 
+class ShownText(str):
+    """An answer a check's call wrote out as text, shown without quotes: `expected (0, [(48, 16)]), got …` reads
+    as the structure the function returns, not as a string it should return. (In the grader's process it
+    arrives as a stand-in of this class's name whose repr is the text: `shown_text` reads both.)"""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
+
+def shown_text(got: Any) -> str | None:
+    """The text of an answer as a check's call wrote it (a str, or the grader's stand-in for a ShownText),
+    else None."""
+    if isinstance(got, str):
+        return str.__str__(got)
+    if type(got).__name__ == ShownText.__name__:
+        try:
+            text = repr(got)
+        except Exception:   # noqa: BLE001 — an unreadable answer is simply not one of ours
+            return None
+        return str.__str__(text) if isinstance(text, str) else None
+    return None
+
+
+class Shown:
+    """The expected answer's text: equal to an answer with the same text (`shown_text`), shown without quotes."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return shown_text(other) == self.text
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 # ---------------------------------------------------------------------------------------------
 # Tripwires: the learner must write the function, not call labkit's (or torch's) reference
 

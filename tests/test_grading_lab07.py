@@ -19,12 +19,13 @@ from labkit.grading import checks_compression as CC
 # ---- the learner's answers, written here by hand ----------------------------------------------
 
 
-def my_huffman_code_lengths(frequencies):
-    """A min-heap of (weight, counter, symbols below); each merge makes the symbols below one bit deeper."""
+def heap_huffman(frequencies, sign=1):
+    """A min-heap of (weight, counter, symbols below); each merge makes the symbols below one bit deeper.
+    (sign=-1: a max-heap, merging the two MOST frequent subtrees — the mistake.)"""
     used = {s: f for s, f in frequencies.items() if f > 0}
     if len(used) == 1:
         return {s: 1 for s in used}
-    heap = [(f, i, [s]) for i, (s, f) in enumerate(sorted(used.items()))]
+    heap = [(sign * f, i, [s]) for i, (s, f) in enumerate(sorted(used.items()))]
     heapq.heapify(heap)
     depth, counter = dict.fromkeys(used, 0), len(heap)
     while len(heap) > 1:
@@ -35,6 +36,10 @@ def my_huffman_code_lengths(frequencies):
         counter += 1
         heapq.heappush(heap, (w1 + w2, counter, a + b))
     return depth
+
+
+def my_huffman_code_lengths(frequencies):
+    return heap_huffman(frequencies)
 
 
 def two_queue_huffman(frequencies):
@@ -150,20 +155,7 @@ def test_huffman_check_agrees_with_labkit_and_with_the_entropy_bound():
 
 
 def largest_first(frequencies):
-    used = {s: f for s, f in frequencies.items() if f > 0}
-    if len(used) == 1:
-        return {s: 1 for s in used}
-    heap = [(-f, i, [s]) for i, (s, f) in enumerate(sorted(used.items()))]
-    heapq.heapify(heap)
-    depth, counter = dict.fromkeys(used, 0), len(heap)
-    while len(heap) > 1:
-        w1, _, a = heapq.heappop(heap)
-        w2, _, b = heapq.heappop(heap)
-        for s in a + b:
-            depth[s] += 1
-        counter += 1
-        heapq.heappush(heap, (w1 + w2, counter, a + b))
-    return depth
+    return heap_huffman(frequencies, sign=-1)
 
 
 def canonical_code_ints(frequencies):

@@ -54,17 +54,19 @@ LAB07_REFERENCES = ("labkit.compress.*", "labkit.deep_compression.*", "labkit.st
 MAX_LENGTH = 1_000
 
 
-def _optimal_lengths(frequencies: dict[int, int]) -> dict[int, int]:
-    """One optimal prefix code's lengths (bits) for the symbols of frequency > 0: Huffman's merge, written here.
+def _merged_lengths(frequencies: dict[int, int], rarest_first: bool = True) -> dict[int, int]:
+    """Code lengths (bits) for the symbols of frequency > 0 from merging two subtrees at a time, written here.
 
     Written independently of labkit.compress: the heap holds (weight, tie-break, the symbols below), each merge
-    puts every symbol below the two rarest subtrees one bit deeper. One symbol still gets 1 bit; {} -> {}.
+    puts every symbol below the two subtrees it pops one bit deeper — the two rarest (Huffman's merge), or with
+    rarest_first=False the two MOST frequent (a max-heap: the mistake). One symbol still gets 1 bit; {} -> {}.
     """
+    sign = 1 if rarest_first else -1
     used = sorted(s for s, f in frequencies.items() if f > 0)
     if len(used) <= 1:
         return {s: 1 for s in used}
     depth = dict.fromkeys(used, 0)
-    heap = [(frequencies[s], s, (s,)) for s in used]
+    heap = [(sign * frequencies[s], s, (s,)) for s in used]
     heapq.heapify(heap)
     while len(heap) > 1:
         w1, t1, below1 = heapq.heappop(heap)
@@ -73,23 +75,16 @@ def _optimal_lengths(frequencies: dict[int, int]) -> dict[int, int]:
             depth[s] += 1
         heapq.heappush(heap, (w1 + w2, min(t1, t2), below1 + below2))
     return depth
+
+
+def _optimal_lengths(frequencies: dict[int, int]) -> dict[int, int]:
+    """One optimal prefix code's lengths (bits) for the symbols of frequency > 0: Huffman's merge."""
+    return _merged_lengths(frequencies, rarest_first=True)
 
 
 def _largest_first_lengths(frequencies: dict[int, int]) -> dict[int, int]:
     """The mistake of merging the two MOST frequent subtrees each step (a max-heap instead of a min-heap)."""
-    used = sorted(s for s, f in frequencies.items() if f > 0)
-    if len(used) <= 1:
-        return {s: 1 for s in used}
-    depth = dict.fromkeys(used, 0)
-    heap = [(-frequencies[s], s, (s,)) for s in used]
-    heapq.heapify(heap)
-    while len(heap) > 1:
-        w1, t1, below1 = heapq.heappop(heap)
-        w2, t2, below2 = heapq.heappop(heap)
-        for s in below1 + below2:
-            depth[s] += 1
-        heapq.heappush(heap, (w1 + w2, min(t1, t2), below1 + below2))
-    return depth
+    return _merged_lengths(frequencies, rarest_first=False)
 
 
 def _total_bits(lengths: dict[int, int], frequencies: dict[int, int]) -> int:

@@ -77,8 +77,9 @@ def set_read_only(root: Path, read_only: bool) -> None:
 
 @pytest.fixture(scope="module")
 def baby():
-    """The zoo's real baby GPT, read from the cache, one thread while a module's tests use it (tests that ask for
-    it mark themselves skipped until `python -m labkit.zoo build` has run)."""
+    """The zoo's real baby GPT, read from the cache (trained first on a fresh clone: CI's run builds it once, under the
+    zoo's lock), one thread while a module's tests use it. Tests that need the model ask for this fixture instead of
+    skipping when it is not built yet — a skip decided at collection time skipped them in every fresh-clone CI run."""
     import torch
 
     from labkit import zoo

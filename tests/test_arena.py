@@ -5,11 +5,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from labkit import arena, zoo
+from labkit import arena
 from labkit.memory import AllocationTracer, TensorEvent
 from labkit.model import GPT, GPTConfig
 
-needs_zoo = pytest.mark.skipif(not zoo.is_built("baby-gpt"), reason="the baby-gpt zoo model is not built")
 
 
 def small_gpt(seed: int = 0) -> GPT:
@@ -183,7 +182,6 @@ def test_trace_arguments_are_checked():
         arena.training_step_trace("gpt")
 
 
-@needs_zoo
 def test_greedy_by_size_is_within_5_percent_of_the_bound_on_the_zoo_models_training_step(baby):
     """Lab 08's claim: the planned arena is within 1.05x of the peak of live bytes (and well under no reuse)."""
     lives = arena.lifetimes(arena.training_step_trace(baby))
@@ -199,7 +197,6 @@ def test_greedy_by_size_is_within_5_percent_of_the_bound_on_the_zoo_models_train
     assert max(lv.size for lv in lives) == 12 * 64 * 512 * 4
 
 
-@needs_zoo
 def test_inference_needs_a_far_smaller_arena_than_training(baby):
     inference = arena.lifetimes(arena.inference_trace(baby, batch_size=12, seq_len=64))
     training = arena.lifetimes(arena.training_step_trace(baby))

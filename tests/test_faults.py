@@ -9,22 +9,21 @@ import sys
 
 import pytest
 
-from labkit import arena, faults, zoo
+from labkit import arena, faults
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                                 reason="page-fault behaviour measured here is glibc malloc's on Linux")
-needs_zoo = pytest.mark.skipif(not zoo.is_built("baby-gpt"), reason="the baby-gpt zoo model is not built")
 
 
 @pytest.fixture(scope="module")
-def steps():
-    """One fresh process per setting, 10 measured steps each, shared by the tests below."""
+def steps(baby):
+    """One fresh process per setting, 10 measured steps each, shared by the tests below (baby: the zoo model is built
+    first — the children load it)."""
     return {"default": faults.page_faults_per_step(False, steps=10),
             "keep": faults.page_faults_per_step(True, steps=10),
             "trim only": faults.page_faults_per_step(False, steps=10, mallopt={"trim_threshold": 2 ** 30})}
 
 
-@needs_zoo
 def test_keeping_freed_memory_cuts_the_faults_of_a_training_step(steps):
     default, keep = steps["default"], steps["keep"]
     assert keep["mallopt_applied"] and not default["mallopt_applied"]
@@ -37,7 +36,6 @@ def test_keeping_freed_memory_cuts_the_faults_of_a_training_step(steps):
     assert keep["peak_rss_mb"] < 2 * default["peak_rss_mb"]    # keeping costs no more than the step needed anyway
 
 
-@needs_zoo
 def test_a_trim_threshold_alone_turns_off_glibcs_adaptive_mmap_threshold(steps, baby):
     """Setting one threshold pins the mmap threshold at 128 KiB: every tensor of 128 KiB or more is then mapped
     and unmapped each step, so a step faults in about the pages of all those tensors in the traced step."""
@@ -92,7 +90,6 @@ def test_malloc_demo_size_is_checked(size_mb):
         faults.malloc_fault_demo(size_mb=size_mb)
 
 
-@needs_zoo
-def test_a_failing_child_process_is_reported_with_its_error():
+def test_a_failing_child_process_is_reported_with_its_error(baby):   # baby: the zoo model is built first
     with pytest.raises(RuntimeError, match="seq_len=999"):
         faults.page_faults_per_step(False, steps=1, warmup_steps=0, seq_len=999)

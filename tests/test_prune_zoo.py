@@ -1,17 +1,14 @@
-"""labkit.prune on the course's real reference model (skipped until `python -m labkit.zoo build` has run).
+"""labkit.prune on the course's real reference model (the `baby` fixture loads it, training it first on a fresh clone).
 
 Small and fast on purpose (a few seconds): lab 04 leans on these facts, the notebook measures the rest.
 """
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
 
-from labkit import prune, zoo
+from labkit import prune
 from labkit.evaluate import evaluation_set, paired_difference, score
-
-pytestmark = pytest.mark.skipif(not zoo.is_built("baby-gpt"), reason="the baby-gpt zoo model is not built")
 
 
 def test_the_zoo_models_masks_are_torchs(baby):

@@ -1,4 +1,4 @@
-"""labkit.quantize on the course's real reference model (skipped until `python -m labkit.zoo build` has run).
+"""labkit.quantize on the course's real reference model (the `baby` fixture loads it, training it first on a fresh clone).
 
 Lab 05's "what must hold", on a smaller slice of its yardstick (1 window in 32 of the validation split): int8
 per-channel within 0.5% of float32 perplexity, 4-bit group-32 RTN within 5%, GPTQ no worse than RTN. ~10 s.
@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from labkit import prune, zoo
+from labkit import prune
 from labkit import quantize as Q
 from labkit.evaluate import evaluation_set, paired_difference
 
-pytestmark = pytest.mark.skipif(not zoo.is_built("baby-gpt"), reason="the baby-gpt zoo model is not built")
 
 
 @pytest.fixture(scope="module")

@@ -281,9 +281,7 @@ def test_genres_cover_the_corpus_by_first_folio_sections():
     assert GENRES["hamlet"] == "tragedy" and GENRES["twelfth_night"] == "comedy" and GENRES["henry_v"] == "history"
 
 
-@pytest.mark.skipif(not (data_mod.cache_dir() / data_mod.SOURCE_ARCHIVE).exists(),
-                    reason="the course corpus's source archive is not cached")
-def test_play_texts_are_the_corpus_and_genre_streams_split_every_play():
+def test_play_texts_are_the_corpus_and_genre_streams_split_every_play(shakespeare):   # the corpus (and its archive) first
     texts = stream.play_texts()
     assert list(texts) == sorted(GENRES) and "\n\n".join(texts.values()) == data_mod.corpus_path().read_text()
     streams = stream.genre_streams(("comedy", "tragedy"), holdout_fraction=0.1)

@@ -32,7 +32,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from labkit.widgets.core import Panel, _bytes_axis, _finite_number, human_bytes, render_into, wire_panel
+from labkit.widgets.core import Panel, _bytes_axis, _finite_number, check_sweep_frame, human_bytes, render_into, wire_panel
 
 SWEEP_COLUMNS = ("sparsity", "bits", "stage", "bytes", "ratio", "loss", "loss_se", "perplexity", "increase",
                  "increase_se")
@@ -56,33 +56,18 @@ BAR_COLOR, FP32_COLOR, PPL_COLOR, PAPER_COLOR = "#4C72B0", "#8C8C8C", "#C44E52",
 
 def check_compression_sweep(sweep: Any) -> None:
     """Raise a TypeError/ValueError naming what is wrong with a pipeline sweep (columns, values, the fp32 rows)."""
-    import pandas as pd
-
-    if not isinstance(sweep, pd.DataFrame):
-        raise TypeError(f"sweep must be a pandas DataFrame (deep_compression.pipeline_sweep), got "
-                        f"{type(sweep).__name__}")
-    missing = [c for c in SWEEP_COLUMNS if c not in sweep.columns]
-    if missing:
-        raise ValueError(f"sweep lacks the column(s) {missing}; a sweep needs {list(SWEEP_COLUMNS)}")
-    if len(sweep) == 0:
-        raise ValueError("sweep has no rows")
-    for column, ok, allowed in (("sparsity", lambda v: 0 <= v < 1, "in [0, 1)"),
-                                ("bytes", lambda v: v > 0, "> 0 (bytes)"),
-                                ("ratio", lambda v: v > 0, "> 0"),
-                                ("loss", lambda v: v >= 0, ">= 0 (nats/char)"),
-                                ("loss_se", lambda v: v >= 0, ">= 0 (nats/char)"),
-                                ("perplexity", lambda v: v >= 1, ">= 1"),
-                                ("increase", lambda v: True, "(nats/char)"),
-                                ("increase_se", lambda v: v >= 0, ">= 0 (nats/char)")):
-        for i, v in zip(sweep.index, sweep[column]):
-            if not (_finite_number(v) and ok(float(v))):
-                raise ValueError(f"sweep[{column!r}] at row {i!r} is {v!r}; allowed: a finite number {allowed}")
+    check_sweep_frame(sweep, list(SWEEP_COLUMNS), (
+        ("sparsity", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("bytes", lambda v: v > 0, "> 0 (bytes)"),
+        ("ratio", lambda v: v > 0, "> 0"),
+        ("loss", lambda v: v >= 0, ">= 0 (nats/char)"),
+        ("loss_se", lambda v: v >= 0, ">= 0 (nats/char)"),
+        ("perplexity", lambda v: v >= 1, ">= 1"),
+        ("increase", lambda v: True, "(nats/char)"),
+        ("increase_se", lambda v: v >= 0, ">= 0 (nats/char)")), made_by=" (deep_compression.pipeline_sweep)")
     for i, b in zip(sweep.index, sweep["bits"]):
         if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 1 <= b <= 16:
             raise ValueError(f"sweep['bits'] at row {i!r} is {b!r}; allowed: an int from 1 to 16")
-    for i, loss, ppl in zip(sweep.index, sweep["loss"], sweep["perplexity"]):
-        if not math.isclose(float(ppl), math.exp(float(loss)), rel_tol=1e-3):
-            raise ValueError(f"sweep row {i!r}: perplexity {ppl!r} is not exp(loss) = {math.exp(float(loss)):.6g}")
 
 
 @dataclass(frozen=True)

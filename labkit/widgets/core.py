@@ -237,3 +237,26 @@ def _finite_number(v) -> bool:
         return math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
+
+
+def check_sweep_frame(sweep: Any, needed: list[str], rules, made_by: str = "", optional=()) -> None:
+    """The checks every panel's sweep DataFrame shares: a DataFrame, the `needed` columns, rows, each rule's
+    column a finite number it allows ((column, ok, allowed words) triples; `optional` rules only where the sweep
+    has that column), perplexity = exp(loss). Raises TypeError/ValueError naming the column, the row and what is
+    allowed."""
+    import pandas as pd
+
+    if not isinstance(sweep, pd.DataFrame):
+        raise TypeError(f"sweep must be a pandas DataFrame{made_by}, got {type(sweep).__name__}")
+    missing = [c for c in needed if c not in sweep.columns]
+    if missing:
+        raise ValueError(f"sweep lacks the column(s) {missing}; a sweep needs {needed}")
+    if len(sweep) == 0:
+        raise ValueError("sweep has no rows")
+    for column, ok, allowed in (*rules, *(rule for rule in optional if rule[0] in sweep.columns)):
+        for i, v in zip(sweep.index, sweep[column]):
+            if not (_finite_number(v) and ok(float(v))):
+                raise ValueError(f"sweep[{column!r}] at row {i!r} is {v!r}; allowed: a finite number {allowed}")
+    for i, loss, ppl in zip(sweep.index, sweep["loss"], sweep["perplexity"]):
+        if not math.isclose(float(ppl), math.exp(float(loss)), rel_tol=1e-3):
+            raise ValueError(f"sweep row {i!r}: perplexity {ppl!r} is not exp(loss) = {math.exp(float(loss)):.6g}")

@@ -27,7 +27,7 @@ import matplotlib.ticker
 from matplotlib.figure import Figure
 
 from labkit.sparse import FORMATS
-from labkit.widgets.core import (Panel, _bytes_axis, _finite_number, human_bytes, pareto_front, quietly, render_into,
+from labkit.widgets.core import (Panel, _bytes_axis, _finite_number, check_sweep_frame, human_bytes, pareto_front, quietly, render_into,
                                  wire_panel)
 
 SWEEP_COLUMNS = ("method", "scope", "sparsity", "loss", "loss_se", "perplexity")
@@ -48,29 +48,13 @@ def _bytes_column(fmt: str) -> str:
 
 def check_pruning_sweep(sweep: Any) -> None:
     """Raise a TypeError/ValueError naming what is wrong with a sweep DataFrame (columns, values, the dense row)."""
-    import pandas as pd
-
-    if not isinstance(sweep, pd.DataFrame):
-        raise TypeError(f"sweep must be a pandas DataFrame, got {type(sweep).__name__}")
-    needed = list(SWEEP_COLUMNS) + [_bytes_column(f) for f in FORMATS]
-    missing = [c for c in needed if c not in sweep.columns]
-    if missing:
-        raise ValueError(f"sweep lacks the column(s) {missing}; a sweep needs {needed}")
-    if len(sweep) == 0:
-        raise ValueError("sweep has no rows")
-    for column, ok, allowed in (("sparsity", lambda v: 0 <= v < 1, "in [0, 1)"),
-                                ("loss", lambda v: v >= 0, ">= 0 (nats/char)"),
-                                ("loss_se", lambda v: v >= 0, ">= 0 (nats/char)"),
-                                ("perplexity", lambda v: v >= 1, ">= 1"),
-                                *((_bytes_column(f), lambda v: v > 0, "> 0 (bytes)") for f in FORMATS),
-                                *(((PAIRED_SE, lambda v: v >= 0, ">= 0 (nats/char)"),) if PAIRED_SE in sweep.columns
-                                  else ())):
-        for i, v in zip(sweep.index, sweep[column]):
-            if not (_finite_number(v) and ok(float(v))):
-                raise ValueError(f"sweep[{column!r}] at row {i!r} is {v!r}; allowed: a finite number {allowed}")
-    for i, loss, ppl in zip(sweep.index, sweep["loss"], sweep["perplexity"]):
-        if not math.isclose(float(ppl), math.exp(float(loss)), rel_tol=1e-3):
-            raise ValueError(f"sweep row {i!r}: perplexity {ppl!r} is not exp(loss) = {math.exp(float(loss)):.6g}")
+    check_sweep_frame(sweep, list(SWEEP_COLUMNS) + [_bytes_column(f) for f in FORMATS], (
+        ("sparsity", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("loss", lambda v: v >= 0, ">= 0 (nats/char)"),
+        ("loss_se", lambda v: v >= 0, ">= 0 (nats/char)"),
+        ("perplexity", lambda v: v >= 1, ">= 1"),
+        *((_bytes_column(f), lambda v: v > 0, "> 0 (bytes)") for f in FORMATS)),
+        optional=((PAIRED_SE, lambda v: v >= 0, ">= 0 (nats/char)"),))
     bad_scopes = sorted(set(sweep["scope"]) - set(SCOPES), key=str)
     if bad_scopes:
         raise ValueError(f"sweep['scope'] holds {bad_scopes}; allowed: {SCOPES}")

@@ -332,6 +332,15 @@ class GPT(LanguageModel):
             return self.wpe.weight[start:start + length]
         return self.wpe_table[start:start + length]  # sinusoidal
 
+    def embed(self, idx: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token embeddings of `idx` (B, T) at positions start.. (learned or sinusoidal added), and the rotary
+        (cos, sin) rows for those positions (None unless positions='rotary': then nothing is added here)."""
+        T = idx.size(1)
+        x = self.wte(idx)
+        if self.config.positions == "rotary":
+            return x, (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        return x + self.position_embedding(start, T), None
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
         """Logits (B, T, V) and the mean cross-entropy against `targets` (or None)."""
         B, T = idx.shape
@@ -339,12 +348,7 @@ class GPT(LanguageModel):
         if start + T > self.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than the model's block_size="
                              f"{self.block_size}; crop the input to the last {self.block_size} tokens")
-        x = self.wte(idx)
-        rope = None
-        if self.config.positions == "rotary":
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
-        else:
-            x = x + self.position_embedding(start, T)
+        x, rope = self.embed(idx, start)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, rope)

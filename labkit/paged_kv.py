@@ -323,12 +323,7 @@ def _forward_through_cache(model: GPT, idx: Tensor, cache: PagedKVCache, seqs: l
     if T > 1 and start > 0:
         raise ValueError("multi-token chunks are only supported into an empty sequence (a prefill)")
     slots = {seq: cache.append_slots(seq, T) for seq in seqs}
-    x = model.wte(idx)
-    rope = None
-    if model.config.positions == "rotary":
-        rope = (model.rope_cos[start:start + T], model.rope_sin[start:start + T])
-    else:
-        x = x + model.position_embedding(start, T)
+    x, rope = model.embed(idx, start)       # no dropout: generation runs in eval mode
     for layer, block in enumerate(model.blocks):
         x = x + _attention_through_cache(block, block.ln_1(x), cache, slots, layer, rope)
         x = x + block.mlp(block.ln_2(x))
